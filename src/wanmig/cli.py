@@ -1,0 +1,147 @@
+"""The ``wanmig`` command line (typer).  The only place that calls asyncio.run().
+
+Errors from the engine arrive as ``WanmigError`` and are printed as one line;
+configuration errors exit with code 2 before anything has been started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from .config import Scenario, load_scenario, parse_scenario
+from .errors import ConfigError, WanmigError
+from .memory import MigrationProgress
+from .orchestrator import Orchestrator
+from .qemu.image import build_image
+from .record import ResultRecord
+from .registry import clean_leftovers
+from .report import render_record
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Live-migrate a running QEMU VM between two sites and measure what a client saw.")
+image_app = typer.Typer(no_args_is_help=True, help="The guest image.")
+app.add_typer(image_app, name="image")
+console = Console()
+err_console = Console(stderr=True)
+
+
+class RichUi:
+    """Shows steps, phases and a live migration progress bar."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._task: int | None = None
+
+    def step(self, message: str) -> None:
+        self._close()
+        console.print(f"[dim]•[/] {message}")
+
+    def phase(self, name: str) -> None:
+        self._close()
+        console.print(f"[bold cyan]▶ {name}[/]")
+
+    def progress(self, p: MigrationProgress) -> None:
+        if self._progress is None:
+            self._progress = Progress(TextColumn("  memory {task.fields[status]} "
+                                                 "round {task.fields[rounds]}"),
+                                      BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                      console=console, transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task("memory", total=max(p.total, 1),
+                                                 status=p.status, rounds=p.rounds)
+        assert self._task is not None
+        self._progress.update(self._task, completed=max(p.total - p.remaining, 0),
+                              total=max(p.total, 1), status=p.status, rounds=p.rounds)
+
+    def _close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _fail(exc: WanmigError) -> typer.Exit:
+    err_console.print(f"[red]wanmig: {exc}[/]")
+    return typer.Exit(exc.exit_code)
+
+
+def _run_scenario(scenario: Scenario, json_path: Optional[Path]) -> None:
+    record = asyncio.run(Orchestrator(scenario, ui=RichUi()).run())
+    path = json_path or Path("results") / f"{scenario.name}-{record.run_id}.json"
+    record.write(path)
+    console.print(render_record(record))
+    console.print(f"[dim]result record: {path}[/]")
+    if record.status != "completed":
+        raise typer.Exit(1)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@app.command()
+def demo(json: Annotated[Optional[Path], typer.Option("--json", help="Write the result record here.")] = None) -> None:
+    """Migrate a running guest from site A to site B while a client watches."""
+    try:
+        _run_scenario(parse_scenario({"name": "demo"}), json)
+    except WanmigError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def migrate(
+    scenario: Annotated[Path, typer.Option("--scenario", "-s", help="Scenario TOML file.")],
+    json: Annotated[Optional[Path], typer.Option("--json", help="Write the result record here.")] = None,
+) -> None:
+    """Run the migration a scenario file describes."""
+    try:
+        sc = load_scenario(scenario)
+        _run_scenario(sc, json)
+    except WanmigError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def report(path: Annotated[Path, typer.Argument(help="A result record (JSON).")]) -> None:
+    """Print a readable summary of a result record."""
+    try:
+        record = ResultRecord.read(path)
+    except FileNotFoundError:
+        raise _fail(ConfigError(f"no such file: {path}")) from None
+    except ValueError as exc:
+        raise _fail(ConfigError(f"{path} is not a result record: "
+                                f"{str(exc).splitlines()[0]}")) from None
+    console.print(render_record(record))
+
+
+@image_app.command("build")
+def image_build(force: Annotated[bool, typer.Option("--force", help="Rebuild even if cached.")] = False) -> None:
+    """Build (or reuse) the guest kernel + initramfs."""
+    try:
+        image = build_image(force=force, log=lambda line: console.print(f"[dim]{line}[/]"))
+    except WanmigError as exc:
+        raise _fail(exc) from None
+    console.print(f"guest image: {image.kernel} {image.initrd} (kernel {image.kernel_version})")
+
+
+@app.command()
+def clean(force: Annotated[bool, typer.Option("--force", help="Also runs whose owner still lives.")] = False) -> None:
+    """Remove namespaces, processes and files left by crashed runs."""
+    removed = clean_leftovers(force=force)
+    for line in removed:
+        console.print(f"removed {line}")
+    if not removed:
+        console.print("nothing to clean")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,122 @@
+"""Scenarios: TOML files validated by pydantic before anything is started.
+
+A scenario names the VM, the memory strategy, the network mode, the probes
+and (for tests of the failure paths) a fault to inject.  Unknown keys are
+refused, so a typo is an error rather than a silently ignored setting.
+Strategies the project names but has not implemented yet are refused with a
+message saying so; they are never replaced by another strategy.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+#: Memory strategies wanmig knows by name, and whether this build implements them.
+MEMORY_STRATEGIES: dict[str, bool] = {
+    "precopy": True,
+    "precopy-tuned": False,
+    "postcopy": False,
+    "hybrid": False,
+    "auto": False,
+}
+NETWORK_MODES: dict[str, bool] = {
+    "l2-extend": True,
+    "dns-tunnel": False,
+    "mobile-ip": False,
+    "route": False,
+}
+
+
+def _known_and_implemented(value: str, table: dict[str, bool], what: str) -> str:
+    if value not in table:
+        raise ValueError(f"unknown {what} {value!r}; known: {', '.join(table)}")
+    if not table[value]:
+        raise ValueError(f"{what} {value!r} is not implemented yet in this version")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VmSpec(_Strict):
+    ram_mib: int = Field(256, ge=64, le=16384)
+    disk_mib: int = Field(64, ge=16, le=65536)
+    workload: Literal["idle"] = "idle"
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    boot_timeout_s: float = Field(90.0, gt=0, le=600)
+
+
+class MemorySpec(_Strict):
+    strategy: str = "precopy"
+    timeout_s: float = Field(600.0, gt=0, le=7200)
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        return _known_and_implemented(v, MEMORY_STRATEGIES, "memory strategy")
+
+
+class NetworkSpec(_Strict):
+    mode: str = "l2-extend"
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        return _known_and_implemented(v, NETWORK_MODES, "network mode")
+
+
+class ProbeSpec(_Strict):
+    interval_ms: float = Field(1.0, gt=0.1, le=1000)
+    warmup_s: float = Field(1.0, ge=0, le=60)
+    settle_s: float = Field(2.0, ge=0, le=60)
+
+
+class FaultSpec(_Strict):
+    """Faults injected on purpose, to exercise the rollback paths."""
+
+    kill_destination: Literal["none", "memory", "pre-switchover"] = "none"
+
+
+class Scenario(_Strict):
+    name: str = "demo"
+    vm: VmSpec = VmSpec()
+    memory: MemorySpec = MemorySpec()
+    network: NetworkSpec = NetworkSpec()
+    probe: ProbeSpec = ProbeSpec()
+    fault: FaultSpec = FaultSpec()
+
+
+def _first_error(exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or None
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown setting"
+    elif "input" in err and not isinstance(err["input"], (dict, list)):
+        msg = f"{msg} (got {err['input']!r})"
+    return ConfigError(msg, field=field)
+
+
+def parse_scenario(data: dict[str, Any]) -> Scenario:
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read and validate a scenario file; ConfigError names the bad field."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"scenario file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_scenario(data)

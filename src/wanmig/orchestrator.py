@@ -1,0 +1,290 @@
+"""The migration engine: the phases of DESIGN.md, rollback, and the record.
+
+::
+
+    boot source ─> probes on ─> prepare ─> storage ─> memory ─> switchover ─> redirect ─> finish
+                                   └──────── any failure here: rollback ────────┘
+
+``prepare`` starts the destination QEMU (``-incoming defer``) in site B and
+sets up the migration; ``storage`` is empty in this version (both sites open
+the same disk image); ``memory`` iterates precopy until QEMU pauses at
+pre-switchover; ``switchover`` lets QEMU send the last delta and waits for the
+destination to run; ``redirect`` announces the VM's MAC from site B
+(``announce-self``) so the stretched L2 segment learns where it went;
+``finish`` stops the source and lets the probes watch the VM settle.
+
+A failure before the destination runs rolls back: the migration is
+cancelled, the source resumed, the destination killed, and the record says
+``rolled_back``.  After the destination runs it is authoritative; a later
+failure is ``failed`` and never restarts the source (no two running copies).
+Every run, whatever happens, writes a ``ResultRecord`` and removes every
+namespace and process it made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from .config import Scenario
+from .errors import MigrationError, QemuError, WanmigError
+from .integrity import check_log
+from .memory import MigrationProgress, PrecopyMigration
+from .probe import ClientProbe, ProbeReport
+from .qemu.accel import resolve_accel
+from .qemu.image import READY_MARKER, GuestImage, build_image, create_data_disk, read_integrity_log
+from .qemu.process import QemuVm, VmConfig
+from .record import (IntegrityResult, MemoryResult, NetworkResult, Phase, ResultRecord,
+                     StorageResult, VmInfo, WanInfo)
+from .registry import Registry, new_run_id
+from .testbed import Testbed
+
+log = logging.getLogger("wanmig.orchestrator")
+
+
+class Ui(Protocol):
+    """What the engine tells the person watching (the CLI renders it with rich)."""
+
+    def step(self, message: str) -> None: ...
+    def phase(self, name: str) -> None: ...
+    def progress(self, p: MigrationProgress) -> None: ...
+
+
+class LogUi:
+    """A Ui that only logs; used by tests and when no terminal is attached."""
+
+    def step(self, message: str) -> None:
+        log.info("%s", message)
+
+    def phase(self, name: str) -> None:
+        log.info("phase %s", name)
+
+    def progress(self, p: MigrationProgress) -> None:
+        log.debug("migration %s: %d/%d bytes", p.status, p.transferred, p.total)
+
+
+@dataclass
+class _Clock:
+    """Phase bookkeeping, in ms since the start of ``prepare``."""
+
+    t0: float = 0.0
+    phases: list[Phase] = field(default_factory=list)
+    current: tuple[str, float] | None = None
+
+    def now_ms(self) -> float:
+        return (time.monotonic() - self.t0) * 1000.0
+
+    def begin(self, name: str) -> None:
+        self.end()
+        if not self.phases and self.current is None:
+            self.t0 = time.monotonic()
+        self.current = (name, self.now_ms())
+
+    def end(self) -> None:
+        if self.current:
+            name, start = self.current
+            self.phases.append(Phase(name=name, start_ms=round(start, 3),
+                                     end_ms=round(self.now_ms(), 3)))
+            self.current = None
+
+
+class Orchestrator:
+    """Runs one scenario end to end and returns its ResultRecord."""
+
+    def __init__(self, scenario: Scenario, *, build_dir: Path | None = None,
+                 ui: Ui | None = None) -> None:
+        self.scenario = scenario
+        self.build_dir = build_dir
+        self.ui: Ui = ui or LogUi()
+        self.registry: Registry | None = None
+        self.clock = _Clock()
+        self.src: QemuVm | None = None
+        self.dst: QemuVm | None = None
+        self.migration: PrecopyMigration | None = None
+        self.probe: ClientProbe | None = None
+        self.probe_report: ProbeReport | None = None
+        self.dest_authoritative = False
+        self.accel: str | None = None
+        self.boot_ms: float | None = None
+        self.new_conn_ms: float | None = None
+        self.integrity = IntegrityResult()
+        self.notes: dict[str, object] = {}
+
+    def __repr__(self) -> str:
+        return (f"Orchestrator(scenario={self.scenario.name!r}, "
+                f"run={self.registry.run_id if self.registry else None}, "
+                f"dest_authoritative={self.dest_authoritative})")
+
+    async def run(self) -> ResultRecord:
+        started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.ui.step("building guest image (cached when unchanged)")
+        image = await asyncio.to_thread(build_image, self.build_dir)
+        self.accel = await resolve_accel(self.scenario.vm.accel, image, image.kernel.parent)
+        self.registry = Registry(new_run_id())
+        status, error = "completed", None
+        testbed = Testbed(self.registry)
+        try:
+            self.ui.step(f"building the two sites (run {self.registry.run_id})")
+            await testbed.up()
+            status, error = await self._migrate_in(testbed, image)
+        except WanmigError as exc:
+            status, error = "failed", str(exc)
+        finally:
+            await self._teardown(testbed)
+        return self._record(status, error, started)
+
+    async def _migrate_in(self, testbed: Testbed, image: GuestImage) -> tuple[str, str | None]:
+        sc, addr = self.scenario, testbed.addr
+        assert self.registry is not None
+        disk = self.registry.run_dir / "disk.raw"
+        await asyncio.to_thread(create_data_disk, disk, sc.vm.disk_mib)
+
+        def vm_config(site: str) -> VmConfig:
+            return VmConfig(name=f"vm-{site}", image=image, disk=disk, ram_mib=sc.vm.ram_mib,
+                            mac=addr.vm_mac, tap=addr.tap, ip_cidr=addr.vm_cidr,
+                            accel=self.accel or "tcg", netns=testbed.site(site).name,
+                            incoming=site == "b")
+
+        self.ui.step(f"booting the guest at site A ({self.accel})")
+        self.src = QemuVm(vm_config("a"), self.registry)
+        await self.src.start()
+        self.boot_ms = round(await self.src.wait_console(READY_MARKER, sc.vm.boot_timeout_s)
+                             * 1000, 1)
+        self.ui.step(f"guest ready after {self.boot_ms / 1000:.1f} s; starting client probes")
+        self.probe = ClientProbe(addr.vm_ip, netns=testbed.client.name,
+                                 interval_ms=sc.probe.interval_ms)
+        await self.probe.start()
+        await asyncio.sleep(sc.probe.warmup_s)
+        try:
+            await self._phases(testbed, vm_config("b"))
+        except WanmigError as exc:
+            if self.dest_authoritative:
+                raise
+            await self._rollback(exc)
+            return "rolled_back", str(exc)
+        return "completed", None
+
+    async def _phases(self, testbed: Testbed, dst_cfg: VmConfig) -> None:
+        sc, addr = self.scenario, testbed.addr
+        assert self.registry and self.src and self.probe
+        uri = f"tcp:{addr.site_b_ip}:{addr.migration_port}"
+
+        self._begin("prepare")
+        self.dst = QemuVm(dst_cfg, self.registry)
+        await self.dst.start()
+        self.migration = PrecopyMigration(self.src, self.dst, uri, on_progress=self.ui.progress)
+        await self.migration.prepare()
+
+        self._begin("storage")  # shared image: nothing to copy in this version
+
+        self._begin("memory")
+        await self.probe.mark("migration-start")
+        await self.migration.iterate(
+            sc.memory.timeout_s,
+            on_first_progress=self._kill_destination if sc.fault.kill_destination == "memory"
+            else None)
+        if sc.fault.kill_destination == "pre-switchover":
+            await self._kill_destination()
+
+        self._begin("switchover")
+        await self.migration.switchover()
+        self.dest_authoritative = True  # the destination runs: no way back from here
+        await self.probe.mark("switchover-done")
+
+        self._begin("redirect")
+        await self.dst.execute("announce-self", {"initial": 50, "max": 550, "rounds": 5,
+                                                 "step": 100})
+
+        self._begin("finish")
+        await self.src.stop()
+        await asyncio.sleep(sc.probe.settle_s)
+        self.new_conn_ms = await self.probe.new_connection_ms()
+        self.clock.end()
+
+    def _begin(self, name: str) -> None:
+        self.clock.begin(name)
+        self.ui.phase(name)
+
+    async def _kill_destination(self) -> None:
+        """Fault injection: the destination QEMU dies before switchover."""
+        assert self.dst is not None
+        self.ui.step("fault injection: killing the destination QEMU")
+        await self.dst.kill()
+
+    async def _rollback(self, cause: WanmigError) -> None:
+        """Undo a migration that failed before the destination ran."""
+        self.clock.end()
+        self.ui.step(f"rolling back: {cause}")
+        assert self.src is not None and self.probe is not None
+        if self.migration is not None:
+            try:
+                await self.migration.cancel()
+            except QemuError as exc:
+                raise MigrationError(f"rollback failed, source not resumed: {exc}") from exc
+        elif await self.src.run_state() != "running":
+            await self.src.execute("cont")
+        if self.dst is not None:
+            await self.dst.kill()
+        self.notes["source_state_after_rollback"] = await self.src.run_state()
+        await self.probe.mark("rolled-back")
+        await asyncio.sleep(self.scenario.probe.settle_s)
+        self.new_conn_ms = await self.probe.new_connection_ms()
+
+    async def _teardown(self, testbed: Testbed) -> None:
+        """Stop probes and VMs, read the guest's disk log, remove the sites."""
+        if self.probe is not None:
+            try:
+                self.probe_report = await self.probe.stop()
+            except WanmigError as exc:
+                log.warning("probe report lost: %s", exc)
+        for vm in (self.dst, self.src):
+            if vm is not None:
+                await vm.stop()
+        if self.registry is not None and (self.registry.run_dir / "disk.raw").exists():
+            await self._check_integrity(self.registry.run_dir / "disk.raw")
+        await testbed.down()
+        if self.registry is not None:
+            self.registry.close()
+
+    async def _check_integrity(self, disk: Path) -> None:
+        try:
+            report = check_log(await asyncio.to_thread(read_integrity_log, disk))
+        except WanmigError as exc:
+            log.warning("integrity log unreadable: %s", exc)
+            return
+        self.integrity = IntegrityResult(
+            disk_match=None, guest_log_gaps=report.gaps, guest_log_records=report.records,
+            guest_log_bad_checksums=report.bad_checksums,
+            guest_max_write_gap_ms=report.max_write_gap_ms)
+
+    def _record(self, status: str, error: str | None, started: str) -> ResultRecord:
+        sc = self.scenario
+        probe = self.probe_report
+        memory = (self.migration.result() if self.migration and self.migration.final_info
+                  else MemoryResult(strategy=sc.memory.strategy, converged=False))
+        phases = self.clock.phases
+        return ResultRecord(
+            status=status, error=error, run_id=self.registry.run_id if self.registry else None,
+            started_at=started, scenario=sc.model_dump(),
+            wan=WanInfo(profile="unshaped"),
+            vm=VmInfo(ram_mib=sc.vm.ram_mib, disk_mib=sc.vm.disk_mib, workload=sc.vm.workload,
+                      accel=self.accel, boot_ms=self.boot_ms),
+            memory=memory,
+            storage=StorageResult(strategy="none",
+                                  note="both sites open the same disk image (shared storage)"),
+            network=NetworkResult(
+                mode=sc.network.mode,
+                client_outage_ms=probe.udp_max_gap_ms if probe else None,
+                tcp_survived=probe.tcp_survived if probe else None,
+                new_conn_ms=self.new_conn_ms,
+                probe=probe.to_dict() if probe else None),
+            integrity=self.integrity,
+            phases=phases,
+            total_ms=phases[-1].end_ms - phases[0].start_ms if phases else 0.0,
+            **self.notes,
+        )

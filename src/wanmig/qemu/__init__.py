@@ -1,0 +1,1 @@
+"""QEMU: the guest image, the accelerator choice, and QEMU processes with QMP."""

@@ -1,0 +1,264 @@
+"""One QEMU process: launched, spoken to over QMP, always reaped.
+
+``QemuVm`` is a long-lived object with an explicit state::
+
+    CREATED ──start()──> RUNNING ──stop()/kill()──> STOPPED
+                            │
+                            └── process died on its own ──> DEAD
+
+QEMU runs inside a site's network namespace (``ip netns exec`` execs QEMU, so
+the PID we hold is QEMU's own).  Its QMP monitor is a unix socket in the run
+directory, reached from the root namespace; the serial console is written to
+a log file that ``wait_console`` reads, so the guest's ``ready`` line can be
+awaited.  A destination is started with ``-incoming defer`` and receives its
+``migrate-incoming`` over QMP once its capabilities are set.
+
+Every QMP command has a timeout and errors come back as ``QemuError`` (or
+``QmpTimeout``) naming the VM and the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPClient, QMPError
+from qemu.qmp.qmp_client import ExecuteError
+
+from ..errors import QemuError, QmpTimeout
+from ..registry import Registry
+from .image import GuestImage
+
+QEMU_BINARY = "qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    """Everything needed to launch one QEMU for the guest."""
+
+    name: str
+    image: GuestImage
+    disk: Path
+    ram_mib: int
+    mac: str
+    tap: str | None            # None: an isolated user-mode NIC (restrict=on), for probes
+    ip_cidr: str
+    accel: str                 # resolved: "kvm" or "tcg"
+    netns: str | None = None
+    incoming: bool = False     # start with -incoming defer (a migration destination)
+    smp: int = 1
+
+
+def qemu_argv(cfg: VmConfig, run_dir: Path) -> list[str]:
+    """The command line for ``cfg``; pure so it can be checked in unit tests."""
+    if cfg.accel not in ("kvm", "tcg"):
+        raise ValueError(f"accelerator must be resolved to kvm or tcg, got {cfg.accel!r}")
+    cpu = "host" if cfg.accel == "kvm" else "max"
+    argv = [
+        QEMU_BINARY,
+        "-name", f"{cfg.name},debug-threads=on",
+        "-accel", cfg.accel, "-cpu", cpu,
+        "-m", str(cfg.ram_mib), "-smp", str(cfg.smp),
+        "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
+        "-qmp", f"unix:{run_dir / (cfg.name + '.qmp')},server=on,wait=off",
+        "-serial", f"file:{run_dir / (cfg.name + '.console.log')}",
+        "-kernel", str(cfg.image.kernel), "-initrd", str(cfg.image.initrd),
+        "-append", cfg.image.cmdline(ip_cidr=cfg.ip_cidr, name="vm"),
+        # Both sites see the same image (shared storage); cache=none keeps no
+        # host-side dirty state in QEMU that a switchover would have to flush.
+        "-drive", f"file={cfg.disk},format=raw,if=none,id=disk0,cache=none,aio=threads",
+        "-device", "virtio-blk-pci,drive=disk0",
+        "-netdev", (f"tap,id=net0,ifname={cfg.tap},script=no,downscript=no" if cfg.tap
+                    else "user,id=net0,restrict=on"),
+        "-device", f"virtio-net-pci,netdev=net0,mac={cfg.mac}",
+    ]
+    if cfg.incoming:
+        argv += ["-incoming", "defer"]
+    if cfg.netns:
+        argv = ["ip", "netns", "exec", cfg.netns, *argv]
+    return argv
+
+
+class VmState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DEAD = "dead"
+
+
+class QemuVm:
+    """A QEMU process and its QMP session; use as ``async with``."""
+
+    def __init__(self, cfg: VmConfig, registry: Registry) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.state = VmState.CREATED
+        self.log = logging.getLogger(f"wanmig.qemu.{cfg.name}")
+        self._proc: asyncio.subprocess.Process | None = None
+        self._qmp = QMPClient(cfg.name)
+        self.started_at: float | None = None
+
+    def __repr__(self) -> str:
+        pid = self._proc.pid if self._proc else None
+        return (f"QemuVm(name={self.cfg.name!r}, state={self.state.value}, pid={pid}, "
+                f"netns={self.cfg.netns!r}, incoming={self.cfg.incoming})")
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.registry.run_dir
+
+    @property
+    def console_path(self) -> Path:
+        return self.run_dir / f"{self.name}.console.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.run_dir / f"{self.name}.stderr.log"
+
+    @property
+    def qmp(self) -> QMPClient:
+        """The raw ``qemu.qmp`` client, for event listeners."""
+        return self._qmp
+
+    # -- lifetime ---------------------------------------------------------
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Launch QEMU and connect QMP; raises QemuError if either fails in time."""
+        if self.state is not VmState.CREATED:
+            raise QemuError(f"cannot start a VM in state {self.state.value}", vm=self.name)
+        argv = qemu_argv(self.cfg, self.run_dir)
+        self.log.debug("exec %s", " ".join(argv))
+        self.console_path.unlink(missing_ok=True)
+        with self.stderr_path.open("wb") as err:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=err, stderr=err,
+                start_new_session=True)
+        self.registry.add_pid(self._proc.pid)
+        self.started_at = time.monotonic()
+        self.state = VmState.RUNNING
+        try:
+            await self._connect_qmp(timeout)
+        except BaseException:
+            await self.kill()
+            raise
+
+    async def _connect_qmp(self, timeout: float) -> None:
+        sock = str(self.run_dir / f"{self.name}.qmp")
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive()
+            try:
+                await asyncio.wait_for(self._qmp.connect(sock), timeout=5.0)
+                return
+            except (QMPError, OSError, asyncio.TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise QmpTimeout(f"QMP socket not ready after {timeout:.0f}s",
+                                     vm=self.name, cause=exc) from exc
+                await asyncio.sleep(0.05)
+
+    def _check_alive(self) -> None:
+        if self._proc is not None and self._proc.returncode is not None:
+            self.state = VmState.DEAD
+            raise QemuError(f"QEMU exited with code {self._proc.returncode}: "
+                            f"{self.stderr_tail()}", vm=self.name)
+
+    def stderr_tail(self, lines: int = 3) -> str:
+        try:
+            text = self.stderr_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:]) or "(no output)"
+
+    async def wait_console(self, marker: str, timeout: float) -> float:
+        """Wait until the serial console prints ``marker``; seconds since start."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                if marker in self.console_path.read_text(errors="replace"):
+                    return time.monotonic() - (self.started_at or time.monotonic())
+            except FileNotFoundError:
+                pass
+            await asyncio.sleep(0.1)
+        raise QmpTimeout(f"guest did not print {marker!r} within {timeout:.0f}s "
+                         f"(console: {self.console_path})", vm=self.name)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Ask QEMU to quit; kill it if it does not exit in time.  Idempotent."""
+        if self._proc is None or self.state in (VmState.STOPPED, VmState.CREATED):
+            self.state = VmState.STOPPED if self._proc else self.state
+            return
+        if self._proc.returncode is None and self._qmp.runstate.name == "RUNNING":
+            try:
+                await asyncio.wait_for(self._qmp.execute("quit"), timeout=timeout)
+            except (QMPError, asyncio.TimeoutError, OSError):
+                pass  # the connection drops as QEMU exits; kill() below covers the rest
+        await self._reap(timeout)
+
+    async def kill(self) -> None:
+        """SIGKILL the process (used on failure and to inject faults).  Idempotent."""
+        if self._proc is not None and self._proc.returncode is None:
+            try:
+                os.kill(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        await self._reap(5.0)
+
+    async def _reap(self, timeout: float) -> None:
+        if self._proc is None:
+            return
+        try:
+            await asyncio.wait_for(self._proc.wait(), timeout=timeout)
+        except asyncio.TimeoutError:
+            os.kill(self._proc.pid, signal.SIGKILL)
+            await asyncio.wait_for(self._proc.wait(), timeout=5.0)
+        try:
+            await asyncio.wait_for(self._qmp.disconnect(), timeout=2.0)
+        except (QMPError, asyncio.TimeoutError, OSError):
+            pass
+        self.registry.drop_pid(self._proc.pid)
+        self.state = VmState.STOPPED
+
+    async def __aenter__(self) -> "QemuVm":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- QMP ----------------------------------------------------------------
+
+    async def execute(self, cmd: str, args: dict[str, Any] | None = None,
+                      timeout: float = 30.0) -> Any:
+        """Run a QMP command; QemuError / QmpTimeout name the VM and the command."""
+        try:
+            return await asyncio.wait_for(self._qmp.execute(cmd, args), timeout=timeout)
+        except asyncio.TimeoutError as exc:
+            raise QmpTimeout(f"{cmd} did not answer within {timeout:.0f}s",
+                             vm=self.name, cause=exc) from exc
+        except ExecuteError as exc:
+            raise QemuError(f"{cmd} failed: {exc}", vm=self.name, cause=exc) from exc
+        except QMPError as exc:
+            self._check_alive()
+            raise QemuError(f"{cmd}: QMP connection lost ({exc})", vm=self.name,
+                            cause=exc) from exc
+
+    async def run_state(self, timeout: float = 10.0) -> str:
+        """QEMU's run state: 'running', 'paused', 'inmigrate', 'postmigrate', ..."""
+        status = await self.execute("query-status", timeout=timeout)
+        return str(status["status"])

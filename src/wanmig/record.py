@@ -1,0 +1,103 @@
+"""The result record every migration writes (DESIGN.md), as pydantic models.
+
+Reports and checks are built from the saved JSON, never from live objects, so
+every model round-trips: ``ResultRecord.model_validate_json(path.read_text())``.
+Sizes are in bytes, times in milliseconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Status = Literal["completed", "rolled_back", "failed"]
+PHASES = ("prepare", "storage", "memory", "switchover", "redirect", "finish")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class WanInfo(_Model):
+    profile: str = "unshaped"
+    rtt_ms: float | None = None
+    rate_mbit: float | None = None
+    loss_pct: float = 0.0
+    jitter_ms: float = 0.0
+
+
+class VmInfo(_Model):
+    ram_mib: int
+    disk_mib: int
+    workload: str
+    accel: str | None = None
+    boot_ms: float | None = None
+
+
+class MemoryResult(_Model):
+    strategy: str
+    total_ms: float | None = None
+    downtime_ms: float | None = None
+    setup_ms: float | None = None
+    bytes: int | None = None
+    rounds: int | None = None
+    pages_per_second: float | None = None
+    mbps: float | None = None
+    converged: bool | None = None
+
+
+class StorageResult(_Model):
+    strategy: str = "none"
+    note: str | None = None
+    total_ms: float | None = None
+    bytes_on_wire: int | None = None
+    disk_bytes: int | None = None
+    time_to_dest_running_ms: float | None = None
+
+
+class NetworkResult(_Model):
+    mode: str
+    client_outage_ms: float | None = None
+    tcp_survived: bool | None = None
+    new_conn_ms: float | None = None
+    probe: dict[str, Any] | None = None
+
+
+class IntegrityResult(_Model):
+    disk_match: bool | None = None
+    guest_log_gaps: int | None = None
+    guest_log_records: int | None = None
+    guest_log_bad_checksums: int | None = None
+    guest_max_write_gap_ms: float | None = None
+
+
+class Phase(_Model):
+    name: str
+    start_ms: float
+    end_ms: float
+
+
+class ResultRecord(_Model):
+    status: Status
+    error: str | None = None
+    scenario: dict[str, Any]
+    wan: WanInfo
+    vm: VmInfo
+    memory: MemoryResult
+    storage: StorageResult
+    network: NetworkResult
+    integrity: IntegrityResult
+    phases: list[Phase]
+    total_ms: float
+    run_id: str | None = None
+    started_at: str | None = None
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> "ResultRecord":
+        return cls.model_validate_json(path.read_text())

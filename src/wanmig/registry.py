@@ -1,0 +1,164 @@
+"""What a run created, written down before it is created, so a crash leaves a trail.
+
+Every run owns a directory ``/run/wanmig/<run_id>/`` (sockets, serial logs,
+disks) and a file ``/run/wanmig/<run_id>.json`` listing the network namespaces
+and processes it made, with the PID of the wanmig process that owns them.
+Resources are registered *before* they are created and unregistered after
+they are removed, so the file is always a superset of what exists.
+
+``wanmig clean`` reads these files and removes everything whose owner is no
+longer alive (or everything, with ``force``).  Processes are only killed when
+their command line still names the run's directory, so a recycled PID of
+somebody else's process is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STATE_DIR = Path(os.environ.get("WANMIG_STATE_DIR", "/run/wanmig"))
+
+log = logging.getLogger("wanmig.registry")
+
+
+def new_run_id() -> str:
+    """A short id used in namespace names (which must stay short)."""
+    return uuid.uuid4().hex[:6]
+
+
+@dataclass
+class Registry:
+    """The on-disk list of one run's namespaces and processes."""
+
+    run_id: str
+    owner_pid: int = field(default_factory=os.getpid)
+    namespaces: list[str] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._save()
+
+    def __repr__(self) -> str:
+        return (f"Registry(run_id={self.run_id!r}, namespaces={self.namespaces}, "
+                f"pids={self.pids})")
+
+    @property
+    def run_dir(self) -> Path:
+        return STATE_DIR / self.run_id
+
+    @property
+    def path(self) -> Path:
+        return STATE_DIR / f"{self.run_id}.json"
+
+    def add_netns(self, name: str) -> None:
+        self.namespaces.append(name)
+        self._save()
+
+    def drop_netns(self, name: str) -> None:
+        if name in self.namespaces:
+            self.namespaces.remove(name)
+            self._save()
+
+    def add_pid(self, pid: int) -> None:
+        self.pids.append(pid)
+        self._save()
+
+    def drop_pid(self, pid: int) -> None:
+        if pid in self.pids:
+            self.pids.remove(pid)
+            self._save()
+
+    def close(self, *, keep_run_dir: bool = False) -> None:
+        """Forget the run: called once everything it made has been removed."""
+        self.path.unlink(missing_ok=True)
+        if not keep_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _save(self) -> None:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"run_id": self.run_id, "owner_pid": self.owner_pid,
+                                   "namespaces": self.namespaces, "pids": self.pids}))
+        tmp.replace(self.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def kill_owned(pid: int, marker: str, *, grace_s: float = 3.0) -> bool:
+    """Kill ``pid`` if its command line contains ``marker``; True if it was ours."""
+    if marker not in _cmdline(pid):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True
+
+
+def netns_exists(name: str) -> bool:
+    return Path("/run/netns", name).exists()
+
+
+def remove_netns(name: str) -> None:
+    """Delete a namespace; its interfaces go with it (veth peers too)."""
+    if netns_exists(name):
+        subprocess.run(["ip", "netns", "delete", name], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def clean_leftovers(*, force: bool = False) -> list[str]:
+    """Remove what crashed runs left behind; returns a line per thing removed."""
+    removed: list[str] = []
+    if not STATE_DIR.exists():
+        return removed
+    for path in sorted(STATE_DIR.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        owner = int(data.get("owner_pid", 0))
+        if not force and owner != os.getpid() and _alive(owner):
+            log.info("run %s still owned by live pid %d: left alone", data.get("run_id"), owner)
+            continue
+        run_dir = STATE_DIR / str(data["run_id"])
+        for pid in data.get("pids", []):
+            if kill_owned(int(pid), str(run_dir)):
+                removed.append(f"process {pid}")
+        for name in data.get("namespaces", []):
+            if netns_exists(name):
+                remove_netns(name)
+                removed.append(f"netns {name}")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        path.unlink(missing_ok=True)
+        removed.append(f"run {data['run_id']}")
+    return removed

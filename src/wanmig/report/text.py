@@ -1,0 +1,80 @@
+"""A readable summary of one result record, for the terminal.
+
+``render_record`` returns a rich ``Table``; rich prints it as a boxed table on
+a terminal and as plain text when piped.  Missing figures show as ``–``.
+"""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from ..record import ResultRecord
+
+_STATUS_STYLE = {"completed": "bold green", "rolled_back": "bold yellow", "failed": "bold red"}
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value / 1000:.2f} s" if value >= 10_000 else f"{value:.1f} ms"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value / 2**20:.1f} MiB"
+
+
+def _flag(value: bool | None) -> str:
+    return "–" if value is None else ("yes" if value else "NO")
+
+
+def render_record(rec: ResultRecord) -> Group:
+    """Header line, a table of figures and the phase timeline."""
+    head = Text.assemble(("wanmig ", "bold"), (rec.scenario.get("name", "?"), "bold cyan"),
+                         "  status: ", (rec.status, _STATUS_STYLE.get(rec.status, "")))
+    if rec.error:
+        head.append(f"\nerror: {rec.error}", style="red")
+
+    figures = Table(show_header=True, header_style="bold", title="what happened")
+    figures.add_column("figure")
+    figures.add_column("value", justify="right")
+    figures.add_column("measured by")
+    wan = rec.wan
+    rows = [
+        ("WAN profile", wan.profile + (f", RTT {wan.rtt_ms} ms" if wan.rtt_ms else ""), "scenario"),
+        ("guest", f"{rec.vm.ram_mib} MiB RAM, {rec.vm.workload}, {rec.vm.accel or '?'}", "scenario"),
+        ("total migration time", _ms(rec.total_ms), "wanmig (phases)"),
+        ("memory strategy", rec.memory.strategy, "scenario"),
+        ("memory: QEMU total time", _ms(rec.memory.total_ms), "QEMU"),
+        ("memory: QEMU downtime", _ms(rec.memory.downtime_ms), "QEMU"),
+        ("memory: bytes sent", _bytes(rec.memory.bytes), "QEMU"),
+        ("memory: dirty-sync rounds", str(rec.memory.rounds or "–"), "QEMU"),
+        ("storage", rec.storage.strategy, rec.storage.note or ""),
+        ("network mode", rec.network.mode, "scenario"),
+        ("client outage (largest UDP echo gap)", _ms(rec.network.client_outage_ms), "client"),
+        ("long-lived TCP connection survived", _flag(rec.network.tcp_survived), "client"),
+        ("new connection after the move", _ms(rec.network.new_conn_ms), "client"),
+        ("guest disk log records", str(rec.integrity.guest_log_records or "–"), "host, after run"),
+        ("guest disk log gaps", str(rec.integrity.guest_log_gaps
+                                    if rec.integrity.guest_log_gaps is not None else "–"),
+         "host, after run"),
+    ]
+    probe = rec.network.probe or {}
+    if probe:
+        rows.append(("UDP echoes sent / answered",
+                     f"{probe.get('udp_sent', '–')} / {probe.get('udp_received', '–')}", "client"))
+        rows.append(("HTTP requests ok / failed",
+                     f"{probe.get('http_ok', '–')} / {probe.get('http_failed', '–')}", "client"))
+    for row in rows:
+        figures.add_row(*row)
+
+    timeline = Table(show_header=True, header_style="bold", title="phases")
+    timeline.add_column("phase")
+    timeline.add_column("start", justify="right")
+    timeline.add_column("duration", justify="right")
+    for ph in rec.phases:
+        timeline.add_row(ph.name, _ms(ph.start_ms), _ms(ph.end_ms - ph.start_ms))
+    return Group(head, figures, timeline)
