@@ -1,0 +1,40 @@
+"""Shared fixtures and markers.
+
+Integration tests (markers ``root`` and ``qemu``) need root, network
+namespaces and QEMU; they are skipped with a reason when those are missing,
+never silently passed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    is_root = os.geteuid() == 0
+    have_qemu = shutil.which("qemu-system-x86_64") is not None
+    for item in items:
+        if "root" in item.keywords and not is_root:
+            item.add_marker(pytest.mark.skip(reason="needs root (network namespaces)"))
+        if "qemu" in item.keywords and not have_qemu:
+            item.add_marker(pytest.mark.skip(reason="needs qemu-system-x86_64 (make setup)"))
+
+
+def netns_names() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def qemu_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-x", "qemu-system-x86"], capture_output=True, text=True).stdout
+    out2 = subprocess.run(["pgrep", "-f", "^qemu-system-x86_64"], capture_output=True, text=True).stdout
+    return {int(p) for p in (out + out2).split()}
+
+
+def interface_names() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}

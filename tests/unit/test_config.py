@@ -1,0 +1,64 @@
+"""Scenario validation: bad values are refused with the field named."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from wanmig.cli import app
+from wanmig.config import load_scenario, parse_scenario
+from wanmig.errors import ConfigError
+
+
+def test_defaults_are_the_demo() -> None:
+    sc = parse_scenario({})
+    assert sc.memory.strategy == "precopy"
+    assert sc.network.mode == "l2-extend"
+    assert sc.vm.ram_mib == 256
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"vm": {"ram_mib": 8}}, "vm.ram_mib"),
+    ({"vm": {"accel": "xen"}}, "vm.accel"),
+    ({"memory": {"strategy": "teleport"}}, "memory.strategy"),
+    ({"probe": {"interval_ms": -1}}, "probe.interval_ms"),
+    ({"vm": {"ramm_mib": 512}}, "vm.ramm_mib"),
+    ({"fault": {"kill_destination": "sometimes"}}, "fault.kill_destination"),
+])
+def test_bad_values_name_the_field(data: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_scenario(data)
+    assert info.value.field == field
+    assert str(info.value).startswith(field + ": ")
+    assert "\n" not in str(info.value)
+
+
+def test_unimplemented_strategy_is_refused_not_replaced() -> None:
+    with pytest.raises(ConfigError, match="'postcopy' is not implemented yet"):
+        parse_scenario({"memory": {"strategy": "postcopy"}})
+
+
+def test_cli_bad_scenario_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[vm]\nram_mib = "lots"\n')
+    result = CliRunner().invoke(app, ["migrate", "--scenario", str(bad)])
+    assert result.exit_code == 2
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "vm.ram_mib" in lines[0]
+
+
+def test_cli_missing_and_malformed_files(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["migrate", "--scenario", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 2 and "not found" in result.output
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[vm\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_scenario(broken)
+
+
+def test_shipped_scenarios_validate() -> None:
+    root = Path(__file__).resolve().parents[2] / "scenarios"
+    files = sorted(root.glob("*.toml"))
+    assert files, "the repository ships example scenarios"
+    for f in files:
+        load_scenario(f)

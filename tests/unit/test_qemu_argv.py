@@ -1,0 +1,54 @@
+"""The QEMU command line and migration capability arguments (pure functions)."""
+
+from pathlib import Path
+
+import pytest
+
+from wanmig.errors import MigrationError
+from wanmig.memory import capability_args
+from wanmig.qemu.image import GuestImage
+from wanmig.qemu.process import VmConfig, qemu_argv
+
+IMAGE = GuestImage(kernel=Path("/k/vmlinuz"), initrd=Path("/k/initrd.gz"),
+                   kernel_version="6.1.0-test", digest="d")
+
+
+def _cfg(**kw: object) -> VmConfig:
+    base = dict(name="vm-b", image=IMAGE, disk=Path("/r/disk.raw"), ram_mib=256,
+                mac="52:54:00:77:00:10", tap="tap0", ip_cidr="10.77.0.10/24", accel="tcg",
+                netns="wmx-b", incoming=True)
+    base.update(kw)
+    return VmConfig(**base)  # type: ignore[arg-type]
+
+
+def test_destination_argv() -> None:
+    argv = qemu_argv(_cfg(), Path("/run/x"))
+    assert argv[:4] == ["ip", "netns", "exec", "wmx-b"]
+    assert argv[argv.index("-accel") + 1] == "tcg" and argv[argv.index("-cpu") + 1] == "max"
+    assert argv[-2:] == ["-incoming", "defer"]
+    assert "unix:/run/x/vm-b.qmp,server=on,wait=off" in argv
+    assert any("ifname=tap0" in a for a in argv)
+    assert any("mac=52:54:00:77:00:10" in a for a in argv)
+    assert "wanmig.ip=10.77.0.10/24" in argv[argv.index("-append") + 1]
+
+
+def test_source_argv_and_kvm() -> None:
+    argv = qemu_argv(_cfg(incoming=False, netns=None, accel="kvm"), Path("/run/x"))
+    assert argv[0] == "qemu-system-x86_64" and "-incoming" not in argv
+    assert argv[argv.index("-cpu") + 1] == "host"
+
+
+def test_unresolved_accel_refused() -> None:
+    with pytest.raises(ValueError):
+        qemu_argv(_cfg(accel="auto"), Path("/run/x"))
+
+
+def test_capabilities_all_explicit() -> None:
+    args = capability_args(["xbzrle", "events", "pause-before-switchover", "postcopy-ram"],
+                           {"events", "pause-before-switchover"})
+    assert args == [{"capability": "xbzrle", "state": False},
+                    {"capability": "events", "state": True},
+                    {"capability": "pause-before-switchover", "state": True},
+                    {"capability": "postcopy-ram", "state": False}]
+    with pytest.raises(MigrationError, match="multifd"):
+        capability_args(["events"], {"multifd"})

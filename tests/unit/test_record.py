@@ -1,0 +1,40 @@
+"""Result records round-trip through JSON and render as a report."""
+
+from pathlib import Path
+
+from rich.console import Console
+
+from wanmig.record import (IntegrityResult, MemoryResult, NetworkResult, Phase, ResultRecord,
+                           StorageResult, VmInfo, WanInfo)
+from wanmig.report import render_record
+
+
+def _record() -> ResultRecord:
+    return ResultRecord(
+        status="completed", scenario={"name": "demo"}, wan=WanInfo(profile="unshaped"),
+        vm=VmInfo(ram_mib=256, disk_mib=64, workload="idle", accel="tcg"),
+        memory=MemoryResult(strategy="precopy", total_ms=1234, downtime_ms=87, bytes=3 << 20,
+                            rounds=3),
+        storage=StorageResult(strategy="none"),
+        network=NetworkResult(mode="l2-extend", client_outage_ms=140.5, tcp_survived=True),
+        integrity=IntegrityResult(guest_log_gaps=0, guest_log_records=500),
+        phases=[Phase(name="prepare", start_ms=0, end_ms=10),
+                Phase(name="memory", start_ms=10, end_ms=1200)],
+        total_ms=1200)
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    rec = _record()
+    path = tmp_path / "r.json"
+    rec.write(path)
+    again = ResultRecord.read(path)
+    assert again == rec
+    assert again.network.client_outage_ms == 140.5
+
+
+def test_report_shows_the_figures() -> None:
+    console = Console(width=120, record=True)
+    console.print(render_record(_record()))
+    text = console.export_text()
+    for expected in ("completed", "87.0 ms", "140.5 ms", "3.0 MiB", "prepare", "memory"):
+        assert expected in text
