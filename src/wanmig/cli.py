@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from .config import Scenario, load_scenario, parse_scenario
@@ -68,7 +69,7 @@ class RichUi:
 
 
 def _fail(exc: WanmigError) -> typer.Exit:
-    err_console.print(f"[red]wanmig: {exc}[/]")
+    err_console.print(f"[red]wanmig: {escape(str(exc))}[/]", soft_wrap=True, highlight=False)
     return typer.Exit(exc.exit_code)
 
 
@@ -86,6 +87,8 @@ def _run_scenario(scenario: Scenario, json_path: Optional[Path]) -> None:
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # qemu.qmp logs every QMP message at DEBUG; wanmig's own debug lines are enough.
+    logging.getLogger("qemu.qmp").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 @app.command()

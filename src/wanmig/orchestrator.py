@@ -29,6 +29,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Awaitable
 from typing import Protocol
 
 from .config import Scenario
@@ -122,20 +123,23 @@ class Orchestrator:
 
     async def run(self) -> ResultRecord:
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        self.ui.step("building guest image (cached when unchanged)")
-        image = await asyncio.to_thread(build_image, self.build_dir)
-        self.accel = await resolve_accel(self.scenario.vm.accel, image, image.kernel.parent)
-        self.registry = Registry(new_run_id())
-        status, error = "completed", None
-        testbed = Testbed(self.registry)
+        status, error = "failed", None
+        testbed: Testbed | None = None
         try:
+            self.ui.step("building guest image (cached when unchanged)")
+            image = await asyncio.to_thread(build_image, self.build_dir)
+            self.accel = await resolve_accel(self.scenario.vm.accel, image, image.kernel.parent)
+            self.registry = Registry(new_run_id())
+            testbed = Testbed(self.registry)
             self.ui.step(f"building the two sites (run {self.registry.run_id})")
             await testbed.up()
             status, error = await self._migrate_in(testbed, image)
         except WanmigError as exc:
             status, error = "failed", str(exc)
         finally:
-            await self._teardown(testbed)
+            cleanup_errors = await self._teardown(testbed)
+        if cleanup_errors:
+            self.notes["cleanup_error"] = "; ".join(cleanup_errors)
         return self._record(status, error, started)
 
     async def _migrate_in(self, testbed: Testbed, image: GuestImage) -> tuple[str, str | None]:
@@ -202,9 +206,11 @@ class Orchestrator:
 
         self._begin("finish")
         await self.src.stop()
+        self.clock.end()
+        # The probes keep watching a while after the move: a late outage (a
+        # stale forwarding entry, say) must show up in the client's figures.
         await asyncio.sleep(sc.probe.settle_s)
         self.new_conn_ms = await self.probe.new_connection_ms()
-        self.clock.end()
 
     def _begin(self, name: str) -> None:
         self.clock.begin(name)
@@ -235,28 +241,39 @@ class Orchestrator:
         await asyncio.sleep(self.scenario.probe.settle_s)
         self.new_conn_ms = await self.probe.new_connection_ms()
 
-    async def _teardown(self, testbed: Testbed) -> None:
-        """Stop probes and VMs, read the guest's disk log, remove the sites."""
-        if self.probe is not None:
+    async def _teardown(self, testbed: Testbed | None) -> list[str]:
+        """Stop probes and VMs, read the guest's disk log, remove the sites.
+
+        Every step runs even if an earlier one failed; the failures are returned.
+        """
+        errors: list[str] = []
+
+        async def attempt(what: str, step: Awaitable[object]) -> None:
             try:
-                self.probe_report = await self.probe.stop()
+                await step
             except WanmigError as exc:
-                log.warning("probe report lost: %s", exc)
+                log.warning("%s failed: %s", what, exc)
+                errors.append(f"{what}: {exc}")
+
+        if self.probe is not None and self.probe_report is None:
+            await attempt("probe report", self._stop_probe())
         for vm in (self.dst, self.src):
             if vm is not None:
-                await vm.stop()
+                await attempt(f"stopping {vm.name}", vm.stop())
         if self.registry is not None and (self.registry.run_dir / "disk.raw").exists():
-            await self._check_integrity(self.registry.run_dir / "disk.raw")
-        await testbed.down()
+            await attempt("integrity check", self._check_integrity(self.registry.run_dir / "disk.raw"))
+        if testbed is not None:
+            await attempt("removing the testbed", testbed.down())
         if self.registry is not None:
-            self.registry.close()
+            self.registry.close(keep_run_dir=bool(errors))
+        return errors
+
+    async def _stop_probe(self) -> None:
+        assert self.probe is not None
+        self.probe_report = await self.probe.stop()
 
     async def _check_integrity(self, disk: Path) -> None:
-        try:
-            report = check_log(await asyncio.to_thread(read_integrity_log, disk))
-        except WanmigError as exc:
-            log.warning("integrity log unreadable: %s", exc)
-            return
+        report = check_log(await asyncio.to_thread(read_integrity_log, disk))
         self.integrity = IntegrityResult(
             disk_match=None, guest_log_gaps=report.gaps, guest_log_records=report.records,
             guest_log_bad_checksums=report.bad_checksums,
@@ -265,7 +282,7 @@ class Orchestrator:
     def _record(self, status: str, error: str | None, started: str) -> ResultRecord:
         sc = self.scenario
         probe = self.probe_report
-        memory = (self.migration.result() if self.migration and self.migration.final_info
+        memory = (self.migration.result() if self.migration
                   else MemoryResult(strategy=sc.memory.strategy, converged=False))
         phases = self.clock.phases
         return ResultRecord(

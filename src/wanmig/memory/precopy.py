@@ -98,7 +98,8 @@ class PrecopyMigration:
         self.poll_s = poll_s
         self.state = MigrationState.IDLE
         self.last_progress: MigrationProgress | None = None
-        self.final_info: dict[str, Any] | None = None
+        self.final_info: dict[str, Any] | None = None  # query-migrate once completed
+        self.last_info: dict[str, Any] = {}             # latest query-migrate seen
         self._t0 = 0.0
 
     def __repr__(self) -> str:
@@ -209,6 +210,7 @@ class PrecopyMigration:
 
     async def _poll(self) -> MigrationProgress:
         info = await self.src.execute("query-migrate", timeout=10)
+        self.last_info = info
         progress = MigrationProgress.from_query(info, (time.monotonic() - self._t0) * 1000)
         self.last_progress = progress
         if self.on_progress:
@@ -216,20 +218,30 @@ class PrecopyMigration:
         return progress
 
     async def _error_desc(self) -> str:
+        """QEMU's reason, or what we can see ourselves when it gives none."""
         try:
             info = await self.src.execute("query-migrate", timeout=5)
+            self.last_info = info
         except QemuError as exc:
             return str(exc)
-        return str(info.get("error-desc", "no reason given by QEMU"))
+        if "error-desc" in info:
+            return str(info["error-desc"])
+        if self.dst.returncode is not None:
+            return f"the destination QEMU exited (code {self.dst.returncode})"
+        return "no reason given by QEMU"
 
     def result(self) -> MemoryResult:
-        """The memory block of the result record (QEMU's own figures)."""
-        info = self.final_info or {}
+        """The memory block of the result record (QEMU's own figures).
+
+        For an unfinished migration the figures are those of the last sample
+        (bytes sent so far); total and downtime stay empty.
+        """
+        info = self.final_info or self.last_info
         ram = info.get("ram", {})
         return MemoryResult(
             strategy=self.strategy,
-            total_ms=info.get("total-time"),
-            downtime_ms=info.get("downtime"),
+            total_ms=info.get("total-time") if self.final_info else None,
+            downtime_ms=info.get("downtime") if self.final_info else None,
             setup_ms=info.get("setup-time"),
             bytes=ram.get("transferred"),
             rounds=ram.get("dirty-sync-count"),

@@ -119,6 +119,11 @@ class QemuVm:
         return self._proc.pid if self._proc else None
 
     @property
+    def returncode(self) -> int | None:
+        """QEMU's exit code once it has exited (negative: killed by that signal)."""
+        return self._proc.returncode if self._proc else None
+
+    @property
     def run_dir(self) -> Path:
         return self.registry.run_dir
 
@@ -206,7 +211,7 @@ class QemuVm:
         if self._proc.returncode is None and self._qmp.runstate.name == "RUNNING":
             try:
                 await asyncio.wait_for(self._qmp.execute("quit"), timeout=timeout)
-            except (QMPError, asyncio.TimeoutError, OSError):
+            except (QMPError, asyncio.TimeoutError, OSError, EOFError):
                 pass  # the connection drops as QEMU exits; kill() below covers the rest
         await self._reap(timeout)
 
@@ -229,8 +234,8 @@ class QemuVm:
             await asyncio.wait_for(self._proc.wait(), timeout=5.0)
         try:
             await asyncio.wait_for(self._qmp.disconnect(), timeout=2.0)
-        except (QMPError, asyncio.TimeoutError, OSError):
-            pass
+        except (QMPError, asyncio.TimeoutError, OSError, EOFError):
+            pass  # the reader saw QEMU go away first; qemu.qmp re-raises that here
         self.registry.drop_pid(self._proc.pid)
         self.state = VmState.STOPPED
 
