@@ -1,0 +1,399 @@
+/*
+ * guestd - the wanmig guest's measured workloads, one small static binary.
+ *
+ *   guestd udp-echo PORT            echo every UDP datagram back to its sender
+ *   guestd tcp-echo PORT            echo everything on many long-lived TCP connections
+ *   guestd writer PATH PERIOD_MS    append a checksummed, sequence-numbered record
+ *                                   every PERIOD_MS to PATH (O_APPEND|O_DSYNC)
+ *
+ * Each workload is its own process (one sub-command each) so that a crash in one
+ * cannot stall the others, and each loop stays single-threaded and easy to read.
+ *
+ * Readiness: a sub-command first does everything that can fail (bind, open, first
+ * record), then forks; the parent prints the child's PID on stdout and exits 0.
+ * So /init learns both "it is serving" and "which PID to watch" from
+ * `pid=$(guestd ...)`, and a failure is a non-zero exit with a message on stderr.
+ *
+ * Built on the host with `gcc -static -O2` when the image is built; it needs
+ * nothing but libc.
+ *
+ * Integrity record (64 bytes, text, so a human can `cat` the log):
+ *   "wanmig SSSSSSSSSS MMMMMMMMMMMM CCCCCCCC" + spaces + "\n"
+ *   S = sequence number (10 digits), M = guest CLOCK_MONOTONIC in ms (12 digits),
+ *   C = crc32 (zlib polynomial) of the 31 bytes before it, lowercase hex.
+ * The host-side parser is wanmig/integrity.py; keep the two in step.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RECORD_SIZE 64
+#define CRC_OFFSET 31 /* "wanmig " + 10 + " " + 12 + " " */
+#define MAX_TCP_CLIENTS 1024
+#define TCP_BUF 65536
+
+static _Noreturn void die(const char *what)
+{
+    fprintf(stderr, "guestd: %s: %s\n", what, strerror(errno));
+    exit(1);
+}
+
+/* Fork after setup succeeded: the parent reports the worker's PID and exits. */
+static void detach_when_ready(void)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0)
+        die("fork");
+    if (pid > 0) {
+        printf("%d\n", (int)pid);
+        exit(0);
+    }
+    /* The caller reads our stdout to EOF (`$(...)`): let go of it, or it waits forever. */
+    int fd = open("/dev/null", O_WRONLY);
+    if (fd >= 0) {
+        dup2(fd, STDOUT_FILENO);
+        close(fd);
+    }
+    setsid();
+}
+
+static int parse_port(const char *s)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < 1 || v > 65535) {
+        fprintf(stderr, "guestd: bad port '%s'\n", s);
+        exit(2);
+    }
+    return (int)v;
+}
+
+static int bound_socket(int type, int port)
+{
+    int fd = socket(AF_INET6, type, 0);
+    int family = AF_INET6;
+    if (fd < 0) { /* IPv6 disabled: fall back to IPv4 only */
+        family = AF_INET;
+        fd = socket(AF_INET, type, 0);
+        if (fd < 0)
+            die("socket");
+    }
+    int one = 1, zero = 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (family == AF_INET6) {
+        /* one socket for IPv4 and IPv6 clients */
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+        struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_port = htons(port),
+                                 .sin6_addr = in6addr_any};
+        if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0)
+            die("bind");
+    } else {
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
+                                .sin_addr.s_addr = htonl(INADDR_ANY)};
+        if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0)
+            die("bind");
+    }
+    return fd;
+}
+
+/* ---- UDP echo: the 1 ms probe's partner; answer at once, keep no state. ---- */
+
+static _Noreturn void udp_echo(int port)
+{
+    int fd = bound_socket(SOCK_DGRAM, port);
+    detach_when_ready();
+    static char buf[65536];
+    for (;;) {
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof peer;
+        ssize_t n = recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&peer, &plen);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            die("recvfrom");
+        }
+        /* A failed send (e.g. no route during a migration) drops this reply only. */
+        sendto(fd, buf, (size_t)n, 0, (struct sockaddr *)&peer, plen);
+    }
+}
+
+/* ---- TCP echo: many long-lived connections, one poll() loop. ----
+ * Per client we hold at most one buffer of unsent bytes; while it is not empty we
+ * stop reading from that client, so a slow reader gets TCP back-pressure instead of
+ * us buffering without bound. */
+
+struct client {
+    char *buf;
+    size_t len, off; /* pending bytes are buf[off..len) */
+};
+
+static _Noreturn void tcp_echo(int port)
+{
+    int lfd = bound_socket(SOCK_STREAM, port);
+    if (listen(lfd, 128) < 0)
+        die("listen");
+    fcntl(lfd, F_SETFL, O_NONBLOCK);
+    detach_when_ready();
+
+    static struct pollfd pfd[MAX_TCP_CLIENTS + 1];
+    static struct client cl[MAX_TCP_CLIENTS + 1];
+    int n = 1;
+    pfd[0] = (struct pollfd){.fd = lfd, .events = POLLIN};
+
+    for (;;) {
+        if (poll(pfd, (nfds_t)n, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            die("poll");
+        }
+        if (pfd[0].revents & POLLIN) {
+            for (;;) {
+                int c = accept(lfd, NULL, NULL);
+                if (c < 0)
+                    break; /* EAGAIN: accepted all; other errors: try next round */
+                if (n > MAX_TCP_CLIENTS) {
+                    close(c);
+                    continue;
+                }
+                int one = 1;
+                /* echo each chunk immediately: the probe measures latency */
+                setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                fcntl(c, F_SETFL, O_NONBLOCK);
+                char *b = malloc(TCP_BUF);
+                if (!b) {
+                    close(c);
+                    continue;
+                }
+                pfd[n] = (struct pollfd){.fd = c, .events = POLLIN};
+                cl[n] = (struct client){.buf = b};
+                n++;
+            }
+        }
+        for (int i = 1; i < n; i++) {
+            struct client *k = &cl[i];
+            int closed = 0;
+            if (pfd[i].revents & (POLLERR | POLLNVAL)) {
+                closed = 1;
+            } else if (k->len == 0 && (pfd[i].revents & (POLLIN | POLLHUP))) {
+                ssize_t r = read(pfd[i].fd, k->buf, TCP_BUF);
+                if (r > 0) {
+                    k->len = (size_t)r;
+                    k->off = 0;
+                } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
+                    closed = 1;
+                }
+            }
+            if (!closed && k->len > k->off) {
+                ssize_t w = write(pfd[i].fd, k->buf + k->off, k->len - k->off);
+                if (w > 0)
+                    k->off += (size_t)w;
+                else if (w < 0 && errno != EAGAIN && errno != EINTR)
+                    closed = 1;
+                if (k->off == k->len)
+                    k->off = k->len = 0;
+            }
+            if (closed) {
+                close(pfd[i].fd);
+                free(k->buf);
+                /* move the last slot here and look at slot i again */
+                n--;
+                pfd[i] = pfd[n];
+                cl[i] = cl[n];
+                i--;
+                continue;
+            }
+            pfd[i].events = k->len ? POLLOUT : POLLIN;
+            pfd[i].revents = 0;
+        }
+    }
+}
+
+/* ---- Integrity writer ---- */
+
+static uint32_t crc_table[256];
+
+static void crc32_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+/* Same value as zlib.crc32() / Python's zlib.crc32(). */
+static uint32_t crc32(const char *p, size_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    while (n--)
+        c = crc_table[(c ^ (unsigned char)*p++) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static void format_record(char rec[RECORD_SIZE], unsigned long long seq, unsigned long long ms)
+{
+    char head[CRC_OFFSET + 1];
+    snprintf(head, sizeof head, "wanmig %010llu %012llu ", seq % 10000000000ULL,
+             ms % 1000000000000ULL);
+    memset(rec, ' ', RECORD_SIZE);
+    memcpy(rec, head, CRC_OFFSET);
+    char crc[9];
+    snprintf(crc, sizeof crc, "%08x", crc32(head, CRC_OFFSET));
+    memcpy(rec + CRC_OFFSET, crc, 8);
+    rec[RECORD_SIZE - 1] = '\n';
+}
+
+/* Returns the record's seq, or -1 if it is not a valid record. */
+static long long parse_record(const char rec[RECORD_SIZE])
+{
+    char head[CRC_OFFSET + 1], crc[9];
+    unsigned long long seq, ms;
+    if (memcmp(rec, "wanmig ", 7) != 0 || rec[RECORD_SIZE - 1] != '\n')
+        return -1;
+    memcpy(head, rec, CRC_OFFSET);
+    head[CRC_OFFSET] = '\0';
+    if (sscanf(head, "wanmig %10llu %12llu ", &seq, &ms) != 2)
+        return -1;
+    snprintf(crc, sizeof crc, "%08x", crc32(rec, CRC_OFFSET));
+    if (memcmp(crc, rec + CRC_OFFSET, 8) != 0)
+        return -1;
+    return (long long)seq;
+}
+
+/*
+ * Continue an existing log: drop a torn tail (a record cut short by a crash or a
+ * power cut would otherwise shift every later record), then continue after the
+ * last record that verifies. Returns the next sequence number.
+ */
+static unsigned long long recover(const char *path)
+{
+    int fd = open(path, O_RDWR | O_CREAT, 0644);
+    if (fd < 0)
+        die(path);
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        die("fstat");
+    off_t size = st.st_size - st.st_size % RECORD_SIZE;
+    if (size != st.st_size) {
+        fprintf(stderr, "guestd: %s: dropping torn tail of %lld bytes\n", path,
+                (long long)(st.st_size - size));
+        if (ftruncate(fd, size) < 0 || fsync(fd) < 0)
+            die("truncate torn tail");
+    }
+    unsigned long long next = 0;
+    for (off_t at = size - RECORD_SIZE; at >= 0; at -= RECORD_SIZE) {
+        char rec[RECORD_SIZE];
+        if (pread(fd, rec, RECORD_SIZE, at) != RECORD_SIZE)
+            die("pread");
+        long long seq = parse_record(rec);
+        if (seq >= 0) {
+            next = (unsigned long long)seq + 1;
+            break;
+        }
+    }
+    close(fd);
+    return next;
+}
+
+static unsigned long long now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (unsigned long long)t.tv_sec * 1000ULL + (unsigned long long)t.tv_nsec / 1000000ULL;
+}
+
+static int append_record(int fd, unsigned long long seq)
+{
+    char rec[RECORD_SIZE];
+    format_record(rec, seq, now_ms());
+    /* One write() of the whole record: with O_APPEND it lands at the end in one
+     * piece, and with O_DSYNC it is on the disk when write() returns. */
+    ssize_t w = write(fd, rec, RECORD_SIZE);
+    return w == RECORD_SIZE ? 0 : -1;
+}
+
+static int writer(const char *path, const char *period_s)
+{
+    long period_ms = strtol(period_s, NULL, 10);
+    if (period_ms < 1 || period_ms > 60000) {
+        fprintf(stderr, "guestd: bad period '%s'\n", period_s);
+        return 2;
+    }
+    crc32_init();
+    unsigned long long seq = recover(path);
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_DSYNC, 0644);
+    if (fd < 0)
+        die(path);
+    if (append_record(fd, seq) < 0) /* proves the disk takes writes before "ready" */
+        die("write first record");
+    seq++;
+    detach_when_ready();
+
+    const long long period_ns = period_ms * 1000000LL;
+    struct timespec next;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    int failing = 0;
+    for (;;) {
+        /* Absolute deadlines: the write's own latency does not add up as drift. */
+        next.tv_nsec += period_ns;
+        while (next.tv_nsec >= 1000000000L) {
+            next.tv_nsec -= 1000000000L;
+            next.tv_sec++;
+        }
+        int rc;
+        while ((rc = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL)) == EINTR)
+            ;
+        /* Fell behind (slow disk): skip the missed ticks rather than write a burst;
+         * the record's timestamp shows the gap, the seq stays contiguous. */
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long late = (now.tv_sec - next.tv_sec) * 1000000000LL + (now.tv_nsec - next.tv_nsec);
+        if (late > period_ns) {
+            long long skip = late / period_ns;
+            long long ns = next.tv_nsec + skip * period_ns;
+            next.tv_sec += ns / 1000000000LL;
+            next.tv_nsec = ns % 1000000000LL;
+        }
+        if (append_record(fd, seq) == 0) {
+            seq++;
+            if (failing)
+                fprintf(stderr, "guestd: writer: writes succeed again at seq %llu\n", seq - 1);
+            failing = 0;
+        } else if (!failing) { /* report once, keep trying: the same seq is retried */
+            fprintf(stderr, "guestd: writer: write failed at seq %llu: %s\n", seq, strerror(errno));
+            failing = 1;
+        }
+    }
+}
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: guestd udp-echo PORT | tcp-echo PORT | writer PATH PERIOD_MS\n");
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN); /* a client that vanished must not kill the echo server */
+    if (argc == 3 && strcmp(argv[1], "udp-echo") == 0)
+        udp_echo(parse_port(argv[2]));
+    if (argc == 3 && strcmp(argv[1], "tcp-echo") == 0)
+        tcp_echo(parse_port(argv[2]));
+    if (argc == 4 && strcmp(argv[1], "writer") == 0)
+        return writer(argv[2], argv[3]);
+    return usage();
+}
