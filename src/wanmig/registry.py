@@ -147,7 +147,7 @@ def clean_leftovers(*, force: bool = False) -> list[str]:
         except (OSError, ValueError):
             continue
         owner = int(data.get("owner_pid", 0))
-        if not force and owner != os.getpid() and _alive(owner):
+        if not force and _alive(owner):
             log.info("run %s still owned by live pid %d: left alone", data.get("run_id"), owner)
             continue
         run_dir = STATE_DIR / str(data["run_id"])
