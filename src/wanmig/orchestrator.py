@@ -161,7 +161,7 @@ class Orchestrator:
                              * 1000, 1)
         self.ui.step(f"guest ready after {self.boot_ms / 1000:.1f} s; starting client probes")
         self.probe = ClientProbe(addr.vm_ip, netns=testbed.client.name,
-                                 interval_ms=sc.probe.interval_ms)
+                                 interval_ms=sc.probe.interval_ms, registry=self.registry)
         await self.probe.start()
         await asyncio.sleep(sc.probe.warmup_s)
         try:

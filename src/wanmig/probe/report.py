@@ -1,0 +1,84 @@
+"""``ProbeReport``: what the client saw during one probe run, as a plain value.
+
+The agent prints it as one JSON object (the ``report`` event); the controller
+turns it back into this frozen dataclass; the orchestrator copies figures into
+the result record (``network.client_outage_ms`` = ``udp_max_gap_ms``,
+``network.tcp_survived``).  ``to_dict``/``from_dict`` round-trip exactly, and
+``from_dict`` ignores keys it does not know (the ``event`` key, fields added by
+a newer agent) but insists on every field without a default.
+
+All times are milliseconds; instants (``udp_max_gap_start_ms``, ``marks``) are
+relative to the agent's start.  The last four fields say how far the figures
+can be trusted: how late UDP sends were against their schedule and how much
+CPU the agent used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .stats import last_mark_before, relative_to_marks
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """Summary of one run of the UDP, TCP and HTTP probes."""
+
+    udp_sent: int
+    udp_received: int
+    udp_lost: int
+    udp_rtt_p50_ms: float | None
+    udp_rtt_p99_ms: float | None
+    udp_max_gap_ms: float
+    udp_max_gap_start_ms: float
+    tcp_survived: bool
+    tcp_echoes: int
+    tcp_max_gap_ms: float
+    tcp_error: str | None
+    http_ok: int
+    http_failed: int
+    http_max_gap_ms: float
+    http_latency_p50_ms: float | None
+    http_latency_max_ms: float | None
+    marks: dict[str, float] = field(default_factory=dict)
+    duration_ms: float = 0.0
+    # measurement quality (absent from reports of older agents)
+    udp_send_late_p99_ms: float | None = None
+    udp_send_late_max_ms: float | None = None
+    udp_max_gap_end_ms: float | None = None
+    agent_cpu_pct: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["marks"] = dict(self.marks)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeReport:
+        """Rebuild from ``to_dict`` output; ValueError names missing fields."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        missing = [name for name, f in known.items()
+                   if name not in data and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ValueError(f"probe report lacks {', '.join(missing)}")
+        kwargs = {name: data[name] for name in known if name in data}
+        kwargs["marks"] = {str(k): float(v) for k, v in dict(kwargs.get("marks", {})).items()}
+        return cls(**kwargs)
+
+    # -- derived views (not serialised: computed from the fields) -----------
+
+    @property
+    def client_outage_ms(self) -> float:
+        """The figure DESIGN.md calls ``client_outage_ms``."""
+        return self.udp_max_gap_ms
+
+    def udp_max_gap_vs_marks(self) -> dict[str, float]:
+        """Start of the largest UDP gap minus each mark (ms; negative = before it)."""
+        return relative_to_marks(self.udp_max_gap_start_ms, self.marks)
+
+    def udp_max_gap_after_mark(self) -> tuple[str, float] | None:
+        """The last mark before the largest UDP gap began, and how long before."""
+        return last_mark_before(self.udp_max_gap_start_ms, self.marks)
