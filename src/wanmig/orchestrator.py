@@ -109,7 +109,6 @@ class Orchestrator:
         self.migration: PrecopyMigration | None = None
         self.probe: ClientProbe | None = None
         self.probe_report: ProbeReport | None = None
-        self.dest_authoritative = False
         self.accel: str | None = None
         self.boot_ms: float | None = None
         self.new_conn_ms: float | None = None
@@ -119,7 +118,12 @@ class Orchestrator:
     def __repr__(self) -> str:
         return (f"Orchestrator(scenario={self.scenario.name!r}, "
                 f"run={self.registry.run_id if self.registry else None}, "
-                f"dest_authoritative={self.dest_authoritative})")
+                f"destination_may_run={self._destination_may_run()})")
+
+    def _destination_may_run(self) -> bool:
+        """Once QEMU handed the guest over and the destination lives, it is authoritative."""
+        return bool(self.migration and self.migration.handed_over
+                    and self.dst and self.dst.returncode is None)
 
     async def run(self) -> ResultRecord:
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -167,8 +171,8 @@ class Orchestrator:
         try:
             await self._phases(testbed, vm_config("b"))
         except WanmigError as exc:
-            if self.dest_authoritative:
-                raise
+            if self._destination_may_run():
+                raise  # past the point of no return: never resume the source too
             await self._rollback(exc)
             return "rolled_back", str(exc)
         return "completed", None
@@ -197,7 +201,6 @@ class Orchestrator:
 
         self._begin("switchover")
         await self.migration.switchover()
-        self.dest_authoritative = True  # the destination runs: no way back from here
         await self.probe.mark("switchover-done")
 
         self._begin("redirect")

@@ -100,6 +100,7 @@ class PrecopyMigration:
         self.last_progress: MigrationProgress | None = None
         self.final_info: dict[str, Any] | None = None  # query-migrate once completed
         self.last_info: dict[str, Any] = {}             # latest query-migrate seen
+        self.handed_over = False  # QEMU reported "completed": the destination may run
         self._t0 = 0.0
 
     def __repr__(self) -> str:
@@ -167,6 +168,7 @@ class PrecopyMigration:
                     continue
                 status = event["data"]["status"]
                 if status == "completed":
+                    self.handed_over = True
                     break
                 if status in FAILED_STATES:
                     self.state = MigrationState.FAILED

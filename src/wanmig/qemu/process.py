@@ -167,6 +167,12 @@ class QemuVm:
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive()
+            if not os.path.exists(sock):  # QEMU has not bound it yet: no point connecting
+                if time.monotonic() > deadline:
+                    raise QmpTimeout(f"QMP socket {sock} not created after {timeout:.0f}s",
+                                     vm=self.name)
+                await asyncio.sleep(0.02)
+                continue
             try:
                 await asyncio.wait_for(self._qmp.connect(sock), timeout=5.0)
                 return
