@@ -27,9 +27,9 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Awaitable
 from typing import Protocol
 
 from .config import Scenario
@@ -38,10 +38,24 @@ from .integrity import check_log
 from .memory import MigrationProgress, PrecopyMigration
 from .probe import ClientProbe, ProbeReport
 from .qemu.accel import resolve_accel
-from .qemu.image import READY_MARKER, GuestImage, build_image, create_data_disk, read_integrity_log
+from .qemu.image import (
+    READY_MARKER,
+    GuestImage,
+    build_image,
+    create_data_disk,
+    read_integrity_log,
+)
 from .qemu.process import QemuVm, VmConfig
-from .record import (IntegrityResult, MemoryResult, NetworkResult, Phase, ResultRecord,
-                     StorageResult, VmInfo, WanInfo)
+from .record import (
+    IntegrityResult,
+    MemoryResult,
+    NetworkResult,
+    Phase,
+    ResultRecord,
+    StorageResult,
+    VmInfo,
+    WanInfo,
+)
 from .registry import Registry, new_run_id
 from .testbed import Testbed
 
@@ -132,6 +146,8 @@ class Orchestrator:
         try:
             self.ui.step("building guest image (cached when unchanged)")
             image = await asyncio.to_thread(build_image, self.build_dir)
+            if self.scenario.vm.accel == "auto":
+                self.ui.step("choosing the accelerator (a KVM probe boot runs once, then cached)")
             self.accel = await resolve_accel(self.scenario.vm.accel, image, image.kernel.parent)
             self.registry = Registry(new_run_id())
             testbed = Testbed(self.registry)

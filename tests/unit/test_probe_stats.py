@@ -6,8 +6,15 @@ import random
 
 import pytest
 
-from wanmig.probe.stats import (Gap, GapTracker, last_mark_before, max_gap, ns_to_ms,
-                                percentile, relative_to_marks)
+from wanmig.probe.stats import (
+    Gap,
+    GapTracker,
+    last_mark_before,
+    max_gap,
+    ns_to_ms,
+    percentile,
+    relative_to_marks,
+)
 
 
 def test_max_gap_finds_largest_and_its_start() -> None:

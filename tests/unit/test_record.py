@@ -4,8 +4,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from wanmig.record import (IntegrityResult, MemoryResult, NetworkResult, Phase, ResultRecord,
-                           StorageResult, VmInfo, WanInfo)
+from wanmig.record import (
+    IntegrityResult,
+    MemoryResult,
+    NetworkResult,
+    Phase,
+    ResultRecord,
+    StorageResult,
+    VmInfo,
+    WanInfo,
+)
 from wanmig.report import render_record
 
 

@@ -42,8 +42,17 @@ import time
 from types import FrameType
 from typing import Any, TextIO
 
-from .probes import (HTTP_TIMEOUT_S, MS, S, HttpLoop, ProbeThread, TcpStream, UdpEcho,
-                     set_realtime, http_get)
+from .probes import (
+    HTTP_TIMEOUT_S,
+    MS,
+    HttpLoop,
+    ProbeThread,
+    S,
+    TcpStream,
+    UdpEcho,
+    http_get,
+    set_realtime,
+)
 from .report import ProbeReport
 from .stats import ns_to_ms
 

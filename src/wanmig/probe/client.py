@@ -33,13 +33,12 @@ import collections
 import enum
 import json
 import logging
-import os
-import signal
 import sys
 import time
 from types import TracebackType
 from typing import Any
 
+from ..children import reap, sigkill
 from ..errors import ProbeError
 from ..registry import Registry
 from .report import ProbeReport
@@ -159,11 +158,8 @@ class ClientProbe:
 
     async def kill(self) -> None:
         """SIGKILL the agent if it runs, and reap it.  Idempotent."""
-        if self._proc is not None and self._proc.returncode is None:
-            try:
-                os.kill(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if self._proc is not None:
+            sigkill(self._proc)
         await self._reap(5.0)
 
     async def _reap(self, timeout: float) -> None:
@@ -171,14 +167,7 @@ class ClientProbe:
         if proc is not None:
             if proc.stdin is not None and not proc.stdin.is_closing():
                 proc.stdin.close()  # EOF tells the agent to stop
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=timeout)
-            except asyncio.TimeoutError:
-                try:
-                    os.kill(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                await asyncio.wait_for(proc.wait(), timeout=5.0)
+            await reap(proc, timeout)
             if self.registry:
                 self.registry.drop_pid(proc.pid)
         for task in self._readers:

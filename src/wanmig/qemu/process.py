@@ -23,7 +23,6 @@ import asyncio
 import enum
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 from qemu.qmp import QMPClient, QMPError
 from qemu.qmp.qmp_client import ExecuteError
 
+from ..children import reap, sigkill
 from ..errors import QemuError, QmpTimeout
 from ..registry import Registry
 from .image import GuestImage
@@ -223,21 +223,14 @@ class QemuVm:
 
     async def kill(self) -> None:
         """SIGKILL the process (used on failure and to inject faults).  Idempotent."""
-        if self._proc is not None and self._proc.returncode is None:
-            try:
-                os.kill(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if self._proc is not None:
+            sigkill(self._proc)
         await self._reap(5.0)
 
     async def _reap(self, timeout: float) -> None:
         if self._proc is None:
             return
-        try:
-            await asyncio.wait_for(self._proc.wait(), timeout=timeout)
-        except asyncio.TimeoutError:
-            os.kill(self._proc.pid, signal.SIGKILL)
-            await asyncio.wait_for(self._proc.wait(), timeout=5.0)
+        await reap(self._proc, timeout)
         try:
             await asyncio.wait_for(self._qmp.disconnect(), timeout=2.0)
         except (QMPError, asyncio.TimeoutError, OSError, EOFError):
