@@ -46,3 +46,17 @@ def test_report_shows_the_figures() -> None:
     text = console.export_text()
     for expected in ("completed", "87.0 ms", "140.5 ms", "3.0 MiB", "prepare", "memory"):
         assert expected in text
+
+
+def test_cli_report_reads_a_saved_record(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from wanmig.cli import app
+
+    path = tmp_path / "r.json"
+    _record().write(path)
+    ok = CliRunner().invoke(app, ["report", str(path)])
+    assert ok.exit_code == 0 and "140.5 ms" in ok.output and "completed" in ok.output
+    path.write_text('{"status": "completed"}')
+    bad = CliRunner().invoke(app, ["report", str(path)])
+    assert bad.exit_code == 2 and "not a result record" in bad.output
