@@ -8,6 +8,7 @@ never silently passed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -24,9 +25,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs qemu-system-x86_64 (make setup)"))
 
 
+RUN_NETNS = re.compile(r"^wm[0-9a-f]{6}-[a-z]$")  # the testbed's names: wm<run id>-<role>
+
+
 def netns_names() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def run_netns_names() -> set[str]:
+    """Namespaces named like a wanmig run's (other tools' namespaces are not ours)."""
+    return {n for n in netns_names() if RUN_NETNS.match(n)}
 
 
 def qemu_pids() -> set[int]:

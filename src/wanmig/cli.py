@@ -7,6 +7,7 @@ configuration errors exit with code 2 before anything has been started.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 from pathlib import Path
@@ -30,12 +31,15 @@ from .orchestrator import Orchestrator
 from .qemu.image import build_image
 from .record import ResultRecord
 from .registry import clean_leftovers
-from .report import render_record
+from .report import render_record, render_wan_bench
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Live-migrate a running QEMU VM between two sites and measure what a client saw.")
 image_app = typer.Typer(no_args_is_help=True, help="The guest image.")
 app.add_typer(image_app, name="image")
+bench_app = typer.Typer(no_args_is_help=True,
+                        help="Benchmarks: a whole matrix in one run, written as JSON.")
+app.add_typer(bench_app, name="bench")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -79,9 +83,9 @@ def _fail(exc: WanmigError) -> typer.Exit:
     return typer.Exit(exc.exit_code)
 
 
-def _run_scenario(scenario: Scenario, json_path: Optional[Path]) -> None:
+def _run_scenario(scenario: Scenario, out: Optional[Path]) -> None:
     record = asyncio.run(Orchestrator(scenario, ui=RichUi()).run())
-    path = json_path or Path("results") / f"{scenario.name}-{record.run_id}.json"
+    path = out or Path("results") / f"{scenario.name}-{record.run_id}.json"
     record.write(path)
     console.print(render_record(record))
     console.print(f"[dim]result record: {path}[/]")
@@ -97,11 +101,20 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
     logging.getLogger("qemu.qmp").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the result record here.")]
+WanOption = Annotated[Optional[str], typer.Option(
+    "--wan", help="WAN profile between the sites: lan, metro, continental, intercontinental, "
+                  "lossy, or none (a plain veth).")]
+
+
 @app.command()
-def demo(json: Annotated[Optional[Path], typer.Option("--json", help="Write the result record here.")] = None) -> None:
+def demo(out: JsonOption = None, wan: WanOption = None) -> None:
     """Migrate a running guest from site A to site B while a client watches."""
     try:
-        _run_scenario(parse_scenario({"name": "demo"}), json)
+        data: dict[str, object] = {"name": "demo"}
+        if wan is not None:
+            data["wan"] = {"profile": wan}
+        _run_scenario(parse_scenario(data), out)
     except WanmigError as exc:
         raise _fail(exc) from None
 
@@ -109,14 +122,37 @@ def demo(json: Annotated[Optional[Path], typer.Option("--json", help="Write the 
 @app.command()
 def migrate(
     scenario: Annotated[Path, typer.Option("--scenario", "-s", help="Scenario TOML file.")],
-    json: Annotated[Optional[Path], typer.Option("--json", help="Write the result record here.")] = None,
+    out: JsonOption = None,
+    wan: WanOption = None,
 ) -> None:
     """Run the migration a scenario file describes."""
     try:
-        sc = load_scenario(scenario)
-        _run_scenario(sc, json)
+        _run_scenario(load_scenario(scenario, wan_profile=wan), out)
     except WanmigError as exc:
         raise _fail(exc) from None
+
+
+@bench_app.command("wan")
+def bench_wan(
+    out: Annotated[Path, typer.Option("--json", help="Write the results here.")],
+    profile: Annotated[Optional[list[str]], typer.Option(
+        "--profile", help="Only these profiles (repeatable); default: all, plus rate points.")] = None,
+    seconds: Annotated[Optional[float], typer.Option(
+        "--seconds", help="Length of each measurement (shorter = noisier).")] = None,
+) -> None:
+    """Measure the emulated WAN: RTT idle/loaded/saturated, goodput, loss, forwarder CPU."""
+    from .wan.bench import run_wan_bench
+
+    try:
+        kwargs = {"seconds": seconds} if seconds else {}
+        result = asyncio.run(run_wan_bench(profile or None, on_progress=lambda m: console.print(
+            f"[dim]•[/] {escape(m)}"), **kwargs))
+    except WanmigError as exc:
+        raise _fail(exc) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(render_wan_bench(result))
+    console.print(f"[dim]results: {out}[/]")
 
 
 @app.command()

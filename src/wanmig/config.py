@@ -13,9 +13,13 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .wan.profiles import LinkProfile, resolve_profile
+
+#: ``[wan] profile = "none"``: the sites are joined by a plain veth pair (no emulator).
+NO_WAN = "none"
 
 #: Memory strategies wanmig knows by name, and whether this build implements them.
 MEMORY_STRATEGIES: dict[str, bool] = {
@@ -72,6 +76,47 @@ class NetworkSpec(_Strict):
         return _known_and_implemented(v, NETWORK_MODES, "network mode")
 
 
+class WanSpec(_Strict):
+    """The link between the sites: a named profile, optionally with values overridden."""
+
+    profile: str = "continental"
+    rtt_ms: float | None = None
+    jitter_ms: float | None = None
+    loss_pct: float | None = None
+    rate_mbit: float | None = None
+    queue_ms: float | None = None
+    backend: Literal["auto", "netem", "forwarder"] = "auto"
+    client_profile: str | None = None  # an emulated link on the client's path too
+
+    @model_validator(mode="after")
+    def _resolvable(self) -> "WanSpec":
+        self.link_profile()
+        self.client_link_profile()
+        return self
+
+    def _overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items()
+                if k in ("rtt_ms", "jitter_ms", "loss_pct", "rate_mbit", "queue_ms")
+                and v is not None}
+
+    def link_profile(self) -> LinkProfile | None:
+        """The inter-site profile, or None for a plain veth (``profile = "none"``)."""
+        if self.profile == NO_WAN:
+            if self._overrides():
+                raise ConfigError("values given but profile is 'none'", field="wan.profile")
+            return None
+        return resolve_profile({"profile": self.profile, **self._overrides()})
+
+    def client_link_profile(self) -> LinkProfile | None:
+        """The client path's profile (a name only), or None for a plain veth."""
+        if self.client_profile in (None, NO_WAN):
+            return None
+        try:
+            return resolve_profile(self.client_profile)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).split(": ", 1)[-1], field="wan.client_profile") from None
+
+
 class ProbeSpec(_Strict):
     interval_ms: float = Field(1.0, gt=0.1, le=1000)
     warmup_s: float = Field(1.0, ge=0, le=60)
@@ -89,6 +134,7 @@ class Scenario(_Strict):
     vm: VmSpec = VmSpec()
     memory: MemorySpec = MemorySpec()
     network: NetworkSpec = NetworkSpec()
+    wan: WanSpec = WanSpec()
     probe: ProbeSpec = ProbeSpec()
     fault: FaultSpec = FaultSpec()
 
@@ -111,12 +157,17 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
         raise _first_error(exc) from None
 
 
-def load_scenario(path: Path) -> Scenario:
-    """Read and validate a scenario file; ConfigError names the bad field."""
+def load_scenario(path: Path, *, wan_profile: str | None = None) -> Scenario:
+    """Read and validate a scenario file; ConfigError names the bad field.
+
+    ``wan_profile`` (the CLI's ``--wan``) replaces the file's ``[wan] profile``.
+    """
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"scenario file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if wan_profile is not None:
+        data.setdefault("wan", {})["profile"] = wan_profile
     return parse_scenario(data)

@@ -58,6 +58,7 @@ from .record import (
 )
 from .registry import Registry, new_run_id
 from .testbed import Testbed
+from .wan import measure
 
 log = logging.getLogger("wanmig.orchestrator")
 
@@ -127,6 +128,7 @@ class Orchestrator:
         self.boot_ms: float | None = None
         self.new_conn_ms: float | None = None
         self.integrity = IntegrityResult()
+        self.wan_info = WanInfo(profile=scenario.wan.profile)
         self.notes: dict[str, object] = {}
 
     def __repr__(self) -> str:
@@ -150,9 +152,13 @@ class Orchestrator:
                 self.ui.step("choosing the accelerator (a KVM probe boot runs once, then cached)")
             self.accel = await resolve_accel(self.scenario.vm.accel, image, image.kernel.parent)
             self.registry = Registry(new_run_id())
-            testbed = Testbed(self.registry)
-            self.ui.step(f"building the two sites (run {self.registry.run_id})")
+            wan = self.scenario.wan
+            testbed = Testbed(self.registry, wan=wan.link_profile(),
+                              client_wan=wan.client_link_profile(), wan_backend=wan.backend)
+            self.ui.step(f"building the two sites (run {self.registry.run_id}, "
+                         f"WAN {wan.profile})")
             await testbed.up()
+            self.wan_info = await self._measure_wan(testbed)
             status, error = await self._migrate_in(testbed, image)
         except WanmigError as exc:
             status, error = "failed", str(exc)
@@ -161,6 +167,17 @@ class Orchestrator:
         if cleanup_errors:
             self.notes["cleanup_error"] = "; ".join(cleanup_errors)
         return self._record(status, error, started)
+
+    async def _measure_wan(self, testbed: Testbed) -> WanInfo:
+        """What the link is set to, and the RTT between the sites just measured."""
+        desc = testbed.wan.describe() if testbed.wan else {"profile": "none"}
+        rtt = await measure.rtt(testbed.site_a.name, testbed.site_b.name,
+                                testbed.addr.site_b_ip, rate_hz=100, seconds=1.0)
+        client = testbed.client_wan.describe()["profile"] if testbed.client_wan else None
+        info = WanInfo(**desc, rtt_measured_ms=rtt.p50_ms, client_profile=client)
+        self.ui.step(f"WAN {info.profile}: RTT measured {info.rtt_measured_ms} ms "
+                     f"(set {info.rtt_ms}), rate {info.rate_mbit} Mbit/s")
+        return info
 
     async def _migrate_in(self, testbed: Testbed, image: GuestImage) -> tuple[str, str | None]:
         sc, addr = self.scenario, testbed.addr
@@ -307,7 +324,7 @@ class Orchestrator:
         return ResultRecord(
             status=status, error=error, run_id=self.registry.run_id if self.registry else None,
             started_at=started, scenario=sc.model_dump(),
-            wan=WanInfo(profile="unshaped"),
+            wan=self.wan_info,
             vm=VmInfo(ram_mib=sc.vm.ram_mib, disk_mib=sc.vm.disk_mib, workload=sc.vm.workload,
                       accel=self.accel, boot_ms=self.boot_ms),
             memory=memory,

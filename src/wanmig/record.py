@@ -21,11 +21,17 @@ class _Model(BaseModel):
 
 
 class WanInfo(_Model):
-    profile: str = "unshaped"
+    """The inter-site link as configured, and its RTT measured before the migration."""
+
+    profile: str = "none"
+    backend: str | None = None
     rtt_ms: float | None = None
     rate_mbit: float | None = None
     loss_pct: float = 0.0
     jitter_ms: float = 0.0
+    queue_ms: float | None = None
+    rtt_measured_ms: float | None = None
+    client_profile: str | None = None
 
 
 class VmInfo(_Model):

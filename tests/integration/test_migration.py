@@ -18,7 +18,7 @@ from wanmig.config import parse_scenario
 from wanmig.orchestrator import Orchestrator
 from wanmig.record import PHASES, ResultRecord
 
-from ..conftest import interface_names, netns_names, qemu_pids
+from ..conftest import interface_names, qemu_pids, run_netns_names
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu]
 
@@ -27,9 +27,9 @@ WANMIG = Path(sys.executable).with_name("wanmig")
 
 @pytest.fixture
 def leaves_nothing_behind():
-    before = (netns_names(), qemu_pids(), interface_names())
+    before = (run_netns_names(), qemu_pids(), interface_names())
     yield
-    after = (netns_names(), qemu_pids(), interface_names())
+    after = (run_netns_names(), qemu_pids(), interface_names())
     assert after[0] <= before[0], f"namespaces left: {after[0] - before[0]}"
     assert after[1] <= before[1], f"QEMU processes left: {after[1] - before[1]}"
     assert after[2] <= before[2], f"interfaces left: {after[2] - before[2]}"
@@ -44,6 +44,10 @@ def test_demo_cli_migrates_while_client_watches(tmp_path: Path, leaves_nothing_b
     rec = ResultRecord.model_validate(json.loads(out.read_text()))
 
     assert rec.status == "completed" and rec.error is None
+    # The demo runs over the continental WAN, and its RTT was measured, not copied.
+    assert rec.wan.profile == "continental" and rec.wan.rtt_ms == 50
+    assert rec.wan.backend in ("forwarder", "netem")
+    assert rec.wan.rtt_measured_ms is not None and 40 <= rec.wan.rtt_measured_ms <= 60
     assert [p.name for p in rec.phases] == list(PHASES)
     starts = [p.start_ms for p in rec.phases]
     assert starts == sorted(starts) and all(p.end_ms >= p.start_ms for p in rec.phases)

@@ -9,16 +9,16 @@ import pytest
 from wanmig.registry import STATE_DIR, Registry, clean_leftovers, new_run_id
 from wanmig.testbed import Testbed
 
-from ..conftest import interface_names, netns_names
+from ..conftest import interface_names, run_netns_names
 
 pytestmark = pytest.mark.root
 
 
 async def test_sites_are_joined_and_removed() -> None:
-    before_ns, before_if = netns_names(), interface_names()
+    before_ns, before_if = run_netns_names(), interface_names()
     registry = Registry(new_run_id())
     async with Testbed(registry) as tb:
-        assert {ns.name for ns in tb.namespaces} <= netns_names()
+        assert {ns.name for ns in tb.namespaces} <= run_netns_names()
         # The inter-site link carries IP between the sites ...
         out = await tb.site_a.run("python3", "-c", _UDP_ROUNDTRIP, tb.addr.site_b_ip,
                                   tb.site_b.name)
@@ -31,7 +31,7 @@ async def test_sites_are_joined_and_removed() -> None:
         assert "vxlan id 77" in vx and f"remote {tb.addr.site_a_ip}" in vx
         assert "mtu 1600" in await tb.site_a.run("ip", "link", "show", "isl0")
     registry.close()
-    assert netns_names() == before_ns
+    assert run_netns_names() == before_ns
     assert interface_names() <= before_if
     assert not registry.path.exists()
 
@@ -50,7 +50,7 @@ async def test_clean_removes_what_a_crashed_run_left() -> None:
 
     assert f"process {sleeper.pid}" in removed
     assert sleeper.wait(timeout=10) is not None
-    assert not ({ns.name for ns in tb.namespaces} & netns_names())
+    assert not ({ns.name for ns in tb.namespaces} & run_netns_names())
     assert not registry.path.exists() and not (STATE_DIR / registry.run_id).exists()
 
 
@@ -75,3 +75,23 @@ c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(5)
 c.sendto(b"ok", (ip, 9999)); print(c.recvfrom(100)[0].decode())
 srv.wait(5)
 """
+
+
+async def test_sites_joined_by_an_emulated_wan() -> None:
+    from wanmig.wan import measure
+    from wanmig.wan.profiles import resolve_profile
+
+    before_ns = run_netns_names()
+    registry = Registry(new_run_id())
+    profile = resolve_profile({"profile": "continental", "rtt_ms": 30})
+    async with Testbed(registry, wan=profile, client_wan=resolve_profile("metro")) as tb:
+        assert tb.middle is not None and tb.middle.name in run_netns_names()
+        assert tb.wan is not None and tb.wan.describe()["rtt_ms"] == 30
+        # The migration path between the sites sees the emulated RTT ...
+        rtt = await measure.rtt(tb.site_a.name, tb.site_b.name, tb.addr.site_b_ip,
+                                rate_hz=100, seconds=1.0)
+        assert rtt.p50_ms is not None and 24 <= rtt.p50_ms <= 36
+        # ... and the client's path has a link of its own.
+        assert tb.client_wan is not None and tb.client_wan.describe()["profile"] == "metro"
+    registry.close()
+    assert run_netns_names() == before_ns

@@ -62,3 +62,39 @@ def test_shipped_scenarios_validate() -> None:
     assert files, "the repository ships example scenarios"
     for f in files:
         load_scenario(f)
+
+
+def test_wan_defaults_to_continental() -> None:
+    wan = parse_scenario({}).wan
+    profile = wan.link_profile()
+    assert wan.profile == "continental" and profile is not None
+    assert profile.rtt_ms == 50 and profile.rate_mbit == 100
+    assert wan.client_link_profile() is None
+
+
+def test_wan_overrides_and_none() -> None:
+    wan = parse_scenario({"wan": {"profile": "continental", "rtt_ms": 20, "loss_pct": 1}}).wan
+    profile = wan.link_profile()
+    assert profile is not None and (profile.rtt_ms, profile.loss_pct) == (20, 1)
+    assert parse_scenario({"wan": {"profile": "none"}}).wan.link_profile() is None
+
+
+@pytest.mark.parametrize("wan, field", [
+    ({"profile": "moon"}, "wan"),
+    ({"rtt_ms": -5}, "wan"),
+    ({"loss_pct": 150}, "wan"),
+    ({"rate_mbit": 0}, "wan"),
+    ({"client_profile": "mars"}, "wan.client_profile"),
+    ({"backend": "carrier-pigeon"}, "wan.backend"),
+])
+def test_bad_wan_values_refused(wan: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_scenario({"wan": wan})
+    assert info.value.field is not None and info.value.field.startswith(field)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_unknown_wan_profile_exits_2() -> None:
+    result = CliRunner().invoke(app, ["demo", "--wan", "moon"])
+    assert result.exit_code == 2
+    assert "moon" in result.output and "wan" in result.output

@@ -19,7 +19,8 @@ from wanmig.report import render_record
 
 def _record() -> ResultRecord:
     return ResultRecord(
-        status="completed", scenario={"name": "demo"}, wan=WanInfo(profile="unshaped"),
+        status="completed", scenario={"name": "demo"}, wan=WanInfo(profile="continental", backend="forwarder", rtt_ms=50, rate_mbit=100,
+                    rtt_measured_ms=50.4),
         vm=VmInfo(ram_mib=256, disk_mib=64, workload="idle", accel="tcg"),
         memory=MemoryResult(strategy="precopy", total_ms=1234, downtime_ms=87, bytes=3 << 20,
                             rounds=3),
@@ -44,7 +45,8 @@ def test_report_shows_the_figures() -> None:
     console = Console(width=120, record=True)
     console.print(render_record(_record()))
     text = console.export_text()
-    for expected in ("completed", "87.0 ms", "140.5 ms", "3.0 MiB", "prepare", "memory"):
+    for expected in ("completed", "87.0 ms", "140.5 ms", "3.0 MiB", "prepare", "memory",
+                     "continental, RTT 50 ms, 100 Mbit/s", "50.4 ms", "forwarder"):
         assert expected in text
 
 

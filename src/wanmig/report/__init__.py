@@ -1,5 +1,6 @@
-"""Reports built from saved result records (never from live objects)."""
+"""Reports built from saved results (never from live objects)."""
 
 from .text import render_record
+from .wan import render_wan_bench
 
-__all__ = ["render_record"]
+__all__ = ["render_record", "render_wan_bench"]

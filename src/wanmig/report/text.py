@@ -10,7 +10,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ..record import ResultRecord
+from ..record import ResultRecord, WanInfo
 
 _STATUS_STYLE = {"completed": "bold green", "rolled_back": "bold yellow", "failed": "bold red"}
 
@@ -31,6 +31,19 @@ def _flag(value: bool | None) -> str:
     return "–" if value is None else ("yes" if value else "NO")
 
 
+def _wan_line(wan: WanInfo) -> str:
+    if wan.rtt_ms is None:
+        return wan.profile
+    parts = [wan.profile, f"RTT {wan.rtt_ms:g} ms"]
+    if wan.rate_mbit:
+        parts.append(f"{wan.rate_mbit:g} Mbit/s")
+    if wan.loss_pct:
+        parts.append(f"{wan.loss_pct:g}% loss")
+    if wan.jitter_ms:
+        parts.append(f"±{wan.jitter_ms:g} ms jitter")
+    return ", ".join(parts)
+
+
 def render_record(rec: ResultRecord) -> Group:
     """Header line, a table of figures and the phase timeline."""
     head = Text.assemble(("wanmig ", "bold"), (rec.scenario.get("name", "?"), "bold cyan"),
@@ -44,7 +57,8 @@ def render_record(rec: ResultRecord) -> Group:
     figures.add_column("measured by")
     wan = rec.wan
     rows = [
-        ("WAN profile", wan.profile + (f", RTT {wan.rtt_ms} ms" if wan.rtt_ms else ""), "scenario"),
+        ("WAN profile", _wan_line(wan), f"scenario ({wan.backend or 'plain veth'})"),
+        ("WAN RTT measured before the move", _ms(wan.rtt_measured_ms), "site A → site B"),
         ("guest", f"{rec.vm.ram_mib} MiB RAM, {rec.vm.workload}, {rec.vm.accel or '?'}", "scenario"),
         ("total migration time", _ms(rec.total_ms), "wanmig (phases)"),
         ("memory strategy", rec.memory.strategy, "scenario"),

@@ -2,21 +2,25 @@
 
 ::
 
-      client ns (<id>-c)                site A ns (<id>-a)                    site B ns (<id>-b)
-    ┌───────────────┐          ┌──────────────────────────┐          ┌──────────────────────────┐
-    │ eth0 10.77.0.100├─veth───┤cl0 ─┐                    │          │                          │
-    └───────────────┘          │     br0 ── tap0 (VM)     │          │    br0 ── tap0 (VM)      │
-                               │      └─ vx0 (VXLAN 77)   │          │     └─ vx0 (VXLAN 77)    │
-                               │  isl0 172.30.0.1/30 ─────┼──veth────┼─ isl0 172.30.0.2/30      │
-                               └──────────────────────────┘          └──────────────────────────┘
+   client ns (<id>-c)          site A ns (<id>-a)                         site B ns (<id>-b)
+  ┌─────────────────┐       ┌───────────────────────┐                 ┌───────────────────────┐
+  │ eth0 10.77.0.100 ├─[c]──┤ cl0 ─┐                │                 │                       │
+  └─────────────────┘       │      br0 ── tap0 (VM) │                 │  br0 ── tap0 (VM)     │
+                            │       └─ vx0 (VXLAN)  │                 │   └─ vx0 (VXLAN)      │
+                            │ isl0 172.30.0.1/30 ───┼──────[w]────────┼─ isl0 172.30.0.2/30   │
+                            └───────────────────────┘                 └───────────────────────┘
 
 Each site has a bridge holding the VM's tap.  The sites are joined by an
-inter-site link (a veth pair here; the WAN emulator of ``wan/`` sits on it
-later) carrying both the migration stream and a VXLAN tunnel that stretches
-the VM's subnet across the sites, so the VM keeps its address and MAC when it
-moves (Travostino's L2 extension).  The underlay MTU is 1600 so that full
-1500-byte guest frames fit in VXLAN.  The client sits on site A's segment:
-after the move its traffic crosses the inter-site link to reach the VM.
+inter-site link [w] carrying both the migration stream and a VXLAN tunnel
+that stretches the VM's subnet across the sites, so the VM keeps its address
+and MAC when it moves (Travostino's L2 extension).  The underlay MTU is 1600
+so that full 1500-byte guest frames fit in VXLAN.  The client sits on site
+A's segment; after the move its traffic crosses the inter-site link.
+
+[w] is a plain veth pair, or, with a WAN profile, two veth pairs meeting in a
+middle namespace (<id>-w, interfaces ``wa``/``wb``) where a ``WanLink``
+delays, drops and shapes the frames.  The client's path [c] can get its own
+emulated link the same way (``ca``/``cb`` in the middle namespace).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import NetworkError
 from ..registry import Registry
+from ..wan.link import WanLink
+from ..wan.profiles import LinkProfile
 from .netns import Namespace
 
 log = logging.getLogger("wanmig.testbed")
@@ -70,22 +76,30 @@ class Testbed:
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, registry: Registry, addressing: Addressing | None = None) -> None:
+    def __init__(self, registry: Registry, addressing: Addressing | None = None, *,
+                 wan: LinkProfile | None = None, client_wan: LinkProfile | None = None,
+                 wan_backend: str = "auto") -> None:
         self.registry = registry
         self.addr = addressing or Addressing()
         rid = registry.run_id
         self.site_a = Namespace(f"wm{rid}-a", registry)
         self.site_b = Namespace(f"wm{rid}-b", registry)
         self.client = Namespace(f"wm{rid}-c", registry)
+        self.middle = Namespace(f"wm{rid}-w", registry) if (wan or client_wan) else None
+        self.wan_profile, self.client_wan_profile = wan, client_wan
+        self.wan_backend = wan_backend
+        self.wan: WanLink | None = None          # the inter-site link, once up
+        self.client_wan: WanLink | None = None   # the client's link, once up
         self.state = TestbedState.CREATED
 
     def __repr__(self) -> str:
         return (f"Testbed(state={self.state.value}, a={self.site_a.name}, "
-                f"b={self.site_b.name}, client={self.client.name})")
+                f"b={self.site_b.name}, client={self.client.name}, wan={self.wan!r})")
 
     @property
     def namespaces(self) -> tuple[Namespace, ...]:
-        return (self.site_a, self.site_b, self.client)
+        base = (self.site_a, self.site_b, self.client)
+        return base + ((self.middle,) if self.middle else ())
 
     def site(self, which: str) -> Namespace:
         return {"a": self.site_a, "b": self.site_b}[which]
@@ -107,6 +121,13 @@ class Testbed:
 
     async def down(self) -> None:
         errors = []
+        for link in (self.client_wan, self.wan):
+            if link is not None:
+                try:
+                    await link.stop()
+                except NetworkError as exc:
+                    errors.append(str(exc))
+        self.wan = self.client_wan = None
         for ns in reversed(self.namespaces):
             try:
                 await ns.remove()
@@ -126,11 +147,10 @@ class Testbed:
     async def _build(self) -> None:
         a = self.addr
         try:
-            async with AsyncIPRoute(netns=self.site_a.name) as ipr:
-                await ipr.link("add", ifname="isl0", kind="veth",
-                               peer={"ifname": "isl0", "net_ns_fd": self.site_b.name})
-                await ipr.link("add", ifname="cl0", kind="veth",
-                               peer={"ifname": "eth0", "net_ns_fd": self.client.name})
+            await self._join(self.site_a, "isl0", self.site_b, "isl0", ("wa", "wb"),
+                             self.wan_profile is not None, UNDERLAY_MTU)
+            await self._join(self.client, "eth0", self.site_a, "cl0", ("ca", "cb"),
+                             self.client_wan_profile is not None, 1500)
             for which in ("a", "b"):
                 async with AsyncIPRoute(netns=self.site(which).name) as ipr:
                     await self._build_site(ipr, which)
@@ -138,8 +158,35 @@ class Testbed:
                 await _up(ipr, "lo")
                 idx = await _up(ipr, "eth0", mtu=1500)
                 await ipr.addr("add", index=idx, address=a.client_ip, prefixlen=a.vm_prefixlen)
+            if self.middle is not None:
+                async with AsyncIPRoute(netns=self.middle.name) as ipr:
+                    await _up(ipr, "lo")
         except NetlinkError as exc:
             raise NetworkError(f"testbed set-up failed: {exc}", cause=exc) from exc
+        if self.wan_profile is not None:
+            self.wan = await self._start_link("wa", "wb", self.wan_profile)
+        if self.client_wan_profile is not None:
+            self.client_wan = await self._start_link("ca", "cb", self.client_wan_profile)
+
+    async def _join(self, left: Namespace, left_if: str, right: Namespace, right_if: str,
+                    middle_ifs: tuple[str, str], emulated: bool, mtu: int) -> None:
+        """A veth pair between two namespaces, or two meeting in the middle one."""
+        if not emulated:
+            await _veth(left, left_if, right, right_if)
+            return
+        assert self.middle is not None
+        await _veth(left, left_if, self.middle, middle_ifs[0])
+        await _veth(self.middle, middle_ifs[1], right, right_if)
+        async with AsyncIPRoute(netns=self.middle.name) as ipr:
+            for ifname in middle_ifs:
+                await _up(ipr, ifname, mtu=mtu)
+
+    async def _start_link(self, left: str, right: str, profile: LinkProfile) -> WanLink:
+        assert self.middle is not None
+        link = WanLink(self.middle.name, left, right, profile, registry=self.registry,
+                       backend=self.wan_backend)
+        await link.start()
+        return link
 
     async def _build_site(self, ipr: AsyncIPRoute, which: str) -> None:
         a = self.addr
@@ -155,6 +202,12 @@ class Testbed:
         ports = ["vx0", a.tap] + (["cl0"] if which == "a" else [])
         for port in ports:
             await _up(ipr, port, mtu=1500, master=br)
+
+
+async def _veth(left: Namespace, left_if: str, right: Namespace, right_if: str) -> None:
+    async with AsyncIPRoute(netns=left.name) as ipr:
+        await ipr.link("add", ifname=left_if, kind="veth",
+                       peer={"ifname": right_if, "net_ns_fd": right.name})
 
 
 async def _up(ipr: AsyncIPRoute, ifname: str, **extra: Any) -> int:

@@ -1,0 +1,465 @@
+"""``WanLink``: one emulated WAN link between two interfaces of a middle namespace.
+
+Two back ends behind one interface::
+
+    netem       where the kernel has sch_netem: on each egress, netem (delay,
+                jitter, loss) with TBF grafted below it (rate, bounded queue).
+    forwarder   everywhere else (this machine): TBF on each egress, and the
+                user-space forwarder process (``forwarder.py``) holding frames
+                for the delay between the two interfaces.
+
+``backend="auto"`` takes netem when a probe qdisc can be added in the
+namespace (checked once per process), else the forwarder.  Asking for netem
+where the kernel lacks it is an error: a run never silently measures
+something other than what it asked for.  Either way both directions get the
+profile, and ``describe()`` says which back end ran.
+
+Life, explicit and shown by ``__repr__``::
+
+    CREATED ──start()──> UP <──down()/up()──> DOWN
+       │                  │                     │
+       └──── failure ─────┴──────stop()─────────┴──> STOPPED
+
+``stop()`` always reaps the forwarder (SIGKILL after a grace period) and
+removes the qdiscs it installed; it is idempotent.  The forwarder is
+registered with the run's ``Registry`` (its command line names the run
+directory), so ``wanmig clean`` finds it after a crash; it also stops by
+itself when its stdin closes, so a crashed controller does not leave it running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import json
+import logging
+import secrets
+import sys
+import time
+from types import TracebackType
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..children import reap, sigkill
+from ..errors import ConfigError, NetworkError
+from ..registry import Registry
+from .profiles import ETH_HLEN, LinkProfile, netem_args, resolve_profile, tbf_args
+
+BACKENDS = ("auto", "netem", "forwarder")
+STDERR_TAIL_LINES = 20
+
+#: netem availability by kernel: probed once per process (the kernel does not change).
+_netem_verdict: bool | None = None
+
+
+class WanLinkState(enum.Enum):
+    CREATED = "created"
+    UP = "up"
+    DOWN = "down"
+    STOPPED = "stopped"
+
+
+def forwarder_argv(netns: str, left: str, right: str, profile: LinkProfile, *,
+                   python: str = sys.executable, rt_priority: int = 20,
+                   seed: int | None = None, owner: str | None = None) -> list[str]:
+    """The forwarder's command line; pure so that unit tests can check it."""
+    argv = ["ip", "netns", "exec", netns, python, "-m", "wanmig.wan.forwarder",
+            "--left", left, "--right", right, "--profile", profile.model_dump_json(),
+            "--rt-priority", str(rt_priority)]
+    if seed is not None:
+        argv += ["--seed", str(seed)]
+    if owner:
+        argv += ["--owner", owner]
+    return argv
+
+
+async def _run(argv: list[str], timeout: float = 10.0) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+    except asyncio.TimeoutError as exc:
+        sigkill(proc)
+        await proc.wait()
+        raise NetworkError(f"{' '.join(argv[:6])} ... timed out after {timeout:g} s",
+                           cause=exc) from exc
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace").strip()
+
+
+async def _tc(netns: str, args: list[str], timeout: float = 10.0) -> str:
+    """Run ``tc`` in ``netns``; NetworkError with tc's own message if it fails."""
+    code, out, err = await _run(["tc", "-n", netns, *args], timeout)
+    if code != 0:
+        raise NetworkError(f"tc {' '.join(args)} in {netns} failed: {err or f'code {code}'}")
+    return out
+
+
+async def netem_available(netns: str) -> bool:
+    """Whether this kernel has sch_netem: add one on a throw-away veth in ``netns``."""
+    global _netem_verdict
+    if _netem_verdict is not None:
+        return _netem_verdict
+    probe = f"wmnp{secrets.token_hex(3)}"
+    code, _, err = await _run(["ip", "-n", netns, "link", "add", probe, "type", "veth",
+                               "peer", "name", probe + "p"])
+    if code != 0:
+        raise NetworkError(f"cannot probe for netem in {netns}: {err}")
+    try:
+        code, _, err = await _run(["tc", "-n", netns, "qdisc", "add", "dev", probe, "root",
+                                   "netem", "delay", "1ms"])
+    finally:
+        await _run(["ip", "-n", netns, "link", "del", probe])
+    if code != 0 and "unknown" not in err.lower() and "no such file" not in err.lower():
+        raise NetworkError(f"cannot probe for netem in {netns}: {err}")
+    _netem_verdict = code == 0
+    return _netem_verdict
+
+
+class WanLink:
+    """Delay, jitter, loss and rate between ``left`` and ``right`` in ``netns``."""
+
+    def __init__(self, netns: str, left: str, right: str, profile: LinkProfile, *,
+                 registry: Registry | None = None, backend: str = "auto",
+                 rt_priority: int = 20, python: str = sys.executable,
+                 seed: int | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}",
+                              field="wan.backend")
+        self.netns, self.left, self.right = netns, left, right
+        self.profile = resolve_profile(profile)
+        self.registry = registry
+        self.requested_backend = backend
+        self.backend = backend  # the one that runs, once start() has chosen
+        self.rt_priority, self.python, self.seed = rt_priority, python, seed
+        self.state = WanLinkState.CREATED
+        self.ready_info: dict[str, Any] = {}
+        self.final_stats: dict[str, Any] | None = None
+        self.log = logging.getLogger(f"wanmig.wan.{netns}.{left}-{right}")
+        self._mtu = 1500
+        self._qdiscs_on = False  # a root qdisc of ours is on both interfaces
+        self._proc: asyncio.subprocess.Process | None = None
+        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._eof = False
+        self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._readers: list[asyncio.Task[None]] = []
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        pid = f", pid={self._proc.pid}" if self._proc else ""
+        return (f"WanLink({self.netns}:{self.left}<->{self.right}, {self.profile.name}, "
+                f"backend={self.backend}, state={self.state.value}{pid})")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def describe(self) -> dict[str, Any]:
+        """The link as set, for the result record."""
+        p = self.profile
+        return {"profile": p.name, "backend": self.backend, "rtt_ms": p.rtt_ms,
+                "jitter_ms": p.jitter_ms, "loss_pct": p.loss_pct, "rate_mbit": p.rate_mbit,
+                "queue_ms": p.queue_ms}
+
+    # -- lifetime -------------------------------------------------------------
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Install the qdiscs and (forwarder) start the process; UP when it is ready."""
+        if self.state is not WanLinkState.CREATED:
+            raise NetworkError(f"cannot start {self!r}")
+        try:
+            async with asyncio.timeout(timeout):
+                self._mtu = await self._check_interfaces()
+                has_netem = await netem_available(self.netns)
+                if self.requested_backend == "netem" and not has_netem:
+                    raise NetworkError(
+                        "backend 'netem' requested but this kernel has no sch_netem "
+                        "(use backend 'forwarder' or 'auto')")
+                self.backend = "netem" if has_netem and self.requested_backend != "forwarder" \
+                    else "forwarder"
+                if self.backend == "netem":
+                    await self._netem_apply(self.profile)
+                else:
+                    await self._tbf_apply(self.profile)
+                    await self._spawn(timeout)
+        except BaseException as exc:
+            try:
+                await self._teardown()
+            except NetworkError as cleanup:  # the first failure is the one to report
+                self.log.warning("cleanup after a failed start: %s", cleanup)
+            if isinstance(exc, TimeoutError):
+                raise NetworkError(f"WAN link in {self.netns} not up within {timeout:g} s "
+                                   f"({self._stderr_tail()})", cause=exc) from exc
+            raise
+        self.state = WanLinkState.UP
+        self.log.info("up: %s (%s)", self.profile.summary(), self.backend)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop the forwarder (final stats kept in ``final_stats``), remove the qdiscs."""
+        if self.state is WanLinkState.STOPPED:
+            return
+        if self._proc is not None and self.state in (WanLinkState.UP, WanLinkState.DOWN):
+            try:
+                event = await self._command("stop", "stopped", min(timeout, 5.0))
+                self.final_stats = _strip(event)
+            except NetworkError as exc:
+                self.log.warning("forwarder did not stop cleanly: %s", exc)
+        await self._teardown(timeout)
+
+    async def __aenter__(self) -> WanLink:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+    # -- control --------------------------------------------------------------
+
+    async def down(self) -> None:
+        """Drop everything, both ways (also what is in flight), until ``up()``."""
+        self._require(WanLinkState.UP, WanLinkState.DOWN)
+        if self.backend == "netem":
+            await self._netem_apply(self.profile.model_copy(update={"loss_pct": 100.0}))
+        else:
+            await self._command("down", "down")
+        self.state = WanLinkState.DOWN
+        self.log.info("down")
+
+    async def up(self) -> None:
+        self._require(WanLinkState.UP, WanLinkState.DOWN)
+        if self.backend == "netem":
+            await self._netem_apply(self.profile)
+        else:
+            await self._command("up", "up")
+        self.state = WanLinkState.UP
+        self.log.info("up")
+
+    async def set_profile(self, profile: LinkProfile) -> None:
+        """Change the link live: delay, jitter, loss, rate and queue."""
+        self._require(WanLinkState.UP, WanLinkState.DOWN)
+        profile = resolve_profile(profile)
+        if self.backend == "netem":
+            down = self.state is WanLinkState.DOWN
+            await self._netem_apply(
+                profile.model_copy(update={"loss_pct": 100.0}) if down else profile)
+        else:
+            if (profile.rate_mbit, profile.queue_ms) != (self.profile.rate_mbit,
+                                                         self.profile.queue_ms):
+                await self._tbf_apply(profile)
+            await self._command(f"set {profile.model_dump_json()}", "set")
+        self.profile = profile
+        self.log.info("set: %s", profile.summary())
+
+    async def stats(self) -> dict[str, Any]:
+        """Counters per direction (``left_to_right``, ``right_to_left``) and per qdisc."""
+        self._require(WanLinkState.UP, WanLinkState.DOWN)
+        qdiscs = {side: await self._qdisc_stats(ifname)
+                  for side, ifname in (("left", self.left), ("right", self.right))}
+        if self.backend == "forwarder":
+            result = _strip(await self._command("stats", "stats"))
+        else:
+            result = {"state": self.state.value, "cpu_s": None,
+                      "left_to_right": _netem_direction(qdiscs["right"]),
+                      "right_to_left": _netem_direction(qdiscs["left"])}
+        result["qdisc"] = qdiscs
+        result["backend"] = self.backend
+        return result
+
+    def _require(self, *states: WanLinkState) -> None:
+        if self.state not in states:
+            raise NetworkError(f"{self!r}: not running")
+
+    # -- qdiscs ---------------------------------------------------------------
+
+    async def _check_interfaces(self) -> int:
+        """Both interfaces exist in the namespace; returns their frame size (MTU + 14)."""
+        mtus = []
+        try:
+            async with AsyncIPRoute(netns=self.netns) as ipr:
+                for ifname in (self.left, self.right):
+                    found = await ipr.link_lookup(ifname=ifname)
+                    if not found:
+                        raise NetworkError(f"interface {ifname} not found in {self.netns}")
+                    msg = (await ipr.link("get", index=found[0]))[0]
+                    mtus.append(int(msg.get("IFLA_MTU") or 1500))
+        except (NetlinkError, OSError) as exc:
+            raise NetworkError(f"cannot look at namespace {self.netns}: {exc}",
+                               cause=exc) from exc
+        return max(mtus) + ETH_HLEN
+
+    async def _tbf_apply(self, profile: LinkProfile) -> None:
+        for ifname in (self.left, self.right):
+            if profile.rate_mbit is not None:
+                await _tc(self.netns, tbf_args(profile, ifname, mtu=self._mtu))
+            elif self._qdiscs_on:
+                await self._del_root(ifname)
+        self._qdiscs_on = profile.rate_mbit is not None
+
+    async def _netem_apply(self, profile: LinkProfile) -> None:
+        for ifname in (self.left, self.right):
+            if profile.rate_mbit is None and self._qdiscs_on:
+                await self._del_root(ifname)  # netem alone: drop the old TBF child with it
+            for args in netem_args(profile, ifname, mtu=self._mtu):
+                await _tc(self.netns, args)
+        self._qdiscs_on = True  # a root qdisc of ours is installed either way
+
+    async def _del_root(self, ifname: str) -> None:
+        """Remove ``ifname``'s root qdisc; already gone (or the interface) is fine."""
+        code, _, err = await _run(["tc", "-n", self.netns, "qdisc", "del", "dev", ifname,
+                                   "root"])
+        gone = ("cannot find", "no such", "invalid handle", "handle of zero")
+        if code != 0 and not any(words in err.lower() for words in gone):
+            raise NetworkError(f"cannot remove the qdisc of {ifname} in {self.netns}: {err}")
+
+    async def _qdisc_stats(self, ifname: str) -> list[dict[str, Any]]:
+        out = await _tc(self.netns, ["-s", "-j", "qdisc", "show", "dev", ifname])
+        keep = ("kind", "handle", "parent", "bytes", "packets", "drops", "overlimits",
+                "backlog", "qlen")
+        try:
+            return [{k: q[k] for k in keep if k in q} for q in json.loads(out or "[]")]
+        except ValueError:
+            return []
+
+    # -- the forwarder process ------------------------------------------------
+
+    async def _spawn(self, timeout: float) -> None:
+        argv = forwarder_argv(self.netns, self.left, self.right, self.profile,
+                              python=self.python, rt_priority=self.rt_priority,
+                              seed=self.seed,
+                              owner=str(self.registry.run_dir) if self.registry else None)
+        self.log.debug("exec %s", " ".join(argv))
+        try:
+            # its own session: a Ctrl-C aimed at us does not kill the link mid-run
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 20)
+        except OSError as exc:
+            raise NetworkError(f"cannot run the WAN forwarder: {exc}", cause=exc) from exc
+        if self.registry:
+            self.registry.add_pid(self._proc.pid)
+        self._readers = [asyncio.create_task(self._read_events()),
+                         asyncio.create_task(self._read_stderr())]
+        self.ready_info = await self._next_event("ready", timeout, "ready")
+        if not self.ready_info.get("realtime") and self.rt_priority > 0:
+            self.log.warning("forwarder runs without real-time priority: "
+                             "delays may stretch under load")
+
+    async def _teardown(self, timeout: float = 10.0) -> None:
+        """Reap the forwarder and remove the qdiscs; safe to call in any state."""
+        errors = []
+        proc = self._proc
+        if proc is not None:
+            if proc.stdin is not None and not proc.stdin.is_closing():
+                proc.stdin.close()  # EOF: the forwarder stops by itself
+            await reap(proc, max(1.0, timeout / 2))
+            if self.registry:
+                self.registry.drop_pid(proc.pid)
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        self._readers = []
+        if self._qdiscs_on:
+            for ifname in (self.left, self.right):
+                try:
+                    await self._del_root(ifname)
+                except NetworkError as exc:
+                    errors.append(str(exc))
+            self._qdiscs_on = False
+        self.state = WanLinkState.STOPPED
+        if errors:
+            raise NetworkError("; ".join(errors))
+
+    async def _command(self, line: str, expected: str, timeout: float = 5.0) -> dict[str, Any]:
+        """Send one command to the forwarder and await its answer; one at a time."""
+        if self._proc is None:
+            raise NetworkError(f"{self!r}: no forwarder")
+        deadline = time.monotonic() + timeout
+        async with self._lock:
+            assert self._proc.stdin is not None
+            try:
+                self._proc.stdin.write(line.encode() + b"\n")
+                await asyncio.wait_for(self._proc.stdin.drain(), timeout=timeout)
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise NetworkError(await self._exit_message(line.split()[0]),
+                                   cause=exc) from exc
+            except asyncio.TimeoutError as exc:
+                raise NetworkError("WAN forwarder does not read its commands",
+                                   cause=exc) from exc
+            return await self._next_event(expected, deadline - time.monotonic(),
+                                          line.split()[0])
+
+    async def _next_event(self, expected: str, timeout: float, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._eof and self._events.empty():
+                raise NetworkError(await self._exit_message(what))
+            try:
+                event = await asyncio.wait_for(self._events.get(),
+                                               timeout=max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError as exc:
+                raise NetworkError(f"WAN forwarder gave no {what} answer within {timeout:g} s "
+                                   f"({self._stderr_tail()})", cause=exc) from exc
+            if event is None:
+                continue  # EOF: reported by the check at the top
+            name = event.get("event")
+            if name == "error":
+                raise NetworkError(f"WAN forwarder: {event.get('message', 'unknown error')}")
+            if name == expected:
+                return event
+            self.log.debug("ignored forwarder event while waiting for %s: %s", expected, event)
+
+    async def _exit_message(self, what: str) -> str:
+        if self._proc is not None:
+            try:
+                await asyncio.wait_for(self._proc.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+        if self._readers[1:]:
+            await asyncio.wait(self._readers[1:], timeout=1.0)
+        code = self._proc.returncode if self._proc else None
+        status = f"code {code}" if code is not None else "closed its output"
+        return f"WAN forwarder exited ({status}) before {what}: {self._stderr_tail()}"
+
+    def _stderr_tail(self, lines: int = 3) -> str:
+        return " | ".join(list(self._stderr)[-lines:]) or "no stderr"
+
+    async def _read_events(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        try:
+            async for raw in self._proc.stdout:
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    self.log.warning("forwarder printed a non-JSON line: %r", raw[:200])
+                    continue
+                if isinstance(event, dict):
+                    await self._events.put(event)
+        finally:
+            self._eof = True
+            self._events.put_nowait(None)
+
+    async def _read_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        async for raw in self._proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self._stderr.append(line)
+                self.log.debug("forwarder: %s", line)
+
+
+def _strip(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k != "event"}
+
+
+def _netem_direction(qdiscs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One direction's counters from the egress qdiscs' (netem root, TBF child) stats."""
+    root = next((q for q in qdiscs if q.get("kind") == "netem"), {})
+    tbf = next((q for q in qdiscs if q.get("kind") == "tbf"), {})
+    return {"frames": tbf.get("packets", root.get("packets")),
+            "bytes": tbf.get("bytes", root.get("bytes")),
+            "loss_drops": root.get("drops"), "queue_drops": tbf.get("drops", 0),
+            "in_flight": root.get("qlen")}
