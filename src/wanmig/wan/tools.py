@@ -233,8 +233,10 @@ def _set_buffer(sock: socket.socket, opt: int, force: int, size: int) -> int:
 
 
 def _ancillary(anc: list[tuple[int, int, bytes]]) -> tuple[int, int | None]:
-    """From recvmsg's ancillary data: the kernel's receive stamp (CLOCK_REALTIME ns, 0 if
-    absent) and the socket's drop count so far (None if absent)."""
+    """The kernel's receive stamp and the socket's drops so far, from recvmsg's ancillary data.
+
+    The stamp is CLOCK_REALTIME ns (0 if absent); the drop count None if absent.
+    """
     stamp, drops = 0, None
     for level, kind, data in anc:
         if level != socket.SOL_SOCKET:
