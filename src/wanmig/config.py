@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .validation import config_error
 from .wan.profiles import LinkProfile, resolve_profile
 
 #: ``[wan] profile = "none"``: the sites are joined by a plain veth pair (no emulator).
@@ -139,22 +140,11 @@ class Scenario(_Strict):
     fault: FaultSpec = FaultSpec()
 
 
-def _first_error(exc: ValidationError) -> ConfigError:
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or None
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown setting"
-    elif "input" in err and not isinstance(err["input"], (dict, list)):
-        msg = f"{msg} (got {err['input']!r})"
-    return ConfigError(msg, field=field)
-
-
 def parse_scenario(data: dict[str, Any]) -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        raise _first_error(exc) from None
+        raise config_error(exc) from None
 
 
 def load_scenario(path: Path, *, wan_profile: str | None = None) -> Scenario:

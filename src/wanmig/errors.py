@@ -9,7 +9,8 @@
      │    └── QmpTimeout    a QMP command or event did not arrive in time
      ├── NetworkError       namespaces, links or addresses could not be set up
      ├── MigrationError     the migration itself failed
-     └── ProbeError         the client-side probes could not run
+     ├── ProbeError         the client-side probes could not run
+     └── MeasurementError   a WAN measurement endpoint failed or did not report
 
 Every error carries a one-line message meant for the user; the low-level cause
 is kept as ``__cause__`` (raise ... from exc) and in ``cause``.
@@ -65,3 +66,7 @@ class MigrationError(WanmigError):
 
 class ProbeError(WanmigError):
     """The client-side probes could not be started or did not report."""
+
+
+class MeasurementError(WanmigError):
+    """A measurement endpoint failed to start, failed, or did not report in time."""

@@ -42,6 +42,7 @@ import time
 from types import FrameType
 from typing import Any, TextIO
 
+from ..realtime import set_realtime
 from .probes import (
     HTTP_TIMEOUT_S,
     MS,
@@ -51,7 +52,6 @@ from .probes import (
     TcpStream,
     UdpEcho,
     http_get,
-    set_realtime,
 )
 from .report import ProbeReport
 from .stats import ns_to_ms

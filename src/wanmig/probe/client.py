@@ -28,22 +28,17 @@ Typical use::
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import enum
-import json
 import logging
 import sys
 import time
 from types import TracebackType
 from typing import Any
 
-from ..children import reap, sigkill
+from ..children import JsonLinesChild
 from ..errors import ProbeError
 from ..registry import Registry
 from .report import ProbeReport
-
-STDERR_TAIL_LINES = 20
 
 
 class ProbeState(enum.Enum):
@@ -89,12 +84,7 @@ class ClientProbe:
         self.ready_info: dict[str, Any] = {}
         self.report: ProbeReport | None = None
         self.log = logging.getLogger(f"wanmig.probe.{netns or 'local'}")
-        self._proc: asyncio.subprocess.Process | None = None
-        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self._eof = False
-        self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-        self._readers: list[asyncio.Task[None]] = []
-        self._lock = asyncio.Lock()
+        self._agent: JsonLinesChild | None = None
 
     def __repr__(self) -> str:
         return (f"ClientProbe(target={self.target!r}, netns={self.netns!r}, "
@@ -102,7 +92,7 @@ class ClientProbe:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._agent.pid if self._agent else None
 
     # -- lifetime ---------------------------------------------------------
 
@@ -118,20 +108,11 @@ class ClientProbe:
                           ready_timeout=max(0.5, timeout - 1.0),
                           rt_priority=self.rt_priority,
                           owner=str(self.registry.run_dir) if self.registry else None)
-        self.log.debug("exec %s", " ".join(argv))
+        self._agent = JsonLinesChild(argv, name="probe agent", error=ProbeError,
+                                     registry=self.registry, log=self.log)
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 20)
-        except OSError as exc:
-            self.state = ProbeState.STOPPED
-            raise ProbeError(f"cannot run the probe agent: {exc}", cause=exc) from exc
-        if self.registry:
-            self.registry.add_pid(self._proc.pid)
-        self._readers = [asyncio.create_task(self._read_events()),
-                         asyncio.create_task(self._read_stderr())]
-        try:
-            self.ready_info = await self._next_event("ready", timeout, "ready")
+            await self._agent.spawn()
+            self.ready_info = await self._agent.next_event("ready", timeout)
         except BaseException:
             await self.kill()
             raise
@@ -154,26 +135,14 @@ class ClientProbe:
                 raise ProbeError(f"unreadable probe report: {exc}", cause=exc) from exc
             return self.report
         finally:
-            await self._reap(max(1.0, deadline - time.monotonic()))
+            if self._agent is not None:  # EOF tells the agent to stop
+                await self._agent.close(max(1.0, deadline - time.monotonic()))
+            self.state = ProbeState.STOPPED
 
     async def kill(self) -> None:
         """SIGKILL the agent if it runs, and reap it.  Idempotent."""
-        if self._proc is not None:
-            sigkill(self._proc)
-        await self._reap(5.0)
-
-    async def _reap(self, timeout: float) -> None:
-        proc = self._proc
-        if proc is not None:
-            if proc.stdin is not None and not proc.stdin.is_closing():
-                proc.stdin.close()  # EOF tells the agent to stop
-            await reap(proc, timeout)
-            if self.registry:
-                self.registry.drop_pid(proc.pid)
-        for task in self._readers:
-            task.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
-        self._readers = []
+        if self._agent is not None:
+            await self._agent.kill()
         self.state = ProbeState.STOPPED
 
     async def __aenter__(self) -> ClientProbe:
@@ -208,90 +177,5 @@ class ClientProbe:
         """Send one command and await its answer; one command at a time."""
         if self.state is not (ProbeState.STOPPING if stopping else ProbeState.RUNNING):
             raise ProbeError(f"probe is {self.state.value}, cannot {line.split()[0]}")
-        deadline = time.monotonic() + timeout
-        try:
-            async with asyncio.timeout(timeout):
-                await self._lock.acquire()
-        except TimeoutError as exc:
-            raise ProbeError(f"probe busy: {line.split()[0]} not sent within {timeout:g} s",
-                             cause=exc) from exc
-        try:
-            await self._send(line, timeout)
-            return await self._next_event(expected, deadline - time.monotonic(),
-                                          line.split()[0])
-        finally:
-            self._lock.release()
-
-    # -- plumbing -----------------------------------------------------------
-
-    async def _send(self, line: str, timeout: float) -> None:
-        assert self._proc is not None and self._proc.stdin is not None
-        try:
-            self._proc.stdin.write(line.encode() + b"\n")
-            await asyncio.wait_for(self._proc.stdin.drain(), timeout=max(0.1, timeout))
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise ProbeError(await self._exit_message(line.split()[0]), cause=exc) from exc
-        except asyncio.TimeoutError as exc:
-            raise ProbeError("probe agent does not read its commands", cause=exc) from exc
-
-    async def _next_event(self, expected: str, timeout: float, what: str) -> dict[str, Any]:
-        """The next event named ``expected``; ProbeError on error event, exit or timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._eof and self._events.empty():
-                raise ProbeError(await self._exit_message(what))
-            left = deadline - time.monotonic()
-            try:
-                if left <= 0:
-                    raise asyncio.TimeoutError
-                event = await asyncio.wait_for(self._events.get(), timeout=left)
-            except asyncio.TimeoutError as exc:
-                raise ProbeError(f"probe agent gave no {what} answer within {timeout:g} s"
-                                 f" ({self._stderr_tail()})", cause=exc) from exc
-            if event is None:
-                continue  # EOF: reported by the check at the top
-            name = event.get("event")
-            if name == "error":
-                raise ProbeError(f"probe agent: {event.get('message', 'unknown error')}")
-            if name == expected:
-                return event
-            self.log.debug("ignored agent event while waiting for %s: %s", expected, event)
-
-    async def _exit_message(self, what: str) -> str:
-        # give the process a moment to exit and its stderr to be read: that is the why
-        if self._proc is not None:
-            try:
-                await asyncio.wait_for(self._proc.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
-                pass
-        if self._readers[1:]:
-            await asyncio.wait(self._readers[1:], timeout=1.0)
-        code = self._proc.returncode if self._proc else None
-        status = f"code {code}" if code is not None else "closed its output"
-        return f"probe agent exited ({status}) before {what}: {self._stderr_tail()}"
-
-    def _stderr_tail(self, lines: int = 3) -> str:
-        return " | ".join(list(self._stderr)[-lines:]) or "no stderr"
-
-    async def _read_events(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        try:
-            async for raw in self._proc.stdout:
-                try:
-                    event = json.loads(raw)
-                except ValueError:
-                    self.log.warning("agent printed a non-JSON line: %r", raw[:200])
-                    continue
-                if isinstance(event, dict):
-                    await self._events.put(event)
-        finally:
-            self._eof = True
-            self._events.put_nowait(None)
-
-    async def _read_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
-        async for raw in self._proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                self._stderr.append(line)
-                self.log.debug("agent: %s", line)
+        assert self._agent is not None
+        return await self._agent.command(line, expected, timeout)

@@ -13,7 +13,9 @@ microsecond timeouts (asyncio's timers would add over a millisecond of error)::
     HttpLoop    GET / on a new connection every 50 ms, 2 s timeout each.
 
 A thread that wakes late skips the missed slots rather than sending a burst.
-Threads may run SCHED_FIFO (see ``set_realtime``) and ask for 1 us timer slack.
+Threads may run SCHED_FIFO and ask for 1 us timer slack (``wanmig.realtime``): all
+the agent's threads, the UDP one a step higher, since one of them preempted
+while it holds the GIL would delay the UDP thread just the same.
 
 Windows: a probe's counters start with its first success (warm-up losses
 such as ARP resolution are not outages) and open gaps are closed at the
@@ -25,7 +27,6 @@ it is read after the thread has been joined.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import socket
@@ -36,6 +37,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Any
 
+from ..realtime import set_realtime, set_timer_slack
 from .stats import GapTracker, ns_to_ms, percentile
 
 MS = 1_000_000  # nanoseconds
@@ -46,37 +48,6 @@ TCP_INTERVAL_NS = 10 * MS
 HTTP_INTERVAL_NS = 50 * MS
 HTTP_TIMEOUT_S = 2.0
 ABORT_SLICE_S = 0.05         # how often a blocking wait looks at the stop flag
-
-
-def _set_timer_slack(ns: int = 1000) -> None:
-    """Ask the kernel to wake this thread within ``ns`` of its deadline.
-
-    The default slack (50 us) would be tolerable; 1 us costs nothing here.
-    Best effort: ignored where prctl is unavailable.
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(29, ctypes.c_ulong(ns), 0, 0, 0)  # PR_SET_TIMERSLACK
-    except (OSError, AttributeError):
-        pass
-
-
-def set_realtime(priority: int) -> bool:
-    """Give the calling thread SCHED_FIFO ``priority``; False if not allowed.
-
-    On two busy cores (QEMU under TCG takes one whole) an ordinary thread is
-    woken up to 20-35 ms late; a real-time one within ~1 ms.  All the agent's
-    threads get it (the UDP one a step higher): one of them preempted while it
-    holds the GIL would delay the UDP thread just the same.  They sleep in
-    select() ~90% of the time, and the kernel's RT throttling bounds them anyway.
-    """
-    if priority <= 0:
-        return False
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # 0: this thread
-    except (OSError, AttributeError):
-        return False
-    return True
 
 
 def _next_slot(deadline: int, now: int, interval: int) -> int:
@@ -116,7 +87,7 @@ class ProbeThread(threading.Thread):
 
     def run(self) -> None:
         """Thread body: scheduling first (per thread on Linux), then the probe."""
-        _set_timer_slack()
+        set_timer_slack()
         self.realtime = set_realtime(self.rt_priority)
         self.work()
 

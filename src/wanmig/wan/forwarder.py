@@ -90,7 +90,7 @@ import time
 from types import FrameType
 from typing import Any
 
-from ..probe.probes import set_realtime
+from ..realtime import set_realtime
 from .profiles import LinkProfile
 
 ETH_P_ALL = 0x0003

@@ -30,26 +30,23 @@ itself when its stdin closes, so a crashed controller does not leave it running.
 from __future__ import annotations
 
 import asyncio
-import collections
 import enum
 import json
 import logging
 import secrets
 import sys
-import time
 from types import TracebackType
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ..children import reap, sigkill
+from ..children import JsonLinesChild, sigkill, strip_event
 from ..errors import ConfigError, NetworkError
 from ..registry import Registry
 from .profiles import ETH_HLEN, LinkProfile, netem_args, resolve_profile, tbf_args
 
 BACKENDS = ("auto", "netem", "forwarder")
-STDERR_TAIL_LINES = 20
 
 #: netem availability by kernel: probed once per process (the kernel does not change).
 _netem_verdict: bool | None = None
@@ -141,21 +138,16 @@ class WanLink:
         self.log = logging.getLogger(f"wanmig.wan.{netns}.{left}-{right}")
         self._mtu = 1500
         self._qdiscs_on = False  # a root qdisc of ours is on both interfaces
-        self._proc: asyncio.subprocess.Process | None = None
-        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self._eof = False
-        self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-        self._readers: list[asyncio.Task[None]] = []
-        self._lock = asyncio.Lock()
+        self._forwarder: JsonLinesChild | None = None
 
     def __repr__(self) -> str:
-        pid = f", pid={self._proc.pid}" if self._proc else ""
+        pid = f", pid={self.pid}" if self.pid is not None else ""
         return (f"WanLink({self.netns}:{self.left}<->{self.right}, {self.profile.name}, "
                 f"backend={self.backend}, state={self.state.value}{pid})")
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._forwarder.pid if self._forwarder else None
 
     def describe(self) -> dict[str, Any]:
         """The link as set, for the result record."""
@@ -192,7 +184,7 @@ class WanLink:
                 self.log.warning("cleanup after a failed start: %s", cleanup)
             if isinstance(exc, TimeoutError):
                 raise NetworkError(f"WAN link in {self.netns} not up within {timeout:g} s "
-                                   f"({self._stderr_tail()})", cause=exc) from exc
+                                   f"({self._forwarder_tail()})", cause=exc) from exc
             raise
         self.state = WanLinkState.UP
         self.log.info("up: %s (%s)", self.profile.summary(), self.backend)
@@ -201,10 +193,10 @@ class WanLink:
         """Stop the forwarder (final stats kept in ``final_stats``), remove the qdiscs."""
         if self.state is WanLinkState.STOPPED:
             return
-        if self._proc is not None and self.state in (WanLinkState.UP, WanLinkState.DOWN):
+        if self._forwarder is not None and self.state in (WanLinkState.UP, WanLinkState.DOWN):
             try:
                 event = await self._command("stop", "stopped", min(timeout, 5.0))
-                self.final_stats = _strip(event)
+                self.final_stats = strip_event(event)
             except NetworkError as exc:
                 self.log.warning("forwarder did not stop cleanly: %s", exc)
         await self._teardown(timeout)
@@ -260,7 +252,7 @@ class WanLink:
         qdiscs = {side: await self._qdisc_stats(ifname)
                   for side, ifname in (("left", self.left), ("right", self.right))}
         if self.backend == "forwarder":
-            result = _strip(await self._command("stats", "stats"))
+            result = strip_event(await self._command("stats", "stats"))
         else:
             result = {"state": self.state.value, "cpu_s": None,
                       "left_to_right": _netem_direction(qdiscs["right"]),
@@ -331,19 +323,10 @@ class WanLink:
                               python=self.python, rt_priority=self.rt_priority,
                               seed=self.seed,
                               owner=str(self.registry.run_dir) if self.registry else None)
-        self.log.debug("exec %s", " ".join(argv))
-        try:
-            # its own session: a Ctrl-C aimed at us does not kill the link mid-run
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 20)
-        except OSError as exc:
-            raise NetworkError(f"cannot run the WAN forwarder: {exc}", cause=exc) from exc
-        if self.registry:
-            self.registry.add_pid(self._proc.pid)
-        self._readers = [asyncio.create_task(self._read_events()),
-                         asyncio.create_task(self._read_stderr())]
-        self.ready_info = await self._next_event("ready", timeout, "ready")
+        self._forwarder = JsonLinesChild(argv, name="WAN forwarder", error=NetworkError,
+                                         registry=self.registry, log=self.log)
+        await self._forwarder.spawn()
+        self.ready_info = await self._forwarder.next_event("ready", timeout)
         if not self.ready_info.get("realtime") and self.rt_priority > 0:
             self.log.warning("forwarder runs without real-time priority: "
                              "delays may stretch under load")
@@ -351,17 +334,8 @@ class WanLink:
     async def _teardown(self, timeout: float = 10.0) -> None:
         """Reap the forwarder and remove the qdiscs; safe to call in any state."""
         errors = []
-        proc = self._proc
-        if proc is not None:
-            if proc.stdin is not None and not proc.stdin.is_closing():
-                proc.stdin.close()  # EOF: the forwarder stops by itself
-            await reap(proc, max(1.0, timeout / 2))
-            if self.registry:
-                self.registry.drop_pid(proc.pid)
-        for task in self._readers:
-            task.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
-        self._readers = []
+        if self._forwarder is not None:  # EOF: the forwarder stops by itself
+            await self._forwarder.close(max(1.0, timeout / 2))
         if self._qdiscs_on:
             for ifname in (self.left, self.right):
                 try:
@@ -375,84 +349,12 @@ class WanLink:
 
     async def _command(self, line: str, expected: str, timeout: float = 5.0) -> dict[str, Any]:
         """Send one command to the forwarder and await its answer; one at a time."""
-        if self._proc is None:
+        if self._forwarder is None:
             raise NetworkError(f"{self!r}: no forwarder")
-        deadline = time.monotonic() + timeout
-        async with self._lock:
-            assert self._proc.stdin is not None
-            try:
-                self._proc.stdin.write(line.encode() + b"\n")
-                await asyncio.wait_for(self._proc.stdin.drain(), timeout=timeout)
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                raise NetworkError(await self._exit_message(line.split()[0]),
-                                   cause=exc) from exc
-            except asyncio.TimeoutError as exc:
-                raise NetworkError("WAN forwarder does not read its commands",
-                                   cause=exc) from exc
-            return await self._next_event(expected, deadline - time.monotonic(),
-                                          line.split()[0])
+        return await self._forwarder.command(line, expected, timeout)
 
-    async def _next_event(self, expected: str, timeout: float, what: str) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._eof and self._events.empty():
-                raise NetworkError(await self._exit_message(what))
-            try:
-                event = await asyncio.wait_for(self._events.get(),
-                                               timeout=max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError as exc:
-                raise NetworkError(f"WAN forwarder gave no {what} answer within {timeout:g} s "
-                                   f"({self._stderr_tail()})", cause=exc) from exc
-            if event is None:
-                continue  # EOF: reported by the check at the top
-            name = event.get("event")
-            if name == "error":
-                raise NetworkError(f"WAN forwarder: {event.get('message', 'unknown error')}")
-            if name == expected:
-                return event
-            self.log.debug("ignored forwarder event while waiting for %s: %s", expected, event)
-
-    async def _exit_message(self, what: str) -> str:
-        if self._proc is not None:
-            try:
-                await asyncio.wait_for(self._proc.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
-                pass
-        if self._readers[1:]:
-            await asyncio.wait(self._readers[1:], timeout=1.0)
-        code = self._proc.returncode if self._proc else None
-        status = f"code {code}" if code is not None else "closed its output"
-        return f"WAN forwarder exited ({status}) before {what}: {self._stderr_tail()}"
-
-    def _stderr_tail(self, lines: int = 3) -> str:
-        return " | ".join(list(self._stderr)[-lines:]) or "no stderr"
-
-    async def _read_events(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        try:
-            async for raw in self._proc.stdout:
-                try:
-                    event = json.loads(raw)
-                except ValueError:
-                    self.log.warning("forwarder printed a non-JSON line: %r", raw[:200])
-                    continue
-                if isinstance(event, dict):
-                    await self._events.put(event)
-        finally:
-            self._eof = True
-            self._events.put_nowait(None)
-
-    async def _read_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
-        async for raw in self._proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                self._stderr.append(line)
-                self.log.debug("forwarder: %s", line)
-
-
-def _strip(event: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in event.items() if k != "event"}
+    def _forwarder_tail(self) -> str:
+        return self._forwarder.stderr_tail() if self._forwarder else "no stderr"
 
 
 def _netem_direction(qdiscs: list[dict[str, Any]]) -> dict[str, Any]:

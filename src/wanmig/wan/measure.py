@@ -27,23 +27,19 @@ warm-up, how many packets a loss figure needs) are pure functions below.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import dataclasses
 import enum
-import json
 import logging
 import math
 import sys
-import time
 import typing
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from ..children import reap, sigkill
-from ..errors import WanmigError
+from ..children import JsonLinesChild, strip_event
+from ..errors import MeasurementError
 from ..registry import Registry
 
 log = logging.getLogger("wanmig.wan.measure")
@@ -59,10 +55,6 @@ BUFFER_MAX = 64 << 20       # ... and cap: 2 x BDP of 1 Gbit/s at 250 ms
 UNLIMITED_RATE_MBIT = 10_000.0  # what "no rate limit" is sized for
 LOSS_PAYLOAD = 64           # bytes per loss-probe datagram: 106 bytes on the wire
 LOAD_LEAD_S = 0.5           # a load runs this long before the pings start
-
-
-class MeasurementError(WanmigError):
-    """A measurement endpoint failed to start, failed, or did not report in time."""
 
 
 # ------------------------------------------------------------ pure sizing rules
@@ -296,32 +288,30 @@ class ToolProcess:
         self.python = python
         self.state = ToolState.IDLE
         self.ready: dict[str, Any] = {}
-        self._proc: asyncio.subprocess.Process | None = None
-        self._stderr: collections.deque[str] = collections.deque(maxlen=10)
-        self._stderr_task: asyncio.Task[None] | None = None
+        self._child: JsonLinesChild | None = None
 
     def __repr__(self) -> str:
-        pid = self._proc.pid if self._proc else None
         return (f"ToolProcess({self.mode!r}, netns={self.netns!r}, state={self.state.value}, "
-                f"pid={pid})")
+                f"pid={self.pid})")
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child else None
 
     async def start(self, *, server: bool = False, timeout: float = READY_TIMEOUT_S) -> None:
         if self.state is not ToolState.IDLE:
             raise MeasurementError(f"{self.mode}: cannot start in state {self.state.value}")
         owner = str(self.registry.run_dir) if self.registry else None
         argv = tool_argv(self.netns, self.mode, self.args, python=self.python, owner=owner)
-        log.debug("exec %s", " ".join(argv))
+        where = f"{self.mode} in {self.netns}" if self.netns else self.mode
+        self._child = JsonLinesChild(argv, name=where, error=MeasurementError,
+                                     registry=self.registry, log=log)
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 20)
-        except OSError as exc:
+            await self._child.spawn()
+        except MeasurementError:
             self.state = ToolState.DONE
-            raise MeasurementError(f"cannot run {self.mode}: {exc}", cause=exc) from exc
+            raise
         self.state = ToolState.RUNNING
-        if self.registry:
-            self.registry.add_pid(self._proc.pid)
-        self._stderr_task = asyncio.create_task(self._read_stderr())
         if server:
             try:
                 self.ready = await self._event("ready", timeout)
@@ -340,17 +330,15 @@ class ToolProcess:
         """Ask a server to finish (``stop`` + EOF on stdin) and return its result."""
         if self.state is not ToolState.RUNNING:
             raise MeasurementError(f"{self.mode}: cannot stop in state {self.state.value}")
-        assert self._proc is not None and self._proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self._proc.stdin.write(b"stop\n")
-            self._proc.stdin.close()
+        assert self._child is not None
+        self._child.end_input("stop")
         return await self.result(timeout)
 
     async def kill(self) -> None:
         """SIGKILL and reap if still running; idempotent."""
-        if self._proc is not None:
-            sigkill(self._proc)
-        await self._reap(5.0)
+        if self._child is not None:
+            await self._child.kill()
+        self.state = ToolState.DONE
 
     async def __aenter__(self) -> ToolProcess:
         return self
@@ -361,64 +349,13 @@ class ToolProcess:
             await self.kill()
 
     async def _event(self, name: str, timeout: float) -> dict[str, Any]:
-        assert self._proc is not None and self._proc.stdout is not None
-        where = f"{self.mode} in {self.netns}" if self.netns else self.mode
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                if left <= 0:
-                    raise asyncio.TimeoutError
-                raw = await asyncio.wait_for(self._proc.stdout.readline(), timeout=left)
-            except asyncio.TimeoutError as exc:
-                raise MeasurementError(f"{where}: no {name} within {timeout:g} s"
-                                       f" ({self._tail()})", cause=exc) from exc
-            if not raw:
-                code = await self._wait_exit()
-                raise MeasurementError(f"{where} exited (code {code}) before its {name}: "
-                                       f"{self._tail()}")
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                log.warning("%s printed a non-JSON line: %r", self.mode, raw[:200])
-                continue
-            if event.get("event") == "error":
-                raise MeasurementError(f"{where}: {event.get('message')}")
-            if event.get("event") == name:
-                event.pop("event")
-                return dict(event)
-
-    async def _wait_exit(self) -> int | None:
-        assert self._proc is not None
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._proc.wait(), timeout=2.0)
-        if self._stderr_task is not None:
-            await asyncio.wait([self._stderr_task], timeout=1.0)
-        return self._proc.returncode
+        assert self._child is not None
+        return strip_event(await self._child.next_event(name, timeout))
 
     async def _reap(self, timeout: float) -> None:
-        proc = self._proc
-        if proc is not None and self.state is not ToolState.DONE:
-            if proc.stdin is not None and not proc.stdin.is_closing():
-                proc.stdin.close()
-            await reap(proc, timeout)
-            if self.registry:
-                self.registry.drop_pid(proc.pid)
-        if self._stderr_task is not None:
-            self._stderr_task.cancel()
-            await asyncio.gather(self._stderr_task, return_exceptions=True)
-            self._stderr_task = None
+        if self._child is not None:
+            await self._child.close(timeout)
         self.state = ToolState.DONE
-
-    async def _read_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
-        async for raw in self._proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                self._stderr.append(line)
-
-    def _tail(self) -> str:
-        return " | ".join(list(self._stderr)[-3:]) or "no stderr"
 
 
 # ---------------------------------------------------------------- measurements

@@ -32,6 +32,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ConfigError
+from ..validation import config_error
 
 #: Default bottleneck queue, as drain time at the link rate (see the module docstring).
 DEFAULT_QUEUE_MS = 20.0
@@ -73,6 +74,9 @@ class LinkProfile(BaseModel):
         return f"{self.name}: RTT {self.rtt_ms:g} ms{extra}, {rate}{loss}"
 
 
+#: What a custom profile lacking a required value (``rtt_ms``) is told.
+_MISSING_VALUE = "required for a custom profile (or name one with 'profile')"
+
 PROFILES: dict[str, LinkProfile] = {
     p.name: p for p in (
         LinkProfile(name="lan", rtt_ms=0.2, rate_mbit=1000),
@@ -107,16 +111,7 @@ def resolve_profile(spec: str | dict[str, Any] | LinkProfile) -> LinkProfile:
     try:
         return LinkProfile.model_validate(merged)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = "wan." + ".".join(str(p) for p in err["loc"]) if err["loc"] else "wan"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown setting"
-        elif err["type"] == "missing":
-            msg = "required for a custom profile (or name one with 'profile')"
-        elif "input" in err and not isinstance(err["input"], (dict, list)):
-            msg = f"{msg} (got {err['input']!r})"
-        raise ConfigError(msg, field=field) from None
+        raise config_error(exc, "wan", missing=_MISSING_VALUE) from None
 
 
 def _named(name: str) -> LinkProfile:

@@ -51,8 +51,9 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from ..probe.probes import _next_slot, _set_timer_slack, set_realtime
+from ..probe.probes import _next_slot
 from ..probe.stats import percentile
+from ..realtime import set_realtime, set_timer_slack
 
 MS = 1_000_000  # nanoseconds
 S = 1_000_000_000
@@ -204,7 +205,7 @@ class _Control:
 
 def _timing_critical(rt_priority: int) -> bool:
     """SCHED_FIFO, 1 us timer slack, no cyclic GC: for the modes whose timing is measured."""
-    _set_timer_slack()
+    set_timer_slack()
     gc.disable()
     return set_realtime(rt_priority)
 
