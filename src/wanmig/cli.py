@@ -151,7 +151,7 @@ def bench_wan(
         raise _fail(exc) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(render_wan_bench(result))
+    console.print(render_wan_bench(result), width=max(console.width, 150))
     console.print(f"[dim]results: {out}[/]")
 
 
