@@ -223,7 +223,8 @@ class PrecopyMigration:
         """QEMU's reason, or what we can see ourselves when it gives none."""
         try:
             info = await self.src.execute("query-migrate", timeout=5)
-            self.last_info = info
+            if "ram" in info:  # a failed migration may report no figures: keep the last ones
+                self.last_info = info
         except QemuError as exc:
             return str(exc)
         if "error-desc" in info:
