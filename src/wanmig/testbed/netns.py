@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
 
+from pyroute2 import AsyncIPRoute
 from pyroute2 import netns as _netns
 
 from ..errors import NetworkError
@@ -47,6 +50,10 @@ class Namespace:
             await self.sysctl(f"net.ipv6.conf.{key}.disable_ipv6", "1")
 
     async def remove(self) -> None:
+        """Delete the namespace if this object created it (never somebody else's)."""
+        if not self.created:
+            self.registry.drop_netns(self.name)
+            return
         remove_netns(self.name)
         if netns_exists(self.name):
             raise NetworkError(f"namespace {self.name} could not be removed")
@@ -71,3 +78,36 @@ class Namespace:
             raise NetworkError(f"{' '.join(argv)} in {self.name} failed: "
                                f"{err.decode(errors='replace').strip()}")
         return out.decode(errors="replace")
+
+
+async def create_namespaces(namespaces: Iterable[Namespace]) -> None:
+    """Create each namespace in turn (registered before it exists)."""
+    for ns in namespaces:
+        await ns.create()
+
+
+async def remove_namespaces(namespaces: Sequence[Namespace]) -> list[str]:
+    """Remove the namespaces in reverse order; every one is tried, failures returned."""
+    errors = []
+    for ns in reversed(namespaces):
+        try:
+            await ns.remove()
+        except NetworkError as exc:
+            errors.append(str(exc))
+    return errors
+
+
+async def add_veth(left: Namespace, left_if: str, right: Namespace, right_if: str) -> None:
+    """A veth pair with one end in each namespace."""
+    async with AsyncIPRoute(netns=left.name) as ipr:
+        await ipr.link("add", ifname=left_if, kind="veth",
+                       peer={"ifname": right_if, "net_ns_fd": right.name})
+
+
+async def link_up(ipr: AsyncIPRoute, ifname: str, **extra: Any) -> int:
+    """Set an interface up (with extra attributes such as mtu, master); its index."""
+    found = await ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise NetworkError(f"interface {ifname} missing")
+    await ipr.link("set", index=found[0], state="up", **extra)
+    return int(found[0])

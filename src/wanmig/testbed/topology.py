@@ -28,7 +28,6 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -37,7 +36,7 @@ from ..errors import NetworkError
 from ..registry import Registry
 from ..wan.link import WanLink
 from ..wan.profiles import LinkProfile
-from .netns import Namespace
+from .netns import Namespace, add_veth, create_namespaces, link_up, remove_namespaces
 
 log = logging.getLogger("wanmig.testbed")
 
@@ -110,8 +109,7 @@ class Testbed:
     async def up(self) -> None:
         """Create everything; on any failure remove what was made and raise."""
         try:
-            for ns in self.namespaces:
-                await ns.create()
+            await create_namespaces(self.namespaces)
             await self._build()
         except BaseException:
             await self.down()
@@ -128,11 +126,7 @@ class Testbed:
                 except NetworkError as exc:
                     errors.append(str(exc))
         self.wan = self.client_wan = None
-        for ns in reversed(self.namespaces):
-            try:
-                await ns.remove()
-            except NetworkError as exc:
-                errors.append(str(exc))
+        errors += await remove_namespaces(self.namespaces)
         self.state = TestbedState.DOWN
         if errors:
             raise NetworkError("; ".join(errors))
@@ -155,12 +149,12 @@ class Testbed:
                 async with AsyncIPRoute(netns=self.site(which).name) as ipr:
                     await self._build_site(ipr, which)
             async with AsyncIPRoute(netns=self.client.name) as ipr:
-                await _up(ipr, "lo")
-                idx = await _up(ipr, "eth0", mtu=1500)
+                await link_up(ipr, "lo")
+                idx = await link_up(ipr, "eth0", mtu=1500)
                 await ipr.addr("add", index=idx, address=a.client_ip, prefixlen=a.vm_prefixlen)
             if self.middle is not None:
                 async with AsyncIPRoute(netns=self.middle.name) as ipr:
-                    await _up(ipr, "lo")
+                    await link_up(ipr, "lo")
         except NetlinkError as exc:
             raise NetworkError(f"testbed set-up failed: {exc}", cause=exc) from exc
         if self.wan_profile is not None:
@@ -172,14 +166,14 @@ class Testbed:
                     middle_ifs: tuple[str, str], emulated: bool, mtu: int) -> None:
         """A veth pair between two namespaces, or two meeting in the middle one."""
         if not emulated:
-            await _veth(left, left_if, right, right_if)
+            await add_veth(left, left_if, right, right_if)
             return
         assert self.middle is not None
-        await _veth(left, left_if, self.middle, middle_ifs[0])
-        await _veth(self.middle, middle_ifs[1], right, right_if)
+        await add_veth(left, left_if, self.middle, middle_ifs[0])
+        await add_veth(self.middle, middle_ifs[1], right, right_if)
         async with AsyncIPRoute(netns=self.middle.name) as ipr:
             for ifname in middle_ifs:
-                await _up(ipr, ifname, mtu=mtu)
+                await link_up(ipr, ifname, mtu=mtu)
 
     async def _start_link(self, left: str, right: str, profile: LinkProfile) -> WanLink:
         assert self.middle is not None
@@ -191,29 +185,14 @@ class Testbed:
     async def _build_site(self, ipr: AsyncIPRoute, which: str) -> None:
         a = self.addr
         local, remote = self.site_ip(which), self.site_ip("b" if which == "a" else "a")
-        await _up(ipr, "lo")
-        isl = await _up(ipr, "isl0", mtu=UNDERLAY_MTU)
+        await link_up(ipr, "lo")
+        isl = await link_up(ipr, "isl0", mtu=UNDERLAY_MTU)
         await ipr.addr("add", index=isl, address=local, prefixlen=a.inter_site_prefixlen)
         await ipr.link("add", ifname="br0", kind="bridge")
-        br = await _up(ipr, "br0", mtu=1500)
+        br = await link_up(ipr, "br0", mtu=1500)
         await ipr.link("add", ifname="vx0", kind="vxlan", vxlan_id=VXLAN_ID,
                        vxlan_local=local, vxlan_group=remote, vxlan_port=VXLAN_PORT)
         await ipr.link("add", ifname=a.tap, kind="tuntap", mode="tap", no_pi=True)
         ports = ["vx0", a.tap] + (["cl0"] if which == "a" else [])
         for port in ports:
-            await _up(ipr, port, mtu=1500, master=br)
-
-
-async def _veth(left: Namespace, left_if: str, right: Namespace, right_if: str) -> None:
-    async with AsyncIPRoute(netns=left.name) as ipr:
-        await ipr.link("add", ifname=left_if, kind="veth",
-                       peer={"ifname": right_if, "net_ns_fd": right.name})
-
-
-async def _up(ipr: AsyncIPRoute, ifname: str, **extra: Any) -> int:
-    """Set an interface up (with extra attributes); returns its index."""
-    found = await ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise NetworkError(f"interface {ifname} missing")
-    await ipr.link("set", index=found[0], state="up", **extra)
-    return int(found[0])
+            await link_up(ipr, port, mtu=1500, master=br)

@@ -49,7 +49,13 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import NetworkError
 from ..registry import Registry, new_run_id
-from ..testbed.netns import Namespace
+from ..testbed.netns import (
+    Namespace,
+    add_veth,
+    create_namespaces,
+    link_up,
+    remove_namespaces,
+)
 from . import measure
 from .link import WanLink
 from .profiles import PROFILES, LinkProfile, resolve_profile
@@ -241,8 +247,7 @@ class BenchTopology:
 
     async def __aenter__(self) -> BenchTopology:
         try:
-            for ns in self.namespaces:
-                await ns.create()
+            await create_namespaces(self.namespaces)
             await self._build()
         except BaseException:
             await self.remove()
@@ -254,41 +259,27 @@ class BenchTopology:
         await self.remove()
 
     async def remove(self) -> None:
-        errors = []
-        for ns in reversed(self.namespaces):
-            if ns.created:
-                try:
-                    await ns.remove()
-                except NetworkError as exc:
-                    errors.append(str(exc))
+        errors = await remove_namespaces(self.namespaces)
         self.up = False
         if errors:
             raise NetworkError("; ".join(errors))
 
     async def _build(self) -> None:
         try:
+            for ifname, site in ((self.left, self.site_a), (self.right, self.site_b)):
+                await add_veth(self.middle, ifname, site, "eth0")
             async with AsyncIPRoute(netns=self.middle.name) as ipr:
-                for ifname, site in ((self.left, self.site_a), (self.right, self.site_b)):
-                    await ipr.link("add", ifname=ifname, kind="veth",
-                                   peer={"ifname": "eth0", "net_ns_fd": site.name})
-                    await _up(ipr, ifname, mtu=self.mtu)
+                for ifname in (self.left, self.right):
+                    await link_up(ipr, ifname, mtu=self.mtu)
             for site, ip in ((self.site_a, self.ip_a), (self.site_b, self.ip_b)):
                 async with AsyncIPRoute(netns=site.name) as ipr:
-                    await _up(ipr, "lo")
-                    idx = await _up(ipr, "eth0", mtu=self.mtu)
+                    await link_up(ipr, "lo")
+                    idx = await link_up(ipr, "eth0", mtu=self.mtu)
                     await ipr.addr("add", index=idx, address=ip, prefixlen=self.prefixlen)
         except NetlinkError as exc:
             raise NetworkError(f"bench topology set-up failed: {exc}", cause=exc) from exc
         for site in (self.site_a, self.site_b):
             await _tune_buffers(site)
-
-
-async def _up(ipr: AsyncIPRoute, ifname: str, **extra: Any) -> int:
-    found = await ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise NetworkError(f"interface {ifname} missing")
-    await ipr.link("set", index=found[0], state="up", **extra)
-    return int(found[0])
 
 
 async def _tune_buffers(ns: Namespace) -> None:
