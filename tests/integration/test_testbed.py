@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +47,12 @@ async def test_clean_removes_what_a_crashed_run_left() -> None:
     # Pretend the owner died: point the record at a PID that cannot be alive.
     registry.owner_pid = 2**22 + 1
     registry.add_pid(sleeper.pid)
+    # clean only kills a process whose command line names the run: wait for the exec.
+    cmdline = Path(f"/proc/{sleeper.pid}/cmdline")
+    for _ in range(200):
+        if str(registry.run_dir).encode() in cmdline.read_bytes():
+            break
+        time.sleep(0.01)
 
     removed = clean_leftovers()
 
