@@ -32,6 +32,7 @@ from .qemu.image import build_image
 from .record import ResultRecord
 from .registry import clean_leftovers
 from .report import render_record, render_wan_bench
+from .wan.bench import run_wan_bench
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Live-migrate a running QEMU VM between two sites and measure what a client saw.")
@@ -141,8 +142,6 @@ def bench_wan(
         "--seconds", help="Length of each measurement (shorter = noisier).")] = None,
 ) -> None:
     """Measure the emulated WAN: RTT idle/loaded/saturated, goodput, loss, forwarder CPU."""
-    from .wan.bench import run_wan_bench
-
     try:
         kwargs = {"seconds": seconds} if seconds else {}
         result = asyncio.run(run_wan_bench(profile or None, on_progress=lambda m: console.print(

@@ -17,9 +17,10 @@ import platform
 import shutil
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, QemuError
 from ..registry import Registry
 from .image import READY_MARKER, GuestImage, create_data_disk
+from .process import QemuVm, VmConfig
 
 ACCELERATORS = ("auto", "kvm", "tcg")
 PROBE_TIMEOUT_S = 20.0
@@ -58,9 +59,6 @@ async def resolve_accel(setting: str, image: GuestImage, cache_dir: Path) -> str
 
 async def _kvm_boots(image: GuestImage) -> bool:
     """Boot the guest under KVM with no network peer and wait for its ready line."""
-    from ..errors import QemuError
-    from .process import QemuVm, VmConfig
-
     registry = Registry(run_id="kvmprobe")
     disk = registry.run_dir / "probe-disk.raw"
     try:

@@ -36,7 +36,7 @@ import typing
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from ..children import JsonLinesChild, strip_event
 from ..errors import MeasurementError
@@ -409,7 +409,27 @@ async def goodput(ns_a: str | None, ns_b: str | None, ip_b: str, *, seconds: flo
         return await stream.result()
 
 
-class _TcpStream:
+class _ToolPair:
+    """A sink in B and a sender in A, started sink first and always both killed."""
+
+    sink: ToolProcess
+    sender: ToolProcess
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.sink.start(server=True)
+            await self.sender.start()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.sender.kill()
+        await self.sink.kill()
+
+
+class _TcpStream(_ToolPair):
     """tcp-sink in B and tcp-source in A, started together; ``result()`` waits for both."""
 
     def __init__(self, ns_a: str | None, ns_b: str | None, ip_b: str, seconds: float,
@@ -421,31 +441,18 @@ class _TcpStream:
                                   "--seconds", f"{seconds:g}", "--sndbuf", buf]
         if cc:
             source_args += ["--cc", cc]
-        self.source = ToolProcess(ns_a, "tcp-source", *source_args, registry=registry)
-
-    async def __aenter__(self) -> _TcpStream:
-        try:
-            await self.sink.start(server=True)
-            await self.source.start()
-        except BaseException:
-            await self.__aexit__(None, None, None)
-            raise
-        return self
+        self.sender = ToolProcess(ns_a, "tcp-source", *source_args, registry=registry)
 
     async def result(self) -> GoodputResult:
-        source = await self.source.result(self.seconds + RESULT_MARGIN_S)
+        source = await self.sender.result(self.seconds + RESULT_MARGIN_S)
         # the sink ends at the stream's end: it still has the sender's buffer to drain
         sink = await self.sink.result(RESULT_MARGIN_S)
         if not sink.get("connected"):
             raise MeasurementError("tcp-sink: no connection arrived")
         return GoodputResult.from_tools(sink, source)
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.source.kill()
-        await self.sink.kill()
 
-
-class _UdpLoad:
+class _UdpLoad(_ToolPair):
     """udp-sink in B and udp-blast in A; ``result()`` waits, drains, stops the sink."""
 
     def __init__(self, ns_a: str | None, ns_b: str | None, ip_b: str, *, rate_mbit: float,
@@ -457,26 +464,13 @@ class _UdpLoad:
                            f"{rate_mbit:g}", "--seconds", f"{seconds:g}", "--size", payload]
         if count is not None:
             args += ["--count", count]
-        self.blast = ToolProcess(ns_a, "udp-blast", *args, registry=registry)
-
-    async def __aenter__(self) -> _UdpLoad:
-        try:
-            await self.sink.start(server=True)
-            await self.blast.start()
-        except BaseException:
-            await self.__aexit__(None, None, None)
-            raise
-        return self
+        self.sender = ToolProcess(ns_a, "udp-blast", *args, registry=registry)
 
     async def result(self) -> LossResult:
-        blast = await self.blast.result(self.seconds + RESULT_MARGIN_S)
+        blast = await self.sender.result(self.seconds + RESULT_MARGIN_S)
         await asyncio.sleep(self.drain_s)  # the last datagrams are still on the link
         sink = await self.sink.stop()
         return LossResult.from_tools(sink, blast)
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.blast.kill()
-        await self.sink.kill()
 
 
 async def loss(ns_a: str | None, ns_b: str | None, ip_b: str, *, rate_mbit: float,
