@@ -60,8 +60,8 @@ def udp_count():
     seen = 0
     while True:
         d, a = s.recvfrom(2048)
-        if d == b"count?":
-            s.sendto(str(seen).encode(), a); seen = 0
+        if d == b"count?":  # idempotent: the query crosses the lossy link and is retried
+            s.sendto(str(seen).encode(), a)
         elif d != b"reset":
             seen += 1
         else:
@@ -102,12 +102,22 @@ elif mode == "tcp":
 elif mode == "blast":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
     n, gap = int(args[0]), float(args[1])
-    s.sendto(b"reset", (dst, 7002)); time.sleep(0.2)
+    # Control datagrams cross the same lossy link as the data: send them repeatedly.
+    for _ in range(5):
+        s.sendto(b"reset", (dst, 7002))
+    time.sleep(0.2)
     for i in range(n):
         s.sendto(b"x" * 100, (dst, 7002)); time.sleep(gap)
     time.sleep(0.3)
-    s.sendto(b"count?", (dst, 7002))
-    out = {"sent": n, "received": int(s.recv(100))}
+    for _ in range(10):
+        s.sendto(b"count?", (dst, 7002))
+        try:
+            received = int(s.recv(100)); break
+        except socket.timeout:
+            pass
+    else:
+        raise SystemExit("no answer to count? after 10 tries")
+    out = {"sent": n, "received": received}
 print(json.dumps(out))
 """
 
