@@ -47,3 +47,14 @@ def qemu_pids() -> set[int]:
 def interface_names() -> set[str]:
     out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+@pytest.fixture
+def leaves_nothing_behind():
+    """Fails the test if it left a run namespace, a QEMU or an interface behind."""
+    before = (run_netns_names(), qemu_pids(), interface_names())
+    yield
+    after = (run_netns_names(), qemu_pids(), interface_names())
+    assert after[0] <= before[0], f"namespaces left: {after[0] - before[0]}"
+    assert after[1] <= before[1], f"QEMU processes left: {after[1] - before[1]}"
+    assert after[2] <= before[2], f"interfaces left: {after[2] - before[2]}"

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -31,7 +31,8 @@ from .orchestrator import Orchestrator
 from .qemu.image import build_image
 from .record import ResultRecord
 from .registry import clean_leftovers
-from .report import render_record, render_wan_bench
+from .memory.bench import run_memory_bench
+from .report import render_memory_bench, render_record, render_wan_bench
 from .wan.bench import run_wan_bench
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -108,13 +109,37 @@ WanOption = Annotated[Optional[str], typer.Option(
                   "lossy, or none (a plain veth).")]
 
 
+StrategyOption = Annotated[Optional[str], typer.Option(
+    "--strategy", help="Memory strategy: precopy (QEMU's defaults), precopy-tuned, postcopy, "
+                       "hybrid, or auto (measure, predict, choose).")]
+WorkloadOption = Annotated[Optional[str], typer.Option(
+    "--workload", help="Guest workload: idle, web or dirty.")]
+InsecureOption = Annotated[bool, typer.Option(
+    "--insecure", help="Migrate without TLS (to measure what TLS costs).")]
+
+
+def _overrides(wan: str | None, strategy: str | None, workload: str | None,
+               insecure: bool) -> dict[str, dict[str, Any]]:
+    """The CLI's options as scenario values; they win over the scenario file."""
+    out: dict[str, dict[str, Any]] = {}
+    if wan is not None:
+        out["wan"] = {"profile": wan}
+    if strategy is not None:
+        out.setdefault("memory", {})["strategy"] = strategy
+    if insecure:
+        out.setdefault("memory", {})["tls"] = False
+    if workload is not None:
+        out["vm"] = {"workload": workload}
+    return out
+
+
 @app.command()
-def demo(out: JsonOption = None, wan: WanOption = None) -> None:
+def demo(out: JsonOption = None, wan: WanOption = None, strategy: StrategyOption = None,
+         workload: WorkloadOption = None, insecure: InsecureOption = False) -> None:
     """Migrate a running guest from site A to site B while a client watches."""
     try:
-        data: dict[str, object] = {"name": "demo"}
-        if wan is not None:
-            data["wan"] = {"profile": wan}
+        data: dict[str, Any] = {"name": "demo",
+                                **_overrides(wan, strategy, workload, insecure)}
         _run_scenario(parse_scenario(data), out)
     except WanmigError as exc:
         raise _fail(exc) from None
@@ -125,10 +150,14 @@ def migrate(
     scenario: Annotated[Path, typer.Option("--scenario", "-s", help="Scenario TOML file.")],
     out: JsonOption = None,
     wan: WanOption = None,
+    strategy: StrategyOption = None,
+    workload: WorkloadOption = None,
+    insecure: InsecureOption = False,
 ) -> None:
     """Run the migration a scenario file describes."""
     try:
-        _run_scenario(load_scenario(scenario, wan_profile=wan), out)
+        _run_scenario(load_scenario(
+            scenario, overrides=_overrides(wan, strategy, workload, insecure)), out)
     except WanmigError as exc:
         raise _fail(exc) from None
 
@@ -151,6 +180,29 @@ def bench_wan(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     console.print(render_wan_bench(result), width=max(console.width, 150))
+    console.print(f"[dim]results: {out}[/]")
+
+
+@bench_app.command("memory")
+def bench_memory(
+    out: Annotated[Path, typer.Option("--json", help="Write the results here.")],
+    strategy: Annotated[Optional[list[str]], typer.Option(
+        "--strategy", help="Only these strategies (repeatable); default: all five.")] = None,
+    workload: Annotated[Optional[list[str]], typer.Option(
+        "--workload", help="Only these workloads (repeatable): idle, web, dirty-5, dirty-20, "
+                           "dirty-50; default: all.")] = None,
+    wan: Annotated[str, typer.Option("--wan", help="WAN profile.")] = "continental",
+) -> None:
+    """Every memory strategy × workload on one WAN, each a full migration (about 30 min)."""
+    try:
+        result = asyncio.run(run_memory_bench(
+            out, strategies=strategy or None, workloads=workload or None, profile=wan,
+            ui=RichUi(), say=lambda m: console.print(f"[bold]{escape(m)}[/]")))
+    except ValueError as exc:
+        raise _fail(ConfigError(str(exc))) from None
+    except WanmigError as exc:
+        raise _fail(exc) from None
+    console.print(render_memory_bench(result), width=max(console.width, 150))
     console.print(f"[dim]results: {out}[/]")
 
 

@@ -25,10 +25,10 @@ NO_WAN = "none"
 #: Memory strategies wanmig knows by name, and whether this build implements them.
 MEMORY_STRATEGIES: dict[str, bool] = {
     "precopy": True,
-    "precopy-tuned": False,
-    "postcopy": False,
-    "hybrid": False,
-    "auto": False,
+    "precopy-tuned": True,
+    "postcopy": True,
+    "hybrid": True,
+    "auto": True,
 }
 NETWORK_MODES: dict[str, bool] = {
     "l2-extend": True,
@@ -50,17 +50,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Workload = Literal["idle", "web", "dirty"]
+
+
 class VmSpec(_Strict):
+    """The guest.  ``workload``: ``idle``; ``web`` (the client sends HTTP
+    requests at ``web_rps``); ``dirty`` (the guest rewrites a ``dirty_mib``
+    working set with incompressible data at ``dirty_rate_mbps`` MB/s)."""
+
     ram_mib: int = Field(256, ge=64, le=16384)
     disk_mib: int = Field(64, ge=16, le=65536)
-    workload: Literal["idle"] = "idle"
+    workload: Workload = "idle"
+    dirty_mib: int = Field(64, ge=1, le=8192)
+    dirty_rate_mbps: float = Field(20.0, ge=0, le=10000)
+    web_rps: float = Field(20.0, gt=0, le=1000)
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     boot_timeout_s: float = Field(90.0, gt=0, le=600)
 
+    @model_validator(mode="after")
+    def _working_set_fits(self) -> "VmSpec":
+        if self.workload == "dirty" and self.dirty_mib > self.ram_mib // 2:
+            raise ValueError(f"dirty_mib {self.dirty_mib} must be at most half of "
+                             f"ram_mib {self.ram_mib}")
+        return self
+
 
 class MemorySpec(_Strict):
+    """How memory moves.  ``target_outage_ms`` is what the client may see: it
+    sets precopy-tuned's downtime-limit and is auto's criterion.  ``tls``
+    encrypts and mutually authenticates the migration stream (``--insecure``
+    turns it off to measure its cost)."""
+
     strategy: str = "precopy"
     timeout_s: float = Field(600.0, gt=0, le=7200)
+    target_outage_ms: float = Field(300.0, ge=10, le=60000)
+    postcopy_budget_s: float = Field(30.0, gt=0, le=3600)
+    tls: bool = True
 
     @field_validator("strategy")
     @classmethod
@@ -127,7 +152,11 @@ class ProbeSpec(_Strict):
 class FaultSpec(_Strict):
     """Faults injected on purpose, to exercise the rollback paths."""
 
-    kill_destination: Literal["none", "memory", "pre-switchover"] = "none"
+    #: ``postcopy``: after the destination runs in postcopy, before every page
+    #: arrived: the case postcopy cannot survive (the record reports the VM lost).
+    kill_destination: Literal["none", "memory", "pre-switchover", "postcopy"] = "none"
+    #: ``foreign-ca``: the destination presents a certificate another CA signed.
+    destination_cert: Literal["valid", "foreign-ca"] = "valid"
 
 
 class Scenario(_Strict):
@@ -147,10 +176,11 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
         raise config_error(exc) from None
 
 
-def load_scenario(path: Path, *, wan_profile: str | None = None) -> Scenario:
+def load_scenario(path: Path, *, overrides: dict[str, dict[str, Any]] | None = None) -> Scenario:
     """Read and validate a scenario file; ConfigError names the bad field.
 
-    ``wan_profile`` (the CLI's ``--wan``) replaces the file's ``[wan] profile``.
+    ``overrides`` (from the CLI: ``--wan``, ``--strategy``, ...) replace the
+    file's values, table by table: ``{"wan": {"profile": "lan"}}``.
     """
     try:
         data = tomllib.loads(path.read_text())
@@ -158,6 +188,6 @@ def load_scenario(path: Path, *, wan_profile: str | None = None) -> Scenario:
         raise ConfigError(f"scenario file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    if wan_profile is not None:
-        data.setdefault("wan", {})["profile"] = wan_profile
+    for table, values in (overrides or {}).items():
+        data.setdefault(table, {}).update(values)
     return parse_scenario(data)

@@ -35,7 +35,9 @@ from typing import Protocol
 from .config import Scenario
 from .errors import MigrationError, QemuError, WanmigError
 from .integrity import check_log
-from .memory import MigrationProgress, PrecopyMigration
+from .memory import MigrationProgress, QemuMigration, TlsSettings
+from .memory.select import LinkFacts, select_plan
+from .memory.tls import DeploymentCa, MigrationTls, add_tls_creds
 from .probe import ClientProbe, ProbeReport
 from .qemu.accel import resolve_accel
 from .qemu.image import (
@@ -43,6 +45,7 @@ from .qemu.image import (
     GuestImage,
     build_image,
     create_data_disk,
+    default_build_dir,
     read_integrity_log,
 )
 from .qemu.process import QemuVm, VmConfig
@@ -58,9 +61,16 @@ from .record import (
 )
 from .registry import Registry, new_run_id
 from .testbed import Testbed
+from .testbed.netns import tx_bytes
 from .wan import measure
+from .workload import WebLoad, WebLoadReport
 
 log = logging.getLogger("wanmig.orchestrator")
+
+#: Strategies that pace QEMU to the link, so the link's goodput is measured first.
+TUNED_STRATEGIES = frozenset({"precopy-tuned", "hybrid", "auto"})
+#: A plain veth between the sites has no set rate: what one TCP stream got on it here.
+UNSHAPED_MBIT = 10_000.0
 
 
 class Ui(Protocol):
@@ -116,14 +126,21 @@ class Orchestrator:
                  ui: Ui | None = None) -> None:
         self.scenario = scenario
         self.build_dir = build_dir
+        # The deployment's CA lives next to the guest image (generated, never committed).
+        self.pki_dir = (build_dir or default_build_dir()) / "pki"
         self.ui: Ui = ui or LogUi()
         self.registry: Registry | None = None
         self.clock = _Clock()
         self.src: QemuVm | None = None
         self.dst: QemuVm | None = None
-        self.migration: PrecopyMigration | None = None
+        self.migration: QemuMigration | None = None
+        self._wire0 = 0
+        self.wire_bytes: int | None = None  # site A's inter-site link, memory..finish
+        self.decision: dict[str, object] | None = None
         self.probe: ClientProbe | None = None
         self.probe_report: ProbeReport | None = None
+        self.web: WebLoad | None = None
+        self.web_report: WebLoadReport | None = None
         self.accel: str | None = None
         self.boot_ms: float | None = None
         self.new_conn_ms: float | None = None
@@ -137,9 +154,12 @@ class Orchestrator:
                 f"destination_may_run={self._destination_may_run()})")
 
     def _destination_may_run(self) -> bool:
-        """Once QEMU handed the guest over and the destination lives, it is authoritative."""
-        return bool(self.migration and self.migration.handed_over
-                    and self.dst and self.dst.returncode is None)
+        """Past the point of no return: the source must never run again.
+
+        A precopy handed over to a live destination, or any postcopy that
+        started (the guest's memory is split between the sites).
+        """
+        return bool(self.migration and not self.migration.source_resumable)
 
     async def run(self) -> ResultRecord:
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -174,9 +194,20 @@ class Orchestrator:
         rtt = await measure.rtt(testbed.site_a.name, testbed.site_b.name,
                                 testbed.addr.site_b_ip, rate_hz=100, seconds=1.0)
         client = testbed.client_wan.describe()["profile"] if testbed.client_wan else None
-        info = WanInfo(**desc, rtt_measured_ms=rtt.p50_ms, client_profile=client)
+        goodput = None
+        if self.scenario.memory.strategy in TUNED_STRATEGIES and rtt.p50_ms is not None:
+            # The tuned strategies pace QEMU to the link: measure what one stream gets.
+            g = await measure.goodput(testbed.site_a.name, testbed.site_b.name,
+                                      testbed.addr.site_b_ip, seconds=2.0,
+                                      rate_mbit=desc.get("rate_mbit"), rtt_ms=rtt.p50_ms,
+                                      queue_ms=desc.get("queue_ms") or 0.0,
+                                      registry=self.registry)
+            goodput = g.goodput_mbit
+        info = WanInfo(**desc, rtt_measured_ms=rtt.p50_ms, client_profile=client,
+                       goodput_mbit=goodput)
         self.ui.step(f"WAN {info.profile}: RTT measured {info.rtt_measured_ms} ms "
-                     f"(set {info.rtt_ms}), rate {info.rate_mbit} Mbit/s")
+                     f"(set {info.rtt_ms}), rate {info.rate_mbit} Mbit/s"
+                     + (f", one TCP stream {goodput:.1f} Mbit/s" if goodput else ""))
         return info
 
     async def _migrate_in(self, testbed: Testbed, image: GuestImage) -> tuple[str, str | None]:
@@ -189,7 +220,9 @@ class Orchestrator:
             return VmConfig(name=f"vm-{site}", image=image, disk=disk, ram_mib=sc.vm.ram_mib,
                             mac=addr.vm_mac, tap=addr.tap, ip_cidr=addr.vm_cidr,
                             accel=self.accel or "tcg", netns=testbed.site(site).name,
-                            incoming=site == "b")
+                            incoming=site == "b",
+                            dirty=((sc.vm.dirty_mib, sc.vm.dirty_rate_mbps)
+                                   if sc.vm.workload == "dirty" else None))
 
         self.ui.step(f"booting the guest at site A ({self.accel})")
         self.src = QemuVm(vm_config("a"), self.registry)
@@ -200,11 +233,18 @@ class Orchestrator:
         self.probe = ClientProbe(addr.vm_ip, netns=testbed.client.name,
                                  interval_ms=sc.probe.interval_ms, registry=self.registry)
         await self.probe.start()
+        if sc.vm.workload == "web":
+            self.ui.step(f"web workload: {sc.vm.web_rps:g} HTTP requests/s from the client")
+            self.web = WebLoad(addr.vm_ip, netns=testbed.client.name, rate=sc.vm.web_rps,
+                               registry=self.registry)
+            await self.web.start()
         await asyncio.sleep(sc.probe.warmup_s)
         try:
             await self._phases(testbed, vm_config("b"))
         except WanmigError as exc:
             if self._destination_may_run():
+                if self.dst is not None and self.dst.returncode is not None:
+                    self.notes["vm_lost"] = True
                 raise  # past the point of no return: never resume the source too
             await self._rollback(exc)
             return "rolled_back", str(exc)
@@ -218,13 +258,24 @@ class Orchestrator:
         self._begin("prepare")
         self.dst = QemuVm(dst_cfg, self.registry)
         await self.dst.start()
-        self.migration = PrecopyMigration(self.src, self.dst, uri, on_progress=self.ui.progress)
+        tls = await self._install_tls(addr.site_b_ip) if sc.memory.tls else None
+        if sc.memory.strategy == "auto":
+            self.ui.step("auto: measuring the guest (dirty rate, memory) to choose a strategy")
+        plan, self.decision = await select_plan(
+            sc.memory, self.src, ram_bytes=sc.vm.ram_mib * 2**20, link=self._link_facts(),
+            accel=self.accel or "tcg", workdir=self.registry.run_dir, tls=tls,
+            preempt=await self._has_capability("postcopy-preempt"))
+        if self.decision is not None:
+            self.ui.step(f"auto chose {plan.strategy}: {self.decision.get('reason')}")
+        self.migration = QemuMigration(self.src, self.dst, uri, plan,
+                                       on_progress=self.ui.progress)
         await self.migration.prepare()
 
         self._begin("storage")  # shared image: nothing to copy in this version
 
         self._begin("memory")
         await self.probe.mark("migration-start")
+        self._wire0 = await tx_bytes(testbed.site_a, "isl0")
         await self.migration.iterate(
             sc.memory.timeout_s,
             on_first_progress=self._kill_destination if sc.fault.kill_destination == "memory"
@@ -241,12 +292,43 @@ class Orchestrator:
                                                  "step": 100})
 
         self._begin("finish")
+        if sc.fault.kill_destination == "postcopy" and self.migration.postcopy_started:
+            await asyncio.sleep(0.5)  # let the guest run at B on borrowed pages a moment
+            await self._kill_destination()
+        await self.migration.finish(sc.memory.timeout_s)
+        self.wire_bytes = await tx_bytes(testbed.site_a, "isl0") - self._wire0
         await self.src.stop()
         self.clock.end()
         # The probes keep watching a while after the move: a late outage (a
         # stale forwarding entry, say) must show up in the client's figures.
         await asyncio.sleep(sc.probe.settle_s)
         self.new_conn_ms = await self.probe.new_connection_ms()
+
+    async def _install_tls(self, dest_ip: str) -> TlsSettings:
+        """Certificates for this migration from the deployment's CA, loaded into both QEMUs."""
+        assert self.registry and self.src and self.dst
+        ca = await asyncio.to_thread(DeploymentCa.load_or_create, self.pki_dir)
+        foreign = self.scenario.fault.destination_cert == "foreign-ca"
+        if foreign:
+            self.ui.step("fault injection: the destination presents a certificate of another CA")
+        material = await asyncio.to_thread(MigrationTls.create, self.registry.run_dir / "tls",
+                                           ca, dest_ip, rogue=foreign)
+        await add_tls_creds(self.src, material.source_dir, "client")
+        await add_tls_creds(self.dst, material.dest_dir, "server")
+        return TlsSettings(hostname=material.hostname)
+
+    async def _has_capability(self, name: str) -> bool:
+        assert self.src is not None
+        caps = await self.src.execute("query-migrate-capabilities")
+        return any(c["capability"] == name for c in caps)
+
+    def _link_facts(self) -> LinkFacts:
+        """The link as set and as measured, for tuning and for auto's model."""
+        w = self.wan_info
+        return LinkFacts(rate_bit_s=(w.rate_mbit or UNSHAPED_MBIT) * 1e6,
+                         rtt_ms=w.rtt_measured_ms or w.rtt_ms or 0.1, queue_ms=w.queue_ms or 0.0,
+                         loss_pct=w.loss_pct,
+                         goodput_bit_s=w.goodput_mbit * 1e6 if w.goodput_mbit else None)
 
     def _begin(self, name: str) -> None:
         self.clock.begin(name)
@@ -293,6 +375,8 @@ class Orchestrator:
 
         if self.probe is not None and self.probe_report is None:
             await attempt("probe report", self._stop_probe())
+        if self.web is not None and self.web_report is None:
+            await attempt("web workload report", self._stop_web())
         for vm in (self.dst, self.src):
             if vm is not None:
                 await attempt(f"stopping {vm.name}", vm.stop())
@@ -303,6 +387,10 @@ class Orchestrator:
         if self.registry is not None:
             self.registry.close(keep_run_dir=bool(errors))
         return errors
+
+    async def _stop_web(self) -> None:
+        assert self.web is not None
+        self.web_report = await self.web.stop()
 
     async def _stop_probe(self) -> None:
         assert self.probe is not None
@@ -315,18 +403,30 @@ class Orchestrator:
             guest_log_bad_checksums=report.bad_checksums,
             guest_max_write_gap_ms=report.max_write_gap_ms)
 
+    def _workload(self) -> dict[str, object] | None:
+        """The workload's settings and, for ``web``, what the HTTP clients saw."""
+        vm = self.scenario.vm
+        if vm.workload == "dirty":
+            return {"dirty_mib": vm.dirty_mib, "dirty_rate_mbps": vm.dirty_rate_mbps}
+        if vm.workload == "web":
+            return {"web_rps": vm.web_rps,
+                    "report": self.web_report.to_dict() if self.web_report else None}
+        return None
+
     def _record(self, status: str, error: str | None, started: str) -> ResultRecord:
         sc = self.scenario
         probe = self.probe_report
         memory = (self.migration.result() if self.migration
                   else MemoryResult(strategy=sc.memory.strategy, converged=False))
+        memory = memory.model_copy(update={"decision": self.decision,
+                                           "wire_bytes": self.wire_bytes})
         phases = self.clock.phases
         return ResultRecord(
             status=status, error=error, run_id=self.registry.run_id if self.registry else None,
             started_at=started, scenario=sc.model_dump(),
             wan=self.wan_info,
             vm=VmInfo(ram_mib=sc.vm.ram_mib, disk_mib=sc.vm.disk_mib, workload=sc.vm.workload,
-                      accel=self.accel, boot_ms=self.boot_ms),
+                      accel=self.accel, boot_ms=self.boot_ms, workload_detail=self._workload()),
             memory=memory,
             storage=StorageResult(strategy="none",
                                   note="both sites open the same disk image (shared storage)"),

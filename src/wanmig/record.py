@@ -31,6 +31,7 @@ class WanInfo(_Model):
     jitter_ms: float = 0.0
     queue_ms: float | None = None
     rtt_measured_ms: float | None = None
+    goodput_mbit: float | None = None   # one TCP stream, measured (tuned strategies)
     client_profile: str | None = None
 
 
@@ -40,6 +41,7 @@ class VmInfo(_Model):
     workload: str
     accel: str | None = None
     boot_ms: float | None = None
+    workload_detail: dict[str, Any] | None = None  # dirty: size/rate; web: the load's report
 
 
 class MemoryResult(_Model):
@@ -52,6 +54,19 @@ class MemoryResult(_Model):
     pages_per_second: float | None = None
     mbps: float | None = None
     converged: bool | None = None
+    postcopy: bool | None = None            # QEMU switched to postcopy
+    postcopy_reason: str | None = None       # why (hybrid: stall or budget)
+    postcopy_requests: int | None = None     # pages the destination faulted in
+    multifd_bytes: int | None = None
+    #: Bytes site A sent on the inter-site link from the start of ``memory`` to the
+    #: end of ``finish``: the migration stream as it crossed the WAN (compressed,
+    #: encrypted, with TCP/IP headers), plus the client's few requests after switchover.
+    #: QEMU 7.2's own ``bytes`` counts multifd pages before compression.
+    wire_bytes: int | None = None
+    cpu_throttle_pct: int | None = None      # auto-converge's last throttle
+    tls: bool | None = None
+    plan: dict[str, Any] | None = None       # capabilities and parameters used
+    decision: dict[str, Any] | None = None   # auto: measurements, predictions, choice
 
 
 class StorageResult(_Model):

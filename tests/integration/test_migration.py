@@ -18,21 +18,9 @@ from wanmig.config import parse_scenario
 from wanmig.orchestrator import Orchestrator
 from wanmig.record import PHASES, ResultRecord
 
-from ..conftest import interface_names, qemu_pids, run_netns_names
-
 pytestmark = [pytest.mark.root, pytest.mark.qemu]
 
 WANMIG = Path(sys.executable).with_name("wanmig")
-
-
-@pytest.fixture
-def leaves_nothing_behind():
-    before = (run_netns_names(), qemu_pids(), interface_names())
-    yield
-    after = (run_netns_names(), qemu_pids(), interface_names())
-    assert after[0] <= before[0], f"namespaces left: {after[0] - before[0]}"
-    assert after[1] <= before[1], f"QEMU processes left: {after[1] - before[1]}"
-    assert after[2] <= before[2], f"interfaces left: {after[2] - before[2]}"
 
 
 def test_demo_cli_migrates_while_client_watches(tmp_path: Path, leaves_nothing_behind) -> None:

@@ -33,9 +33,28 @@ def test_bad_values_name_the_field(data: dict, field: str) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_unimplemented_strategy_is_refused_not_replaced() -> None:
-    with pytest.raises(ConfigError, match="'postcopy' is not implemented yet"):
-        parse_scenario({"memory": {"strategy": "postcopy"}})
+def test_unimplemented_mode_is_refused_not_replaced() -> None:
+    with pytest.raises(ConfigError, match="'dns-tunnel' is not implemented yet"):
+        parse_scenario({"network": {"mode": "dns-tunnel"}})
+
+
+@pytest.mark.parametrize("strategy", ["precopy", "precopy-tuned", "postcopy", "hybrid", "auto"])
+def test_every_memory_strategy_is_accepted(strategy: str) -> None:
+    assert parse_scenario({"memory": {"strategy": strategy}}).memory.strategy == strategy
+
+
+def test_dirty_working_set_must_fit_the_guest() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_scenario({"vm": {"ram_mib": 256, "workload": "dirty", "dirty_mib": 200}})
+    assert info.value.field == "vm" and "at most half" in str(info.value)
+
+
+def test_cli_options_override_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text('[memory]\nstrategy = "precopy"\n[vm]\nworkload = "idle"\n')
+    sc = load_scenario(f, overrides={"memory": {"strategy": "hybrid", "tls": False},
+                                     "vm": {"workload": "web"}})
+    assert (sc.memory.strategy, sc.memory.tls, sc.vm.workload) == ("hybrid", False, "web")
 
 
 def test_cli_bad_scenario_exits_2_with_one_line(tmp_path: Path) -> None:

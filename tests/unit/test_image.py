@@ -149,6 +149,54 @@ def test_cmdline_rejects_bad_values(kwargs: dict[str, str], field: str) -> None:
     assert info.value.field == field
 
 
+@pytest.mark.parametrize(("dirty", "rendered"), [
+    ((64, 20), "64:20"),
+    ((64, 20.0), "64:20"),
+    ((8, 2.5), "8:2.5"),
+    ((1, 0), "1:0"),
+    ((65536, 10000), "65536:10000"),
+    ((32, 0.1), "32:0.1"),
+])
+def test_cmdline_renders_dirty_compactly(dirty: tuple[int, float], rendered: str) -> None:
+    args = render_cmdline(ip_cidr="10.0.2.15/24", dirty=dirty).split()
+    assert f"wanmig.dirty={rendered}" in args
+    assert float(rendered.split(":")[1]) == dirty[1]  # guestd's strtod reads the same rate
+
+
+def test_cmdline_without_dirty_has_no_dirtier() -> None:
+    assert "wanmig.dirty" not in render_cmdline(ip_cidr="10.0.2.15/24")
+    assert "wanmig.dirty" not in render_cmdline(ip_cidr="10.0.2.15/24", dirty=None)
+
+
+def test_guest_image_cmdline_passes_dirty_through() -> None:
+    img = GuestImage(Path("/k"), Path("/i"), "6.1.0-56-cloud-amd64", "d")
+    assert "wanmig.dirty=16:2.5" in img.cmdline(ip_cidr="10.0.0.2/8", dirty=(16, 2.5)).split()
+
+
+@pytest.mark.parametrize("dirty", [
+    (0, 20), (65537, 20), (-1, 20), (32.0, 20), (True, 20), ("32", 20),
+    (32, -0.5), (32, 10000.5), (32, float("nan")), (32, float("inf")), (32, "20"), (32, True),
+    (32,), (32, 20, 1), "64:20", 64,
+])
+def test_cmdline_rejects_bad_dirty(dirty: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        render_cmdline(ip_cidr="10.0.2.15/24", dirty=dirty)  # type: ignore[arg-type]
+    assert info.value.field == "dirty"
+
+
+def test_dirty_bounds_match_guestd() -> None:
+    source = (image.GUEST_SOURCE_DIR / "guestd.c").read_text()
+    assert f"#define MAX_DIRTY_MIB {image.DIRTY_MAX_MIB}\n" in source
+    assert f"#define MAX_DIRTY_MBPS {image.DIRTY_MAX_MBPS:.1f}\n" in source
+    init = (image.GUEST_SOURCE_DIR / "init").read_text()
+    assert "wanmig.dirty=*)" in init and 'fail "dirty workload"' in init
+
+
+def test_init_serves_the_web_load_blob() -> None:
+    init = (image.GUEST_SOURCE_DIR / "init").read_text()
+    assert "head -c 262144 /dev/urandom > /www/blob.bin" in init
+
+
 def test_ready_marker_matches_init() -> None:
     init = (image.GUEST_SOURCE_DIR / "init").read_text()
     assert 'say "ready"' in init and "wanmig-guest: $*" in init

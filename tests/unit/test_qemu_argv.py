@@ -38,6 +38,13 @@ def test_source_argv_and_kvm() -> None:
     assert argv[argv.index("-cpu") + 1] == "host"
 
 
+def test_dirty_workload_reaches_the_kernel_command_line() -> None:
+    append = qemu_argv(_cfg(dirty=(32, 2.5)), Path("/run/x"))
+    assert "wanmig.dirty=32:2.5" in append[append.index("-append") + 1].split()
+    plain = qemu_argv(_cfg(), Path("/run/x"))
+    assert "wanmig.dirty" not in plain[plain.index("-append") + 1]
+
+
 def test_unresolved_accel_refused() -> None:
     with pytest.raises(ValueError):
         qemu_argv(_cfg(accel="auto"), Path("/run/x"))

@@ -5,6 +5,9 @@
  *   guestd tcp-echo PORT            echo everything on many long-lived TCP connections
  *   guestd writer PATH PERIOD_MS    append a checksummed, sequence-numbered record
  *                                   every PERIOD_MS to PATH (O_APPEND|O_DSYNC)
+ *   guestd dirty SIZE_MIB RATE_MBPS keep SIZE_MIB of anonymous memory resident and
+ *                                   rewrite whole pages of it at RATE_MBPS
+ *                                   megabytes (10^6 bytes) per second; 0: only hold
  *
  * Each workload is its own process (one sub-command each) so that a crash in one
  * cannot stall the others, and each loop stays single-threaded and easy to read.
@@ -22,6 +25,22 @@
  *   S = sequence number (10 digits), M = guest CLOCK_MONOTONIC in ms (12 digits),
  *   C = crc32 (zlib polynomial) of the 31 bytes before it, lowercase hex.
  * The host-side parser is wanmig/integrity.py; keep the two in step.
+ *
+ * Memory dirtier (the `dirty` workload of the memory-migration experiments):
+ * a precopy migration must resend every page the guest writes while it copies,
+ * so this process writes pages at a known rate. The working set is one
+ * anonymous mapping, filled with pseudo-random bytes at start so that every
+ * page is resident and non-zero (a zero page costs a migration almost
+ * nothing). Then, every 10 ms slice (CLOCK_MONOTONIC, absolute deadlines), it
+ * rewrites RATE * 10^6 / 100 bytes' worth of whole 4 KiB pages, each chosen
+ * pseudo-randomly in the working set and filled with fresh xorshift64 output:
+ * incompressible on purpose, so that compression (or zero/duplicate page
+ * detection) cannot trivialise the workload. A fraction of a page is carried
+ * over to the next slice, so low rates are exact on average. A slice that
+ * wakes late is followed at once by the next one, but more than one missed
+ * slice is dropped, not caught up: a starved vCPU writes less rather than in
+ * bursts. The size must fit in free memory (checked before "ready"), so an
+ * oversized working set is a clear error instead of the OOM killer.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -34,8 +53,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysinfo.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -380,9 +401,121 @@ static int writer(const char *path, const char *period_s)
     }
 }
 
+/* ---- Memory dirtier ---- */
+
+#define PAGE 4096
+#define SLICE_NS 10000000L /* 10 ms */
+#define MAX_DIRTY_MIB 65536
+#define MAX_DIRTY_MBPS 10000.0
+#define FREE_HEADROOM (16UL << 20) /* leave the rest of the guest room to breathe */
+
+static uint64_t rng_state;
+
+/* xorshift64 (Marsaglia): fast under TCG, and its output does not compress. */
+static inline uint64_t xorshift64(void)
+{
+    uint64_t x = rng_state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return rng_state = x;
+}
+
+static void fill_page(uint64_t *page)
+{
+    for (size_t i = 0; i < PAGE / sizeof *page; i++)
+        page[i] = xorshift64();
+}
+
+static long parse_size_mib(const char *s)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || errno || v < 1 || v > MAX_DIRTY_MIB) {
+        fprintf(stderr, "guestd: bad size '%s' (MiB, 1..%d)\n", s, MAX_DIRTY_MIB);
+        exit(2);
+    }
+    return v;
+}
+
+static double parse_rate_mbps(const char *s)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    /* !(v >= 0) also rejects NaN */
+    if (*s == '\0' || *end != '\0' || errno || !(v >= 0.0) || v > MAX_DIRTY_MBPS) {
+        fprintf(stderr, "guestd: bad rate '%s' (MB/s, 0..%g)\n", s, MAX_DIRTY_MBPS);
+        exit(2);
+    }
+    return v;
+}
+
+static _Noreturn void dirty(long size_mib, double rate_mbps)
+{
+    const size_t size = (size_t)size_mib << 20;
+    const size_t pages = size / PAGE;
+
+    struct sysinfo si;
+    if (sysinfo(&si) < 0)
+        die("sysinfo");
+    unsigned long long free_bytes = (unsigned long long)si.freeram * si.mem_unit;
+    if ((unsigned long long)size + FREE_HEADROOM > free_bytes) {
+        fprintf(stderr, "guestd: dirty: %ld MiB does not fit in %llu MiB of free memory\n",
+                size_mib, free_bytes >> 20);
+        exit(1);
+    }
+    uint64_t *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED)
+        die("mmap working set");
+
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    rng_state = ((uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec)
+                ^ ((uint64_t)getpid() << 32);
+    if (rng_state == 0) /* the one state xorshift never leaves */
+        rng_state = 0x9E3779B97F4A7C15ULL;
+    /* Every page resident and non-zero before "ready". (The fork below shares
+     * them copy-on-write only until the parent exits, a moment later.) */
+    for (size_t p = 0; p < pages; p++)
+        fill_page(mem + p * (PAGE / sizeof *mem));
+    detach_when_ready();
+
+    if (rate_mbps <= 0.0)
+        for (;;)
+            pause(); /* hold the working set, write nothing */
+
+    const double bytes_per_slice = rate_mbps * 1e6 * (SLICE_NS / 1e9);
+    double credit = 0.0; /* bytes owed; under one page carries to the next slice */
+    struct timespec next;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    for (;;) {
+        credit += bytes_per_slice;
+        while (credit >= PAGE) {
+            fill_page(mem + (xorshift64() % pages) * (PAGE / sizeof *mem));
+            credit -= PAGE;
+        }
+        next.tv_nsec += SLICE_NS;
+        if (next.tv_nsec >= 1000000000L) {
+            next.tv_nsec -= 1000000000L;
+            next.tv_sec++;
+        }
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR)
+            ;
+        /* Behind by more than a slice (starved vCPU, or RATE beyond what it can
+         * write): the slice already due runs at once, the others are dropped. */
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long late = (now.tv_sec - next.tv_sec) * 1000000000LL + (now.tv_nsec - next.tv_nsec);
+        if (late > SLICE_NS)
+            next = now;
+    }
+}
+
 static int usage(void)
 {
-    fprintf(stderr, "usage: guestd udp-echo PORT | tcp-echo PORT | writer PATH PERIOD_MS\n");
+    fprintf(stderr, "usage: guestd udp-echo PORT | tcp-echo PORT | writer PATH PERIOD_MS"
+                    " | dirty SIZE_MIB RATE_MBPS\n");
     return 2;
 }
 
@@ -395,5 +528,7 @@ int main(int argc, char **argv)
         tcp_echo(parse_port(argv[2]));
     if (argc == 4 && strcmp(argv[1], "writer") == 0)
         return writer(argv[2], argv[3]);
+    if (argc == 4 && strcmp(argv[1], "dirty") == 0)
+        dirty(parse_size_mib(argv[2]), parse_rate_mbps(argv[3]));
     return usage();
 }

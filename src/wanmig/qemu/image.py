@@ -1,9 +1,10 @@
 """The guest image: a Debian cloud kernel plus a busybox initramfs built here.
 
 Why build our own: the project needs a guest that boots in seconds under TCG,
-runs the measured workloads (HTTP, UDP/TCP echo, a durable integrity writer) and
-nothing else, and can be built offline from what Debian already ships. No image
-is downloaded; only the kernel package comes from apt.
+runs the measured workloads (HTTP, UDP/TCP echo, a durable integrity writer,
+optionally a memory dirtier) and nothing else, and can be built offline from
+what Debian already ships. No image is downloaded; only the kernel package
+comes from apt.
 
 Pipeline (each step is cached; ``build_image`` returns at once when nothing changed)::
 
@@ -27,11 +28,12 @@ lock keeps two concurrent builds from interleaving.
 
 Inside the guest (see guest/init): modules are insmod-ed in ``/etc/modules.order``;
 network settings come from ``wanmig.ip=`` / ``wanmig.gw=`` / ``wanmig.name=`` on
-the kernel command line (``GuestImage.cmdline``); the data disk ``/dev/vda``
-(ext2, ``create_data_disk``) is mounted on /data, where the integrity writer
-appends to ``/integrity.log`` (read back on the host with ``read_integrity_log``
-and checked with ``wanmig.integrity.check_log``). The line ``READY_MARKER`` on
-the serial console means every workload is serving.
+the kernel command line (``GuestImage.cmdline``), and so does the optional memory
+dirtier (``wanmig.dirty=SIZE_MIB:RATE_MBPS``, the ``dirty`` workload); the data
+disk ``/dev/vda`` (ext2, ``create_data_disk``) is mounted on /data, where the
+integrity writer appends to ``/integrity.log`` (read back on the host with
+``read_integrity_log`` and checked with ``wanmig.integrity.check_log``). The line
+``READY_MARKER`` on the serial console means every workload is serving.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import hashlib
 import ipaddress
 import json
 import lzma
+import math
 import os
 import re
 import shutil
@@ -72,6 +75,8 @@ __all__ = [
     "parse_kernel_config",
     "filesystem_modules",
     "render_cmdline",
+    "DIRTY_MAX_MIB",
+    "DIRTY_MAX_MBPS",
     "newc_archive",
 ]
 
@@ -123,9 +128,10 @@ class GuestImage:
     kernel_version: str
     digest: str
 
-    def cmdline(self, *, ip_cidr: str, gateway: str | None = None, name: str = "vm") -> str:
+    def cmdline(self, *, ip_cidr: str, gateway: str | None = None, name: str = "vm",
+                dirty: tuple[int, float] | None = None) -> str:
         """The kernel command line for one VM; see ``render_cmdline``."""
-        return render_cmdline(ip_cidr=ip_cidr, gateway=gateway, name=name)
+        return render_cmdline(ip_cidr=ip_cidr, gateway=gateway, name=name, dirty=dirty)
 
     def to_dict(self) -> dict[str, str]:
         return {"kernel": str(self.kernel), "initrd": str(self.initrd),
@@ -145,11 +151,44 @@ _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _BOOT_ARGS = ("console=ttyS0", "quiet", "loglevel=3", "no_timer_check")
 
 
-def render_cmdline(*, ip_cidr: str, gateway: str | None = None, name: str = "vm") -> str:
+DIRTY_MAX_MIB = 65536
+"""Largest working set of the guest's memory dirtier (``guestd dirty``), in MiB."""
+
+DIRTY_MAX_MBPS = 10000.0
+"""Highest rate the dirtier accepts, in MB/s (10^6 bytes); guestd.c has the same bounds."""
+
+
+def _render_dirty(dirty: tuple[int, float]) -> str:
+    """``(64, 20.0)`` -> ``64:20``, ``(8, 2.5)`` -> ``8:2.5``; ConfigError when out of range."""
+    try:
+        size, rate = dirty
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{dirty!r} is not (size_mib, rate_mbps)", field="dirty") from exc
+    # bool is an int to Python, but never a size or a rate
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= DIRTY_MAX_MIB:
+        raise ConfigError(f"working set {size!r} must be a whole number of MiB in "
+                          f"1..{DIRTY_MAX_MIB}", field="dirty")
+    if (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate)
+            or not 0 <= rate <= DIRTY_MAX_MBPS):
+        raise ConfigError(f"rate {rate!r} must be within 0..{DIRTY_MAX_MBPS:g} MB/s",
+                          field="dirty")
+    # repr() is the shortest text that reads back as the same float: guestd's
+    # strtod() gets exactly the rate asked for; whole rates print without ".0"
+    text = str(int(rate)) if float(rate).is_integer() else repr(float(rate))
+    return f"{size}:{text}"
+
+
+def render_cmdline(*, ip_cidr: str, gateway: str | None = None, name: str = "vm",
+                   dirty: tuple[int, float] | None = None) -> str:
     """Render the guest kernel command line; raises ``ConfigError`` on bad values.
 
     ``ip_cidr`` is the IPv4 address with prefix of eth0 (``10.77.0.10/24``),
-    ``gateway`` the optional default route, ``name`` the hostname.
+    ``gateway`` the optional default route, ``name`` the hostname.  ``dirty``
+    ``(size_mib, rate_mbps)`` starts the memory dirtier in the guest
+    (``wanmig.dirty=64:20``): a working set of ``size_mib`` MiB (1..65536)
+    whose pages are rewritten at ``rate_mbps`` MB/s (0..10000; 0 only holds
+    the memory).  The guest also refuses a working set larger than its free
+    memory, on the console at boot.
     """
     if "/" not in ip_cidr:
         raise ConfigError(f"{ip_cidr!r} needs a prefix length, e.g. 10.77.0.10/24",
@@ -168,6 +207,8 @@ def render_cmdline(*, ip_cidr: str, gateway: str | None = None, name: str = "vm"
     if not _HOSTNAME_RE.match(name):
         raise ConfigError(f"{name!r} is not a valid hostname", field="name")
     args.append(f"wanmig.name={name}")
+    if dirty is not None:
+        args.append(f"wanmig.dirty={_render_dirty(dirty)}")
     return " ".join(args)
 
 
@@ -638,6 +679,7 @@ def read_integrity_log(disk: Path) -> bytes:
     # debugfs exits 0 even when it fails; the reason is on stderr.
     err = proc.stderr.decode(errors="replace")
     if "not found" in err or "Bad magic" in err or "while opening filesystem" in err:
-        line = next((l for l in err.splitlines() if not l.startswith("debugfs ")), err.strip())
+        line = next((ln for ln in err.splitlines() if not ln.startswith("debugfs ")),
+                    err.strip())
         raise ImageError(f"cannot read /{INTEGRITY_LOG_NAME} from {disk}: {line.strip()}")
     return proc.stdout

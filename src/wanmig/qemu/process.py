@@ -54,6 +54,7 @@ class VmConfig:
     netns: str | None = None
     incoming: bool = False     # start with -incoming defer (a migration destination)
     smp: int = 1
+    dirty: tuple[int, float] | None = None  # guest memory dirtier (size MiB, MB/s), or none
 
 
 def qemu_argv(cfg: VmConfig, run_dir: Path) -> list[str]:
@@ -70,7 +71,7 @@ def qemu_argv(cfg: VmConfig, run_dir: Path) -> list[str]:
         "-qmp", f"unix:{run_dir / (cfg.name + '.qmp')},server=on,wait=off",
         "-serial", f"file:{run_dir / (cfg.name + '.console.log')}",
         "-kernel", str(cfg.image.kernel), "-initrd", str(cfg.image.initrd),
-        "-append", cfg.image.cmdline(ip_cidr=cfg.ip_cidr, name="vm"),
+        "-append", cfg.image.cmdline(ip_cidr=cfg.ip_cidr, name="vm", dirty=cfg.dirty),
         # Both sites see the same image (shared storage); cache=none keeps no
         # host-side dirty state in QEMU that a switchover would have to flush.
         "-drive", f"file={cfg.disk},format=raw,if=none,id=disk0,cache=none,aio=threads",
@@ -186,14 +187,14 @@ class QemuVm:
         if self._proc is not None and self._proc.returncode is not None:
             self.state = VmState.DEAD
             raise QemuError(f"QEMU exited with code {self._proc.returncode}: "
-                            f"{self.stderr_tail()}", vm=self.name)
+                            f"{self.stderr_tail() or '(no output)'}", vm=self.name)
 
     def stderr_tail(self, lines: int = 3) -> str:
         try:
             text = self.stderr_path.read_text(errors="replace").strip().splitlines()
         except OSError:
             return ""
-        return " | ".join(text[-lines:]) or "(no output)"
+        return " | ".join(text[-lines:])
 
     async def wait_console(self, marker: str, timeout: float) -> float:
         """Wait until the serial console prints ``marker``; seconds since start."""

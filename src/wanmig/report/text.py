@@ -44,6 +44,23 @@ def _wan_line(wan: WanInfo) -> str:
     return ", ".join(parts)
 
 
+def _decision_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
+    """auto: what it measured, what it predicted for its choice, and why."""
+    d = rec.memory.decision
+    if not d:
+        return []
+    survey, pred = d.get("survey") or {}, d.get("predicted") or {}
+    return [
+        ("auto: guest surveyed",
+         f"dirty {survey.get('dirty_rate_bytes_s', 0) / 1e6:.1f} MB/s, "
+         f"{_bytes(survey.get('nonzero_bytes'))} non-zero, "
+         f"zstd x{survey.get('compress_ratio', 1):.2f}", "QEMU calc-dirty-rate, pmemsave"),
+        ("auto: predicted total / outage",
+         f"{_ms(pred.get('total_ms'))} / {_ms(pred.get('outage_ms'))}", "wanmig.model"),
+        ("auto: why", str(d.get("reason", "–")), "wanmig.model"),
+    ]
+
+
 def render_record(rec: ResultRecord) -> Group:
     """Header line, a table of figures and the phase timeline."""
     head = Text.assemble(("wanmig ", "bold"), (rec.scenario.get("name", "?"), "bold cyan"),
@@ -61,11 +78,19 @@ def render_record(rec: ResultRecord) -> Group:
         ("WAN RTT measured before the move", _ms(wan.rtt_measured_ms), "site A → site B"),
         ("guest", f"{rec.vm.ram_mib} MiB RAM, {rec.vm.workload}, {rec.vm.accel or '?'}", "scenario"),
         ("total migration time", _ms(rec.total_ms), "wanmig (phases)"),
-        ("memory strategy", rec.memory.strategy, "scenario"),
+        ("memory strategy", rec.memory.strategy,
+         "auto's choice" if rec.memory.decision else "scenario"),
+        *_decision_rows(rec),
+        ("memory: TLS (mutual x509)", _flag(rec.memory.tls), "scenario"),
         ("memory: QEMU total time", _ms(rec.memory.total_ms), "QEMU"),
         ("memory: QEMU downtime", _ms(rec.memory.downtime_ms), "QEMU"),
         ("memory: bytes sent", _bytes(rec.memory.bytes), "QEMU"),
         ("memory: dirty-sync rounds", str(rec.memory.rounds or "–"), "QEMU"),
+        ("memory: switched to postcopy", rec.memory.postcopy_reason or _flag(rec.memory.postcopy),
+         "wanmig"),
+        ("memory: pages faulted in over the WAN",
+         "–" if rec.memory.postcopy_requests is None else str(rec.memory.postcopy_requests),
+         "QEMU"),
         ("storage", rec.storage.strategy, rec.storage.note or ""),
         ("network mode", rec.network.mode, "scenario"),
         ("client outage (largest UDP echo gap)", _ms(rec.network.client_outage_ms), "client"),

@@ -80,6 +80,11 @@ class Namespace:
         return out.decode(errors="replace")
 
 
+async def tx_bytes(ns: Namespace, ifname: str) -> int:
+    """Bytes ``ifname`` in ``ns`` has sent so far (the kernel's counter)."""
+    return int(await ns.run("cat", f"/sys/class/net/{ifname}/statistics/tx_bytes"))
+
+
 async def create_namespaces(namespaces: Iterable[Namespace]) -> None:
     """Create each namespace in turn (registered before it exists)."""
     for ns in namespaces:

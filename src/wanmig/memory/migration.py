@@ -1,0 +1,366 @@
+"""One QEMU-to-QEMU memory migration carried out from a ``MigrationPlan``.
+
+The source runs with ``pause-before-switchover``: when QEMU is ready to stop
+the guest for good (precopy converged, or postcopy was asked for) it stops it
+and waits in state ``pre-switchover``.  That splits the migration into the
+orchestrator's ``memory`` phase (iterate until pre-switchover) and
+``switchover`` phase (``migrate-continue``, last delta or device state,
+destination resumes), and gives a clean last point for rollback: until then the
+source holds the whole authoritative state.
+
+States::
+
+    IDLE ─prepare()─> PREPARED ─iterate()─> PRE_SWITCHOVER ─switchover()─┬─> COMPLETED   (precopy)
+                                                                         └─> POSTCOPY ─finish()─> COMPLETED
+      any step that fails ──> FAILED;  cancel() ──> CANCELLED (source running again)
+
+Postcopy is the one-way door: once the destination runs in ``postcopy-active``
+the guest's memory is split between the two sites, the destination fetching
+pages it has not got yet from the source.  From then on neither side alone
+holds the guest: if the destination dies, the guest is lost
+(``POSTCOPY_LOSS``), and if the source dies, the destination stalls on its
+next missing page.  ``source_resumable`` says whether rollback is still
+possible.
+
+Capabilities persist inside a QEMU process, so every capability QEMU knows is
+set explicitly on both sides (off unless the plan wants it).  State changes
+arrive as MIGRATION events, so the pause at pre-switchover is not lengthened
+by a polling interval; ``query-migrate`` is polled for progress figures and,
+in ``hybrid``, to see precopy stall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import MigrationError, QemuError
+from ..qemu.process import QemuVm
+from ..record import MemoryResult
+from .plan import MigrationPlan, StallDetector
+
+log = logging.getLogger("wanmig.memory")
+
+FAILED_STATES = frozenset({"failed", "cancelled", "cancelling"})
+
+#: What the record says when the destination dies while postcopy runs.
+POSTCOPY_LOSS = ("the destination died during postcopy: the guest's memory was split "
+                 "between the sites, so it cannot resume at the source either; the VM is lost "
+                 "(postcopy's known risk: use a precopy strategy where this is unacceptable)")
+
+
+def capability_args(available: Iterable[str], enabled: Iterable[str]) -> list[dict[str, Any]]:
+    """Every capability QEMU offers, on only where asked: no state leaks between runs."""
+    wanted = set(enabled)
+    names = list(available)
+    missing = wanted - set(names)
+    if missing:
+        raise MigrationError(f"QEMU lacks migration capabilities: {', '.join(sorted(missing))}")
+    return [{"capability": n, "state": n in wanted} for n in names]
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    """One ``query-migrate`` sample, for progress display and the record."""
+
+    status: str
+    elapsed_ms: float
+    transferred: int
+    remaining: int
+    total: int
+    mbps: float
+    rounds: int
+    dirty_pages_rate: int
+
+    @classmethod
+    def from_query(cls, info: dict[str, Any], elapsed_ms: float) -> "MigrationProgress":
+        ram = info.get("ram", {})
+        return cls(status=str(info.get("status", "none")), elapsed_ms=elapsed_ms,
+                   transferred=int(ram.get("transferred", 0)),
+                   remaining=int(ram.get("remaining", 0)), total=int(ram.get("total", 0)),
+                   mbps=float(ram.get("mbps", 0.0)), rounds=int(ram.get("dirty-sync-count", 0)),
+                   dirty_pages_rate=int(ram.get("dirty-pages-rate", 0)))
+
+
+class MigrationState(enum.Enum):
+    IDLE = "idle"
+    PREPARED = "prepared"
+    ITERATING = "iterating"
+    PRE_SWITCHOVER = "pre-switchover"
+    POSTCOPY = "postcopy"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ProgressFn = Callable[[MigrationProgress], None]
+
+
+class QemuMigration:
+    """One migration from ``src`` to ``dst`` following ``plan``."""
+
+    def __init__(self, src: QemuVm, dst: QemuVm, uri: str, plan: MigrationPlan, *,
+                 on_progress: ProgressFn | None = None, poll_s: float = 0.25) -> None:
+        self.src, self.dst, self.uri, self.plan = src, dst, uri, plan
+        self.on_progress = on_progress
+        self.poll_s = poll_s
+        self.state = MigrationState.IDLE
+        self.last_progress: MigrationProgress | None = None
+        self.final_info: dict[str, Any] | None = None  # query-migrate once completed
+        self.last_info: dict[str, Any] = {}             # latest query-migrate seen
+        self.handed_over = False      # the destination may run (QEMU said so)
+        self.postcopy_started = False  # migrate-start-postcopy was sent
+        self.postcopy_reason: str | None = None
+        self._t0 = 0.0
+        self._stall = StallDetector()
+
+    @property
+    def strategy(self) -> str:
+        return self.plan.strategy
+
+    def __repr__(self) -> str:
+        return (f"QemuMigration({self.strategy}, state={self.state.value}, "
+                f"{self.src.name} -> {self.dst.name}, uri={self.uri!r})")
+
+    @property
+    def source_resumable(self) -> bool:
+        """Can rollback still resume the guest at the source?
+
+        Not once postcopy runs (the state is split), nor once a precopy
+        handed over to a destination that is alive (no two running copies).
+        """
+        if self.handed_over and self.postcopy_started:
+            return False
+        return not (self.handed_over and self.dst.returncode is None)
+
+    async def _set_capabilities(self, vm: QemuVm, enabled: Iterable[str]) -> None:
+        caps = await vm.execute("query-migrate-capabilities")
+        args = capability_args((c["capability"] for c in caps), enabled)
+        await vm.execute("migrate-set-capabilities", {"capabilities": args})
+
+    async def prepare(self) -> None:
+        """Set capabilities and parameters on both sides; make the destination listen.
+
+        The TLS credential objects (if the plan uses TLS) must already exist.
+        """
+        await self._set_capabilities(self.dst, self.plan.dest_capabilities)
+        if self.plan.dest_parameters:
+            await self.dst.execute("migrate-set-parameters", dict(self.plan.dest_parameters))
+        await self._set_capabilities(self.src, self.plan.capabilities)
+        if self.plan.parameters:
+            await self.src.execute("migrate-set-parameters", dict(self.plan.parameters))
+        await self.dst.execute("migrate-incoming", {"uri": self.uri})
+        self.state = MigrationState.PREPARED
+
+    async def iterate(self, timeout: float,
+                      on_first_progress: Callable[[], Any] | None = None) -> None:
+        """Start the migration and return once QEMU pauses at pre-switchover."""
+        if self.state is not MigrationState.PREPARED:
+            raise MigrationError(f"iterate() in state {self.state.value}")
+        deadline = time.monotonic() + timeout
+        with self.src.qmp.listener("MIGRATION") as events:
+            self._t0 = time.monotonic()
+            await self.src.execute("migrate", {"uri": self.uri})
+            self.state = MigrationState.ITERATING
+            first = True
+            while True:
+                if time.monotonic() > deadline:
+                    self.state = MigrationState.FAILED
+                    raise MigrationError(f"{self.strategy} did not converge within "
+                                         f"{timeout:.0f}s")
+                try:
+                    event = await asyncio.wait_for(events.get(), timeout=self.poll_s)
+                    status = event["data"]["status"]
+                except asyncio.TimeoutError:
+                    progress = await self._poll()
+                    status = progress.status
+                    if first and progress.transferred > 0 and on_first_progress:
+                        first = False
+                        await on_first_progress()
+                    await self._maybe_start_postcopy(progress)
+                if status == "pre-switchover":
+                    self.state = MigrationState.PRE_SWITCHOVER
+                    return
+                if status in FAILED_STATES:
+                    self.state = MigrationState.FAILED
+                    raise MigrationError(f"migration {status}: {await self._error_desc()}")
+
+    async def _maybe_start_postcopy(self, p: MigrationProgress) -> None:
+        """Ask QEMU for postcopy when the plan's trigger fires (once)."""
+        if self.postcopy_started or p.status != "active":
+            return
+        reason = None
+        if self.plan.postcopy == "immediate":
+            reason = "postcopy from the start"
+        elif self.plan.postcopy == "on-stall":
+            budget = self.plan.postcopy_budget_s
+            if self._stall.feed(p.rounds, p.remaining):
+                reason = (f"precopy stalled in round {p.rounds}: "
+                          f"{p.remaining / 2**20:.1f} MiB still dirty")
+            elif budget is not None and p.elapsed_ms >= budget * 1000:
+                reason = f"precopy budget of {budget:.0f} s spent"
+        if reason:
+            log.info("starting postcopy: %s", reason)
+            await self.src.execute("migrate-start-postcopy")
+            self.postcopy_started = True
+            self.postcopy_reason = reason
+
+    async def switchover(self, timeout: float = 60.0) -> None:
+        """Let QEMU send the last delta (or the device state); return once the destination runs."""
+        if self.state is not MigrationState.PRE_SWITCHOVER:
+            raise MigrationError(f"switchover() in state {self.state.value}")
+        deadline = time.monotonic() + timeout
+        done = {"completed"} | ({"postcopy-active"} if self.postcopy_started else set())
+        with self.src.qmp.listener("MIGRATION") as events:
+            await self.src.execute("migrate-continue", {"state": "pre-switchover"})
+            status = await self._wait_status(events, done, deadline, "switchover")
+        self.handed_over = True
+        await self._wait_destination_running(deadline)
+        if status == "postcopy-active":
+            self.state = MigrationState.POSTCOPY
+        else:
+            self.final_info = await self.src.execute("query-migrate")
+            self.state = MigrationState.COMPLETED
+
+    async def finish(self, timeout: float) -> None:
+        """Postcopy: wait until the source has sent every page.  Precopy: nothing left."""
+        if self.state is MigrationState.COMPLETED:
+            return
+        if self.state is not MigrationState.POSTCOPY:
+            raise MigrationError(f"finish() in state {self.state.value}")
+        deadline = time.monotonic() + timeout
+        with self.src.qmp.listener("MIGRATION") as events:
+            while True:
+                info = await self.src.execute("query-migrate", timeout=10)
+                self._note(info)
+                status = info.get("status")
+                if status == "completed":
+                    break
+                if self.dst.returncode is not None or status in ("postcopy-paused", "failed"):
+                    self.state = MigrationState.FAILED
+                    raise MigrationError(POSTCOPY_LOSS)
+                if time.monotonic() > deadline:
+                    self.state = MigrationState.FAILED
+                    raise MigrationError(f"postcopy did not finish within {timeout:.0f}s")
+                try:
+                    await asyncio.wait_for(events.get(), timeout=self.poll_s)
+                except asyncio.TimeoutError:
+                    pass
+        self.final_info = info
+        self.state = MigrationState.COMPLETED
+
+    async def _wait_status(self, events: Any, done: set[str], deadline: float,
+                           what: str) -> str:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.state = MigrationState.FAILED
+                raise MigrationError(f"{what} did not complete in time")
+            try:
+                event = await asyncio.wait_for(events.get(), timeout=remaining)
+            except asyncio.TimeoutError:
+                continue
+            status = event["data"]["status"]
+            if status in done:
+                return status
+            if status in FAILED_STATES or status == "postcopy-paused":
+                self.state = MigrationState.FAILED
+                raise MigrationError(f"{what} {status}: {await self._error_desc()}")
+
+    async def _wait_destination_running(self, deadline: float) -> None:
+        while True:
+            try:
+                if await self.dst.run_state() == "running":
+                    return
+            except QemuError as exc:
+                self.state = MigrationState.FAILED
+                raise MigrationError(f"destination lost at switchover: {exc}") from exc
+            if time.monotonic() > deadline:
+                self.state = MigrationState.FAILED
+                raise MigrationError("destination did not start running after switchover")
+            await asyncio.sleep(0.005)
+
+    async def cancel(self) -> None:
+        """Stop an unfinished migration and make sure the source guest runs."""
+        if not self.source_resumable:
+            raise MigrationError("the source cannot be resumed any more (postcopy ran)")
+        try:
+            info = await self.src.execute("query-migrate", timeout=5)
+            if info.get("status") not in (None, "completed", "failed", "cancelled", "none"):
+                await self.src.execute("migrate_cancel", timeout=5)
+                await self._wait_source_settled()
+            if await self.src.run_state() != "running":
+                await self.src.execute("cont", timeout=5)
+        finally:
+            self.state = MigrationState.CANCELLED
+
+    async def _wait_source_settled(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = await self.src.execute("query-migrate", timeout=5)
+            if info.get("status") in ("cancelled", "failed", "completed"):
+                return
+            await asyncio.sleep(0.05)
+
+    def _note(self, info: dict[str, Any]) -> None:
+        if "ram" in info:  # a failed migration may report no figures: keep the last ones
+            self.last_info = info
+
+    async def _poll(self) -> MigrationProgress:
+        info = await self.src.execute("query-migrate", timeout=10)
+        self._note(info)
+        progress = MigrationProgress.from_query(info, (time.monotonic() - self._t0) * 1000)
+        self.last_progress = progress
+        if self.on_progress:
+            self.on_progress(progress)
+        return progress
+
+    async def _error_desc(self) -> str:
+        """QEMU's reason, or what we can see ourselves when it gives none."""
+        try:
+            info = await self.src.execute("query-migrate", timeout=5)
+            self._note(info)
+        except QemuError as exc:
+            return str(exc)
+        reason = str(info.get("error-desc", "no reason given by QEMU"))
+        # A destination that refuses the source (a TLS client certificate it does
+        # not trust, say) says why only on its own stderr; the source sees an I/O error.
+        dest_said = self.dst.stderr_tail(1)
+        if dest_said:
+            reason += f" (destination: {dest_said})"
+        elif self.dst.returncode is not None:
+            reason += f" (the destination QEMU exited, code {self.dst.returncode})"
+        return reason
+
+    def result(self) -> MemoryResult:
+        """The memory block of the result record (QEMU's own figures).
+
+        For an unfinished migration the figures are those of the last sample
+        (bytes sent so far); total and downtime stay empty.
+        """
+        done = self.final_info is not None
+        info = self.final_info or self.last_info
+        ram = info.get("ram", {})
+        return MemoryResult(
+            strategy=self.strategy,
+            total_ms=info.get("total-time") if done else None,
+            downtime_ms=info.get("downtime") if done else None,
+            setup_ms=info.get("setup-time"),
+            bytes=ram.get("transferred"),
+            rounds=ram.get("dirty-sync-count"),
+            pages_per_second=ram.get("pages-per-second"),
+            mbps=ram.get("mbps"),
+            converged=self.state is MigrationState.COMPLETED,
+            postcopy=self.postcopy_started,
+            postcopy_reason=self.postcopy_reason,
+            postcopy_requests=ram.get("postcopy-requests"),
+            multifd_bytes=ram.get("multifd-bytes"),
+            cpu_throttle_pct=info.get("cpu-throttle-percentage"),
+            tls=self.plan.tls is not None,
+            plan=self.plan.to_dict(),
+        )

@@ -1,0 +1,127 @@
+"""What a memory strategy asks of QEMU, as data: the ``MigrationPlan``.
+
+The numbers and capabilities of each strategy come from one place,
+``wanmig.model.migration_settings`` (so a prediction and a run cannot disagree
+on a setting); ``plan_from`` adds what every run needs on top and splits it
+into the source's and the destination's share:
+
+* ``events`` and ``pause-before-switchover`` on the source (the orchestrator's
+  rollback point);
+* the destination's mirror of what must match: postcopy capabilities, multifd
+  and its channel count and compression;
+* unless insecure, the TLS credentials on both sides and the name the source
+  checks the destination's certificate against.
+
+==============  ==========================================================  ===============
+strategy        source capabilities / parameters (model/settings.py)        postcopy
+==============  ==========================================================  ===============
+precopy         QEMU's defaults (the baseline)                              never
+precopy-tuned   multifd + zstd, downtime-limit from the target outage,      never
+                auto-converge
+postcopy        postcopy-ram (+ postcopy-preempt where QEMU has it)         at once
+hybrid          postcopy-ram (+ preempt), max-bandwidth, downtime-limit     when precopy
+                                                                            stalls or its
+                                                                            budget is spent
+==============  ==========================================================  ===============
+
+``auto`` is not a plan: the orchestrator measures, asks ``wanmig.model`` which
+of these to run, and plans that one.  Limits of QEMU 7.2 behind the table:
+postcopy cannot be combined with multifd; multifd pages bypass xbzrle, so
+``precopy-tuned`` compresses with zstd instead; ``dirty-limit`` arrives only in
+QEMU 8.1 (and needs KVM's dirty ring), so auto-converge is what slows a busy
+guest; and over TLS only one multifd channel migrated correctly here
+(``Calibration.max_tls_multifd_channels``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..model import MigrationSettings
+
+#: Capabilities every plan sets on the source (everything else is set off).
+BASE_CAPABILITIES = frozenset({"events", "pause-before-switchover"})
+#: The destination only needs events, plus what must match the source.
+BASE_DEST_CAPABILITIES = frozenset({"events"})
+MIRRORED_CAPABILITIES = frozenset({"multifd", "postcopy-ram", "postcopy-preempt"})
+TLS_OBJECT_ID = "wanmig-tls"
+
+PostcopyTrigger = Literal["never", "immediate", "on-stall"]
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """Names QEMU needs once the tls-creds-x509 objects exist on both sides."""
+
+    hostname: str  # what the source checks the destination's certificate against
+    object_id: str = TLS_OBJECT_ID
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    strategy: str
+    capabilities: frozenset[str]
+    dest_capabilities: frozenset[str]
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    dest_parameters: Mapping[str, Any] = field(default_factory=dict)
+    postcopy: PostcopyTrigger = "never"
+    #: hybrid: switch to postcopy at the latest after this many seconds of precopy
+    postcopy_budget_s: float | None = None
+    tls: TlsSettings | None = None
+
+    @property
+    def uses_postcopy(self) -> bool:
+        return self.postcopy != "never"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as it goes into the result record."""
+        return {"strategy": self.strategy, "capabilities": sorted(self.capabilities),
+                "parameters": dict(self.parameters), "postcopy": self.postcopy,
+                "postcopy_budget_s": self.postcopy_budget_s, "tls": self.tls is not None}
+
+
+def plan_from(settings: MigrationSettings, *, tls: TlsSettings | None = None) -> MigrationPlan:
+    """The plan that carries out ``settings`` (see the module docstring)."""
+    caps = BASE_CAPABILITIES | set(settings.capabilities)
+    params: dict[str, Any] = dict(settings.parameters)
+    dest_params = {k: v for k, v in params.items() if k.startswith("multifd-")}
+    if tls is not None:
+        params.update({"tls-creds": tls.object_id, "tls-hostname": tls.hostname})
+        dest_params["tls-creds"] = tls.object_id
+    return MigrationPlan(
+        strategy=settings.strategy, capabilities=frozenset(caps),
+        dest_capabilities=BASE_DEST_CAPABILITIES | (caps & MIRRORED_CAPABILITIES),
+        parameters=params, dest_parameters=dest_params, postcopy=settings.postcopy,
+        postcopy_budget_s=settings.postcopy_budget_s, tls=tls)
+
+
+@dataclass
+class StallDetector:
+    """Hybrid's trigger: precopy has stopped making progress.
+
+    Fed the bytes still to send at each new dirty-sync (the start of a round).
+    After the first full pass (two syncs), a round that leaves more than
+    ``ratio`` of the previous round's remainder counts as a stall; ``rounds``
+    stalls in a row (one by default) mean precopy will not converge on its own soon.
+    """
+
+    ratio: float = 0.8
+    rounds: int = 1
+    _last_sync: int = 0
+    _last_remaining: int | None = None
+    _stalls: int = 0
+
+    def feed(self, sync_count: int, remaining: int) -> bool:
+        if sync_count <= self._last_sync:
+            return self._stalls >= self.rounds
+        self._last_sync = sync_count
+        if sync_count >= 3 and self._last_remaining is not None:
+            if remaining > self.ratio * self._last_remaining:
+                self._stalls += 1
+            else:
+                self._stalls = 0
+        if sync_count >= 2:
+            self._last_remaining = remaining
+        return self._stalls >= self.rounds

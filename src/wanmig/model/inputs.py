@@ -1,0 +1,207 @@
+"""What the model is told: measurements, targets and calibration constants.
+
+Three frozen pydantic models, kept apart because they change at different
+rates:
+
+* ``Measurements``: taken just before a migration (guest memory scan, zstd
+  sample, QEMU ``calc-dirty-rate``, the WAN link); new for every migration.
+* ``Targets``: what the user asks for (client outage, time limits).
+* ``Calibration``: constants of this testbed and of QEMU 7.2 that the formulas
+  need but no pre-migration measurement gives.  Each says where its default
+  came from; "to be calibrated" marks guesses to be fitted from bench runs.
+
+All sizes are bytes, rates bytes/s unless the name says ``bit_s``, times ms
+unless the name says ``_s``.  Every model round-trips through JSON (the
+result record keeps them next to the prediction).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: The memory strategies the model predicts ("auto" is the act of choosing one).
+Strategy = Literal["precopy", "precopy-tuned", "postcopy", "hybrid"]
+STRATEGIES: tuple[Strategy, ...] = ("precopy", "precopy-tuned", "postcopy", "hybrid")
+#: Strategies after whose switchover the source no longer holds a runnable VM.
+POSTCOPY_FAMILY: frozenset[str] = frozenset({"postcopy", "hybrid"})
+
+PAGE = 4096  # x86 target page: the unit of QEMU's dirty bitmap and migration stream
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Measurements(_Frozen):
+    """The guest and the link, measured just before the migration starts."""
+
+    ram_bytes: int = Field(gt=0, description="Guest RAM size.")
+    nonzero_bytes: int = Field(
+        ge=0, description="Bytes of guest RAM in non-zero pages (scan of guest memory); "
+        "zero pages cost QEMU a 9-byte record each.")
+    compress_ratio: float = Field(
+        1.0, ge=1.0, description="zstd level-1 ratio (raw / compressed) on a sample of the "
+        "non-zero pages.")
+    dirty_rate_bytes_s: float = Field(
+        ge=0, description="QEMU calc-dirty-rate result (MB/s of distinct pages over its "
+        "sample period) in bytes/s.")
+    dirty_working_set_bytes: int | None = Field(
+        None, ge=0, description="Bytes the guest keeps re-writing (bounds what a round can "
+        "dirty); None: unknown, taken as the whole RAM.")
+    hot_pages: int | None = Field(
+        None, ge=0, description="Distinct pages the guest touches right after a postcopy "
+        "switchover before it answers clients again; None: Calibration.postcopy_hot_pages.")
+    link_rate_bit_s: float = Field(gt=0, description="Bottleneck rate of the WAN link.")
+    rtt_ms: float = Field(ge=0, description="Idle round-trip time between the sites.")
+    queue_ms: float = Field(
+        20.0, ge=0, description="Bottleneck queue depth as drain time (the WAN profile's "
+        "queue_ms): a saturated link adds this to the RTT.")
+    loss_pct: float = Field(0.0, ge=0, lt=100, description="Random loss per packet.")
+    stream_goodput_bit_s: float | None = Field(
+        None, gt=0, description="Measured goodput of one TCP stream between the sites; when "
+        "given it replaces the per-stream window and loss estimates (the link rate still "
+        "bounds the sum of several streams).")
+    cpus: int = Field(2, ge=1, description="Host cores the source QEMU (guest and "
+                      "migration threads) runs on.")
+    accel: Literal["tcg", "kvm"] = "tcg"
+    # how the channels are set up (known, not measured)
+    tls: bool = Field(False, description="Migration channels run TLS.")
+    postcopy_preempt: bool = Field(
+        True, description="postcopy-preempt is on (QEMU >= 7.1): page requests are answered "
+        "on their own channel instead of behind the background stream.")
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> "Measurements":
+        if self.nonzero_bytes > self.ram_bytes:
+            raise ValueError("nonzero_bytes exceeds ram_bytes")
+        if (self.dirty_working_set_bytes is not None
+                and self.dirty_working_set_bytes > self.ram_bytes):
+            raise ValueError("dirty_working_set_bytes exceeds ram_bytes")
+        return self
+
+    @property
+    def rtt_s(self) -> float:
+        return self.rtt_ms / 1e3
+
+    @property
+    def working_set_bytes(self) -> int:
+        """The bound on distinct bytes dirtied between two syncs."""
+        if self.dirty_working_set_bytes is None:
+            return self.ram_bytes
+        return self.dirty_working_set_bytes
+
+
+class Targets(_Frozen):
+    """What the migration should achieve, and how long anyone waits for it."""
+
+    target_outage_ms: float = Field(1000.0, gt=0, description="Largest acceptable "
+                                    "client-visible outage.")
+    timeout_s: float = Field(600.0, gt=0, description="The runner gives up on precopy after "
+                             "this long: a longer prediction counts as not converging.")
+    postcopy_budget_s: float | None = Field(
+        30.0, gt=0, description="hybrid: switch to postcopy at the latest after this much "
+        "precopy (mid-pass if need be), earlier when a pass after the first leaves more than "
+        "0.8 of the previous pass's dirty bytes (memory/plan.py StallDetector); None: only "
+        "on a stall.")
+    tie_margin: float = Field(0.05, ge=0, le=1, description="Totals within this fraction of "
+                              "the shortest count as a tie (precopy family then preferred).")
+
+
+class Calibration(_Frozen):
+    """Testbed and QEMU constants the formulas assume, with where each came from."""
+
+    tcp_efficiency: float = Field(
+        0.93, gt=0, le=1, description="Payload share of the link rate one TCP stream gets. "
+        "bench-wan.json: 92.5-95.4 Mbit/s per 100 (forwarder back end, 50 ms RTT, 20 ms "
+        "queue); TBF counts Ethernet headers, so 0.956 is the ceiling.")
+    tcp_window_bytes: float = Field(
+        2.68e6, gt=0, description="Effective per-stream window: one stream carries at most "
+        "this per RTT. Fitted to bench-wan.json 'intercontinental' (150 ms, 250 Mbit/s, "
+        "20 ms queue: 143 Mbit/s = 2.68 MB/RTT); stands in for CUBIC not filling a long "
+        "fat pipe with a shallow queue. Binds no other bench profile.")
+    mathis_c: float = Field(
+        1.71, gt=0, description="Loss-limited stream rate = MSS/RTT * C/sqrt(p). Fitted to "
+        "bench-wan.json 'lossy' (80 ms, 0.5 %, CUBIC: 3.51 Mbit/s); Reno's textbook C is "
+        "1.22.")
+    mss_bytes: int = Field(1448, gt=0, description="TCP payload per 1500-byte frame with "
+                           "timestamps.")
+    tls_overhead: float = Field(
+        1.0014, ge=1.0, description="With TLS: wire bytes per migration-stream byte (TLS 1.3 "
+        "records add 22 B per 16 KiB).")
+    tls_bytes_s_per_stream: float = Field(
+        400e6, gt=0, description="With TLS: AES-GCM rate of the one thread that encrypts a "
+        "stream (gnutls, AES-NI, sharing 2 cores with the guest). To be calibrated from bench "
+        "runs with and without TLS.")
+    tls_handshake_rtts: float = Field(
+        1.0, ge=0, description="With TLS: RTTs a TLS 1.3 handshake adds to setup.")
+    setup_rtts: float = Field(
+        1.0, ge=0, description="RTTs before the first page: TCP connect. To be calibrated "
+        "against QEMU's setup-time.")
+    setup_fixed_ms: float = Field(
+        20.0, ge=0, description="QEMU's setup work (dirty logging on, RAM block list). "
+        "To be calibrated against QEMU's setup-time.")
+    zero_scan_bytes_s: float = Field(
+        4e9, gt=0, description="Rate at which the migration thread checks pages for zero "
+        "(buffer_is_zero). To be calibrated.")
+    zero_page_stream_bytes: int = Field(
+        9, ge=0, description="Stream bytes per zero page: 8-byte page header + 1 fill byte "
+        "(QEMU 7.2 save_zero_page; detected in the main thread, also with multifd).")
+    page_header_bytes: int = Field(
+        8, ge=0, description="Stream bytes per sent page beyond its 4096: the 8-byte page "
+        "header (multifd: offset per page in the packet header, same size).")
+    device_state_bytes: int = Field(
+        500_000, ge=0, description="Non-RAM device state sent after the guest stops (CPU, "
+        "APIC, virtio queues, VGA registers). To be calibrated: bytes after stop minus the "
+        "final RAM delta.")
+    switchover_fixed_ms_tcg: float = Field(
+        75.0, ge=0, description="Fixed part of QEMU's downtime under TCG: stop, final "
+        "bitmap sync, pre-switchover event to migrate-continue, device save/load. "
+        "DESIGN.md: 60-95 ms for a 256 MiB guest on an unshaped link.")
+    switchover_fixed_ms_kvm: float = Field(
+        25.0, ge=0, description="Same under KVM. To be calibrated (no KVM runs here).")
+    resume_overhead_ms_tcg: float = Field(
+        70.0, ge=0, description="After the destination resumes, TCG re-translates code "
+        "before the guest answers: ~70 ms (the lead's figure; to be confirmed by bench runs).")
+    resume_overhead_ms_kvm: float = Field(
+        5.0, ge=0, description="Same under KVM. To be calibrated.")
+    l2_relearn_one_way: float = Field(
+        1.0, ge=0, description="L2 relearn (announce-self reaching the source-site bridge) "
+        "in one-way delays. 1.0: the first RARP crosses the WAN once.")
+    send_backlog_rtts: float = Field(
+        1.0, ge=0, description="Unsent data in the source's TCP send buffers during a bulk "
+        "transfer, as loaded RTTs of link time (Linux autotunes sndbuf to ~2x cwnd). It "
+        "delays the last delta at switchover, and every postcopy page request unless "
+        "postcopy-preempt is on. To be calibrated.")
+    postcopy_hot_pages: int = Field(
+        64, ge=0, description="Distinct remote faults before the guest answers again after a "
+        "postcopy switchover (kernel paths, network stack, service). Faults are serial "
+        "(1 vCPU) and QEMU streams on from each faulted page, so neighbours arrive "
+        "unasked. To be calibrated.")
+    postcopy_hot_written_fraction: float = Field(
+        0.5, ge=0, le=1, description="Share of those hot pages the guest writes: after a "
+        "hybrid's precopy pass only they are still remote (hot written pages are taken to "
+        "be dirty at the switch). To be calibrated.")
+    zstd_bytes_s_per_core: float = Field(
+        150e6, gt=0, description="zstd level-1 compression input rate of one core in a "
+        "multifd thread (4 KiB pages, streaming API). To be calibrated on this host.")
+    guest_busy_cores: float = Field(
+        1.0, ge=0, description="Host cores the running guest keeps busy during migration "
+        "(a busy 1-vCPU guest; under TCG its vCPU thread spins a core). Compression gets "
+        "the rest, never less than half a core.")
+    max_tls_multifd_channels: int = Field(1, ge=1, description="multifd channels with TLS. "
+        "QEMU 7.2 as packaged here resumed a hung guest after migrations over 2 TLS multifd "
+        "channels (2 of 2 runs, with and without zstd; the guest's disk writer stopped at "
+        "switchover), while 1 TLS channel and 2 plain channels migrated correctly.")
+    max_multifd_channels: int = Field(8, ge=1, description="Upper bound on multifd channels "
+                                      "precopy-tuned asks for.")
+
+    def tls_factor(self, m: Measurements) -> float:
+        return self.tls_overhead if m.tls else 1.0
+
+    def switchover_fixed_ms(self, accel: str) -> float:
+        return self.switchover_fixed_ms_tcg if accel == "tcg" else self.switchover_fixed_ms_kvm
+
+    def resume_overhead_ms(self, accel: str) -> float:
+        return self.resume_overhead_ms_tcg if accel == "tcg" else self.resume_overhead_ms_kvm

@@ -1,0 +1,129 @@
+"""Precopy's passes over guest memory, modelled one by one.
+
+A small loop rather than a closed form, so that auto-converge's throttling and
+the hybrid's switch to postcopy fall out of the same steps QEMU 7.2 takes:
+
+1. Pass 1 sends every non-zero page (``nonzero / raw rate``) and a 9-byte
+   record per zero page (plus the time to check them for zero).
+2. At the end of each pass QEMU syncs the dirty bitmap: the next pass sends
+   what the guest dirtied during this one.  Distinct bytes dirtied in ``t``
+   seconds at rate ``r`` over a writable working set ``W`` are taken as
+   ``W * (1 - exp(-r t / W))`` (uniform random writes: ``r t`` while small,
+   never more than ``W``); ``r`` is calc-dirty-rate's figure.
+3. QEMU stops the guest once the dirty bytes left fit in the downtime-limit at
+   the measured rate: ``remaining <= raw rate * downtime-limit``.
+4. auto-converge (QEMU's ``migration_trigger_throttle``): at a sync at least
+   1 s after the previous check, if the period dirtied more than 50 % of what
+   it sent, count it; on the second such period throttle the vCPUs (20 %, then
+   +10 % up to 99 %).  A throttle of ``p`` scales the dirty rate by ``1 - p``.
+5. Without throttling left to add, a guest dirtying at least as fast as the
+   pipe moves pages is stuck once a pass no longer shrinks the dirty set.
+6. hybrid: switch to postcopy when a pass after the first leaves more than
+   0.8 of the previous pass's dirty bytes (the orchestrator's stall detector),
+   or mid-pass when the precopy budget runs out: then what is left is the
+   unsent rest of the pass plus what was dirtied during it.
+
+Ignored: bitmap-sync cost, the rate-limit's 100 ms granularity, pages dirtied
+while still queued in the same pass (counted twice: a slight overestimate).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from .inputs import PAGE, Calibration, Measurements
+from .link import Pipe
+from .settings import (STALL_RATIO, THROTTLE_INCREMENT_PCT, THROTTLE_INITIAL_PCT,
+                       THROTTLE_MAX_PCT, THROTTLE_TRIGGER_PCT)
+
+Outcome = Literal["converged", "switched", "stuck", "timeout"]
+MAX_PASSES = 100_000
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """How precopy's iterative phase ended."""
+
+    outcome: Outcome
+    time_s: float
+    page_bytes: float       # guest-page bytes sent while iterating (resends included)
+    zero_pages: int         # sent as 9-byte records in pass 1
+    remaining_bytes: float  # dirty page bytes left when iterating ended
+    passes: int
+    throttle_pct: int
+    dirty_bytes_s: float    # the guest's dirty rate at the end, after throttling
+
+
+def dirtied(rate: float, seconds: float, working_set: float) -> float:
+    """Distinct bytes dirtied in ``seconds`` at ``rate`` within ``working_set``."""
+    if working_set <= 0 or rate <= 0:
+        return 0.0
+    return working_set * -math.expm1(-rate * seconds / working_set)
+
+
+def pass_one_extra_s(m: Measurements, cal: Calibration, pipe: Pipe) -> tuple[int, float]:
+    """Zero pages, and the time pass 1 spends finding and recording them."""
+    zero_bytes = m.ram_bytes - m.nonzero_bytes
+    zero_pages = zero_bytes // PAGE
+    seconds = (zero_bytes / cal.zero_scan_bytes_s
+               + zero_pages * cal.zero_page_stream_bytes / pipe.main_bytes_s)
+    return zero_pages, seconds
+
+
+def iterate(m: Measurements, cal: Calibration, pipe: Pipe, *, threshold_bytes: float,
+            auto_converge: bool, limit_s: float, switch_on_stall: bool = False,
+            switch_after_s: float | None = None) -> Iteration:
+    """Run precopy's passes until it converges, switches, sticks or times out.
+
+    ``switch_on_stall`` and ``switch_after_s`` end a hybrid's precopy part.
+    """
+    zero_pages, extra_s = pass_one_extra_s(m, cal, pipe)
+    pending = float(m.nonzero_bytes)
+    t = sent = 0.0
+    passes = throttle = high_periods = 0
+    period_s = period_dirty = period_sent = 0.0
+    while True:
+        rate = m.dirty_rate_bytes_s * (100 - throttle) / 100
+        dt = pending / pipe.raw_bytes_s + extra_s
+        extra_s = 0.0
+        if switch_after_s is not None and t + dt > switch_after_s:
+            # the budget runs out mid-pass: switch with the rest of it still to send
+            part = (switch_after_s - t) / dt
+            left = pending * (1 - part) + dirtied(rate, switch_after_s - t, m.working_set_bytes)
+            return Iteration(outcome="switched", time_s=switch_after_s,
+                             page_bytes=sent + pending * part, zero_pages=zero_pages,
+                             remaining_bytes=min(left, m.ram_bytes), passes=passes + 1,
+                             throttle_pct=throttle, dirty_bytes_s=rate)
+        new = dirtied(rate, dt, m.working_set_bytes)
+        t, sent, passes = t + dt, sent + pending, passes + 1
+        if auto_converge:
+            period_s, period_dirty, period_sent = (period_s + dt, period_dirty + new,
+                                                   period_sent + pending)
+            if period_s > 1.0:
+                if period_dirty > period_sent * THROTTLE_TRIGGER_PCT / 100:
+                    high_periods += 1
+                    if high_periods >= 2:
+                        high_periods = 0
+                        throttle = (min(throttle + THROTTLE_INCREMENT_PCT, THROTTLE_MAX_PCT)
+                                    if throttle else THROTTLE_INITIAL_PCT)
+                period_s = period_dirty = period_sent = 0.0
+        previous, pending = pending, new
+
+        def done(outcome: Outcome) -> Iteration:
+            return Iteration(outcome=outcome, time_s=t, page_bytes=sent,
+                             zero_pages=zero_pages, remaining_bytes=pending, passes=passes,
+                             throttle_pct=throttle,
+                             dirty_bytes_s=m.dirty_rate_bytes_s * (100 - throttle) / 100)
+
+        if pending <= threshold_bytes:
+            return done("converged")
+        if t >= limit_s or passes >= MAX_PASSES:
+            return done("timeout")
+        if switch_on_stall and passes >= 2 and pending > previous * STALL_RATIO:
+            return done("switched")
+        can_throttle = auto_converge and throttle < THROTTLE_MAX_PCT
+        if (not can_throttle and rate >= pipe.raw_bytes_s
+                and pending >= previous * (1 - 1e-3)):
+            return done("stuck")

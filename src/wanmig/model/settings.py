@@ -1,0 +1,111 @@
+"""The QEMU settings each strategy runs with: the same numbers the model assumes.
+
+``migration_settings`` is what the orchestrator applies (capabilities to turn
+on, ``migrate-set-parameters`` values, when to call ``migrate-start-postcopy``);
+``predict`` models exactly these, so a prediction and a run cannot disagree on
+a setting.
+
+precopy-tuned's downtime-limit is derived from the outage target: the target
+minus everything else the outage costs (``switchover.Switchover.overhead_ms``:
+fixed switchover work, send backlog, device state, RTT, resume), clamped to
+[20, 300] ms.  QEMU's limit governs only the final RAM delta, so that is the
+share of the target left for it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import ConfigError
+from .inputs import Calibration, Measurements, Strategy, Targets
+from .link import (QEMU_DEFAULT_MAX_BANDWIDTH, line_bytes_s, multifd_channels, pipe_for,
+                   tuned_max_bandwidth)
+from .switchover import switchover
+
+QEMU_DEFAULT_DOWNTIME_MS = 300
+DOWNTIME_LIMIT_MIN_MS = 20
+DOWNTIME_LIMIT_MAX_MS = 300
+# auto-converge (QEMU's defaults, set explicitly): start throttling the vCPUs at
+# 20 %, add 10 % each time, up to 99 %; a sync period counts as "not shrinking"
+# when it dirtied more than 50 % of what it sent.
+THROTTLE_INITIAL_PCT = 20
+THROTTLE_INCREMENT_PCT = 10
+THROTTLE_MAX_PCT = 99
+THROTTLE_TRIGGER_PCT = 50
+ZSTD_LEVEL = 1
+#: hybrid: a pass after the first that leaves more than this share of the previous
+#: pass's dirty bytes is a stall (memory/plan.py StallDetector.ratio).
+STALL_RATIO = 0.8
+
+
+class MigrationSettings(BaseModel):
+    """What to tell QEMU for one strategy."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    strategy: Strategy
+    #: Migration capabilities to turn on (all others off).
+    capabilities: tuple[str, ...]
+    #: ``migrate-set-parameters`` arguments.
+    parameters: dict[str, int | str]
+    #: When to call ``migrate-start-postcopy`` (memory/plan.py's PostcopyTrigger):
+    #: "never", "immediate", or "on-stall" (a pass after the first leaves more than
+    #: ``STALL_RATIO`` of the previous one's dirty bytes, or ``postcopy_budget_s``
+    #: of precopy is spent).
+    postcopy: Literal["never", "immediate", "on-stall"] = "never"
+    postcopy_budget_s: float | None = None
+
+
+def downtime_limit_ms(strategy: Strategy, m: Measurements, targets: Targets,
+                      cal: Calibration = Calibration()) -> int:
+    """The downtime-limit a strategy uses: QEMU's 300 ms for default precopy,
+    else the outage target's share left for the final RAM delta."""
+    if strategy == "precopy":
+        return QEMU_DEFAULT_DOWNTIME_MS
+    overhead = switchover(m, cal, pipe_for(strategy, m, cal)).overhead_ms
+    share = targets.target_outage_ms - overhead
+    return int(min(DOWNTIME_LIMIT_MAX_MS, max(DOWNTIME_LIMIT_MIN_MS, share)))
+
+
+def migration_settings(strategy: Strategy, m: Measurements, targets: Targets,
+                       cal: Calibration = Calibration()) -> MigrationSettings:
+    if strategy == "precopy":
+        return MigrationSettings(strategy=strategy, capabilities=(), parameters={
+            "max-bandwidth": QEMU_DEFAULT_MAX_BANDWIDTH,
+            "downtime-limit": QEMU_DEFAULT_DOWNTIME_MS})
+    limit = downtime_limit_ms(strategy, m, targets, cal)
+    if strategy == "precopy-tuned":
+        return MigrationSettings(
+            strategy=strategy, capabilities=("multifd", "auto-converge"), parameters={
+                "max-bandwidth": tuned_max_bandwidth(m, cal),
+                "downtime-limit": limit,
+                "multifd-channels": multifd_channels(m, cal),
+                "multifd-compression": "zstd",
+                "multifd-zstd-level": ZSTD_LEVEL,
+                "cpu-throttle-initial": THROTTLE_INITIAL_PCT,
+                "cpu-throttle-increment": THROTTLE_INCREMENT_PCT,
+                "max-cpu-throttle": THROTTLE_MAX_PCT,
+                "throttle-trigger-threshold": THROTTLE_TRIGGER_PCT})
+    line = int(line_bytes_s(m))
+    caps = ("postcopy-ram", "postcopy-preempt") if m.postcopy_preempt else ("postcopy-ram",)
+    if strategy == "postcopy":
+        return MigrationSettings(
+            strategy=strategy, capabilities=caps,
+            parameters={"max-bandwidth": line, "max-postcopy-bandwidth": 0},
+            postcopy="immediate")
+    if strategy == "hybrid":
+        return MigrationSettings(
+            strategy=strategy, capabilities=caps,
+            parameters={"max-bandwidth": line, "downtime-limit": limit,
+                        "max-postcopy-bandwidth": 0},
+            postcopy="on-stall", postcopy_budget_s=targets.postcopy_budget_s)
+    raise ConfigError(f"unknown memory strategy {strategy!r}", field="strategy")
+
+
+def tuned_parameters(m: Measurements, targets: Targets,
+                     cal: Calibration = Calibration()) -> dict[str, int | str]:
+    """``migrate-set-parameters`` values for precopy-tuned (capabilities: multifd,
+    auto-converge)."""
+    return dict(migration_settings("precopy-tuned", m, targets, cal).parameters)

@@ -1,0 +1,109 @@
+"""The strategy table (memory/plan.py), hybrid's stall trigger, and the memory bench's checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from wanmig.memory.bench import Case, evaluate_checks, plan_cases
+from wanmig.memory.plan import StallDetector, TlsSettings, plan_from
+from wanmig.model import Measurements, Targets, migration_settings
+
+M = Measurements(ram_bytes=512 << 20, nonzero_bytes=200 << 20, compress_ratio=2.0,
+                 dirty_rate_bytes_s=5e6, link_rate_bit_s=100e6, rtt_ms=50.0)
+
+
+def _plan(strategy: str, m: Measurements = M, **kw):
+    return plan_from(migration_settings(strategy, m, Targets()), **kw)
+
+
+def test_precopy_is_qemus_defaults_plus_the_rollback_point() -> None:
+    plan = _plan("precopy")
+    assert plan.capabilities == {"events", "pause-before-switchover"}
+    assert plan.parameters == {"max-bandwidth": 128 << 20, "downtime-limit": 300}
+    assert plan.postcopy == "never" and plan.dest_capabilities == {"events"}
+
+
+def test_tuned_sets_multifd_on_both_sides() -> None:
+    plan = _plan("precopy-tuned")
+    assert {"multifd", "auto-converge"} <= plan.capabilities
+    assert plan.dest_capabilities == {"events", "multifd"}
+    assert plan.dest_parameters == {k: v for k, v in plan.parameters.items()
+                                    if k.startswith("multifd-")}
+    assert plan.parameters["multifd-compression"] == "zstd"
+
+
+def test_tuned_over_tls_uses_one_channel() -> None:
+    assert _plan("precopy-tuned", M.model_copy(update={"tls": True})).parameters[
+        "multifd-channels"] == 1
+
+
+def test_postcopy_plans_never_combine_with_multifd() -> None:
+    for strategy in ("postcopy", "hybrid"):
+        plan = _plan(strategy)
+        assert {"postcopy-ram", "postcopy-preempt"} <= plan.dest_capabilities
+        assert "multifd" not in plan.capabilities
+        assert not any(k.startswith("multifd") for k in plan.parameters)
+    assert _plan("postcopy").postcopy == "immediate"
+    assert _plan("hybrid").postcopy == "on-stall"
+    no_preempt = M.model_copy(update={"postcopy_preempt": False})
+    assert "postcopy-preempt" not in _plan("postcopy", no_preempt).dest_capabilities
+
+
+def test_tls_names_the_credentials_on_both_sides() -> None:
+    plan = _plan("postcopy", tls=TlsSettings(hostname="172.30.0.2"))
+    assert plan.parameters["tls-creds"] == plan.dest_parameters["tls-creds"] == "wanmig-tls"
+    assert plan.parameters["tls-hostname"] == "172.30.0.2"
+    assert "tls-hostname" not in plan.dest_parameters
+    assert plan.to_dict()["tls"] is True
+
+
+def test_stall_detector_fires_when_a_round_does_not_shrink() -> None:
+    s = StallDetector()
+    assert not s.feed(1, 500)          # first pass
+    assert not s.feed(2, 100)          # second round: the first remainder
+    assert not s.feed(2, 50)           # same round: ignored
+    assert not s.feed(3, 40)           # shrank to 40 %: progress
+    assert s.feed(4, 39)               # 97 % of the last: stalled
+
+
+def test_stall_detector_quiet_while_converging() -> None:
+    s = StallDetector()
+    assert not any(s.feed(i, int(1000 * 0.5 ** i)) for i in range(1, 10))
+
+
+def test_bench_matrix_and_tls_pair() -> None:
+    cases = plan_cases()
+    assert len(cases) == 5 * 5 + 1
+    assert cases[-1] == Case("precopy", "idle", tls=False)
+    assert plan_cases(["auto"], ["web"]) == [Case("auto", "web")]
+    with pytest.raises(ValueError, match="unknown workload"):
+        plan_cases(workloads=["busy"])
+
+
+def _rec(strategy: str, workload: str, *, status: str = "completed", converged: bool = True,
+         outage: float = 100.0, total: float = 10_000.0, bytes_: int = 100, tls: bool = True,
+         predicted: float | None = None) -> dict:
+    memory = {"converged": converged, "total_ms": total, "bytes": bytes_}
+    if predicted is not None:
+        memory["decision"] = {"predicted": {"total_ms": predicted}}
+    return {"status": status, "memory": memory, "network": {"client_outage_ms": outage},
+            "wan": {"rtt_measured_ms": 50.0},
+            "bench": {"strategy": strategy, "workload": workload, "tls": tls}}
+
+
+def test_checks_pass_and_fail_on_the_figures() -> None:
+    records = [
+        _rec("precopy", "web", bytes_=1000), _rec("precopy-tuned", "web", bytes_=500),
+        _rec("auto", "web", outage=140, total=10_000, predicted=12_000),
+        _rec("precopy", "dirty-50", status="rolled_back", converged=False),
+        _rec("auto", "dirty-50", outage=1200, predicted=20_000, total=10_000),
+        _rec("precopy", "idle", total=10_000), _rec("precopy", "idle", total=10_500, tls=False),
+    ]
+    by_name = {c["check"]: c["ok"] for c in evaluate_checks(records)}
+    assert by_name["auto completes web"] is True
+    assert by_name["auto outage <= RTT + 100 ms (web)"] is True
+    assert by_name["auto prediction within ±25% (web)"] is True
+    assert by_name["auto outage <= 1000 ms where precopy did not converge (dirty-50)"] is False
+    assert by_name["auto prediction within ±25% (dirty-50)"] is False
+    assert by_name["precopy-tuned bytes <= 0.6 x precopy (web)"] is True
+    assert by_name["TLS costs <= 10% of total time (precopy/idle)"] is True

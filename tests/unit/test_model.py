@@ -1,0 +1,315 @@
+"""The migration model: predictions, their monotonicity, choose() and JSON round-trips.
+
+Pure arithmetic: no QEMU, no root.  The cases are built so that the answer is
+obvious from the inputs (a guest dirtying faster than the link, an idle one,
+a generous or tight outage target), not tuned to the calibration's figures.
+"""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from wanmig.errors import ConfigError
+from wanmig.model import (STRATEGIES, Calibration, Decision, Measurements, Prediction,
+                          Targets, choose, downtime_limit_ms, migration_settings, predict,
+                          predict_all, tuned_parameters)
+from wanmig.model.rounds import dirtied
+
+MiB = 1 << 20
+MB = 1e6
+
+
+def guest(**over: object) -> Measurements:
+    """A 1 GiB guest with 400 MiB in use, on a 100 Mbit/s, 50 ms link."""
+    base: dict[str, object] = dict(ram_bytes=1024 * MiB, nonzero_bytes=400 * MiB,
+                                   compress_ratio=1.0, dirty_rate_bytes_s=1 * MB,
+                                   dirty_working_set_bytes=64 * MiB, link_rate_bit_s=100e6,
+                                   rtt_ms=50.0)
+    base.update(over)
+    return Measurements(**base)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ monotonicity
+
+@pytest.mark.parametrize("strategy", ["precopy", "precopy-tuned", "hybrid"])
+def test_higher_dirty_rate_longer_precopy(strategy: str) -> None:
+    totals = [predict(strategy, guest(dirty_rate_bytes_s=r * MB)).total_ms
+              for r in (0, 1, 3, 6, 9)]
+    assert None not in totals
+    assert totals == sorted(totals) and len(set(totals)) == len(totals), totals
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_faster_link_shorter_total(strategy: str) -> None:
+    totals = [predict(strategy, guest(link_rate_bit_s=rate * 1e6)).total_ms
+              for rate in (50, 100, 200)]
+    assert None not in totals
+    assert totals[0] > totals[1] > totals[2], totals
+
+
+def test_longer_rtt_longer_outage() -> None:
+    outages = [predict("precopy", guest(rtt_ms=rtt)).outage_ms for rtt in (5, 50, 150)]
+    assert outages == sorted(outages)
+
+
+def test_dirtied_is_linear_then_bounded_by_working_set() -> None:
+    assert dirtied(1 * MB, 0.001, 1e12) == pytest.approx(1000, rel=1e-6)
+    assert dirtied(1 * MB, 1e6, 64 * MiB) == pytest.approx(64 * MiB)
+    assert dirtied(0, 10, 64 * MiB) == 0
+
+
+# ------------------------------------------------------------------ convergence
+
+def test_default_precopy_does_not_converge_when_dirty_exceeds_bandwidth() -> None:
+    m = guest(dirty_rate_bytes_s=50 * MB, dirty_working_set_bytes=None)
+    p = predict("precopy", m)
+    assert not p.converges
+    assert p.total_ms is None and p.outage_ms is None and p.bytes is None
+    assert p.usable_bytes_s < 12 * MB  # 100 Mbit/s x 0.93, one stream
+    assert "dirty 50.0 MB/s ≥ 11.6 MB/s usable" in (p.limit or "")
+
+
+def test_tuned_converges_by_throttling() -> None:
+    m = guest(dirty_rate_bytes_s=50 * MB, dirty_working_set_bytes=None, compress_ratio=3.0)
+    p = predict("precopy-tuned", m)
+    assert p.converges and p.total_ms is not None
+    assert p.throttle_pct is not None and p.throttle_pct >= 20
+    # throttled, the guest dirties less than the tuned pipe moves
+    assert m.dirty_rate_bytes_s * (100 - p.throttle_pct) / 100 < p.usable_bytes_s
+    assert p.outage_ms is not None and p.outage_ms <= Targets().target_outage_ms
+
+
+def test_small_working_set_converges_even_above_bandwidth() -> None:
+    """A guest rewriting 1 MiB fast still fits in the downtime-limit."""
+    p = predict("precopy", guest(dirty_rate_bytes_s=50 * MB, dirty_working_set_bytes=MiB))
+    assert p.converges
+
+
+def test_slow_convergence_beyond_the_timeout_counts_as_not_converging() -> None:
+    m = guest(link_rate_bit_s=1e6)  # 400 MiB at ~116 kB/s: about an hour
+    p = predict("precopy", m, Targets(timeout_s=600))
+    assert not p.converges and "timeout" in (p.limit or "")
+    post = predict("postcopy", m, Targets(timeout_s=600))
+    assert post.converges and "timeout" in post.notes  # cannot be abandoned
+
+
+def test_idle_guest_precopy_one_pass() -> None:
+    p = predict("precopy", guest(dirty_rate_bytes_s=0))
+    assert p.converges and p.rounds == 3  # QEMU's dirty-sync-count: setup, pass, final
+
+
+# ------------------------------------------------------------------ bytes
+
+def test_postcopy_bytes_about_nonzero_bytes() -> None:
+    m = guest(dirty_rate_bytes_s=50 * MB)
+    p = predict("postcopy", m)
+    assert p.converges
+    assert p.bytes == pytest.approx(m.nonzero_bytes, rel=0.02)
+    assert p.ram_stream_bytes == pytest.approx(m.nonzero_bytes, rel=0.02)
+
+
+def test_compression_cuts_wire_bytes_not_qemu_counted_bytes() -> None:
+    """QEMU 7.2 counts multifd pages uncompressed; the WAN carries them compressed."""
+    m = guest(compress_ratio=3.0, dirty_rate_bytes_s=0)
+    p = predict("precopy-tuned", m)
+    assert p.bytes is not None and p.ram_stream_bytes is not None
+    assert p.bytes < 0.4 * m.nonzero_bytes
+    assert p.ram_stream_bytes == pytest.approx(m.nonzero_bytes, rel=0.02)
+
+
+def test_precopy_resends_dirty_pages() -> None:
+    p = predict("precopy", guest(dirty_rate_bytes_s=5 * MB))
+    assert p.bytes is not None and p.bytes > 1.05 * 400 * MiB
+
+
+# ------------------------------------------------------------------ settings
+
+def test_tuned_parameters_match_the_prediction() -> None:
+    m = guest(compress_ratio=3.0)
+    params = tuned_parameters(m, Targets())
+    assert params == predict("precopy-tuned", m).parameters
+    assert params["multifd-compression"] == "zstd" and params["multifd-zstd-level"] == 1
+    assert params["multifd-channels"] >= 2
+    assert (params["cpu-throttle-initial"], params["cpu-throttle-increment"]) == (20, 10)
+    assert 20 <= params["downtime-limit"] <= 300
+    # QEMU 7.2 rate-limits multifd in uncompressed bytes: the cap must allow line x ratio
+    assert params["max-bandwidth"] >= 100e6 / 8 * 3.0
+
+
+@pytest.mark.parametrize("ratio", [1.0, 3.0, 6.0])
+def test_tuned_max_bandwidth_never_binds(ratio: float) -> None:
+    """Not even when the ratio was not measured (1.0) and the pages do compress."""
+    for rate in (10e6, 100e6, 1e9):
+        m = guest(compress_ratio=ratio, link_rate_bit_s=rate)
+        assert "max-bandwidth" not in predict("precopy-tuned", m).notes
+        assert tuned_parameters(m, Targets())["max-bandwidth"] >= rate / 8 * ratio
+
+
+def test_more_channels_on_a_long_fat_pipe() -> None:
+    m = guest(link_rate_bit_s=1e9, rtt_ms=150)  # one stream: ~2.68 MB per RTT
+    assert tuned_parameters(m, Targets())["multifd-channels"] > 2
+
+
+def test_downtime_limit_from_target() -> None:
+    m = guest()
+    assert downtime_limit_ms("precopy-tuned", m, Targets(target_outage_ms=100)) == 20
+    assert downtime_limit_ms("precopy-tuned", m, Targets(target_outage_ms=60_000)) == 300
+    mid = downtime_limit_ms("precopy-tuned", m, Targets(target_outage_ms=500))
+    assert 20 < mid < 300
+    assert downtime_limit_ms("precopy", m, Targets(target_outage_ms=100)) == 300
+
+
+def test_default_precopy_uses_qemu_defaults() -> None:
+    s = migration_settings("precopy", guest(), Targets())
+    assert s.parameters == {"max-bandwidth": 134217728, "downtime-limit": 300}
+    assert s.capabilities == ()
+    assert migration_settings("postcopy", guest(), Targets()).postcopy == "immediate"
+    hybrid = migration_settings("hybrid", guest(), Targets(postcopy_budget_s=45))
+    assert (hybrid.postcopy, hybrid.postcopy_budget_s) == ("on-stall", 45)
+    assert "postcopy-preempt" in hybrid.capabilities
+    no_preempt = migration_settings("postcopy", guest(postcopy_preempt=False), Targets())
+    assert no_preempt.capabilities == ("postcopy-ram",)
+
+
+def test_default_precopy_capped_by_max_bandwidth_on_fast_links() -> None:
+    p = predict("precopy", guest(link_rate_bit_s=1e9, rtt_ms=1))
+    assert p.usable_bytes_s <= 134217728
+
+
+# ------------------------------------------------------------------ choose
+
+def test_choose_tuned_when_pages_compress_and_default_cannot_keep_up() -> None:
+    m = guest(dirty_rate_bytes_s=20 * MB, dirty_working_set_bytes=None, compress_ratio=3.0)
+    d = choose(m)
+    assert d.chosen == "precopy-tuned", d.reason
+    assert d.reason.startswith("precopy-tuned: predicted outage ")
+    assert "≤ target 1000 ms" in d.reason and " s" in d.reason
+    assert "default precopy does not converge (dirty 20.0 MB/s ≥ 11.6 MB/s usable)" in d.reason
+
+
+def test_choose_postcopy_when_precopy_cannot_finish_and_outage_is_generous() -> None:
+    m = guest(dirty_rate_bytes_s=50 * MB, dirty_working_set_bytes=256 * MiB,
+              accel="kvm", rtt_ms=5)
+    d = choose(m, Targets(target_outage_ms=10_000))
+    assert d.chosen == "postcopy", d.reason
+    assert "destination fails" in d.reason
+    assert "does not converge" in d.reason
+
+
+def test_choose_hybrid_when_postcopy_outage_too_long() -> None:
+    m = guest(dirty_rate_bytes_s=50 * MB, dirty_working_set_bytes=256 * MiB)
+    preds = {p.strategy: p for p in predict_all(m)}
+    target = (preds["hybrid"].outage_ms + preds["postcopy"].outage_ms) / 2  # type: ignore
+    d = choose(m, Targets(target_outage_ms=target))
+    assert d.chosen == "hybrid", d.reason
+    assert "postcopy outage" in d.reason and "> target" in d.reason
+
+
+def test_choose_prefers_precopy_family_on_a_tie() -> None:
+    """Idle guest: every strategy moves the same bytes in about the same time."""
+    d = choose(guest(dirty_rate_bytes_s=0), Targets(target_outage_ms=60_000))
+    assert d.chosen in ("precopy", "precopy-tuned"), d.reason
+    assert "precopy family preferred" in d.reason
+
+
+def test_choose_smallest_outage_when_none_meets_the_target() -> None:
+    d = choose(guest(), Targets(target_outage_ms=1))
+    outages = {p.strategy: p.outage_ms for p in d.predictions if p.converges}
+    assert d.prediction().outage_ms == min(outages.values())  # type: ignore[type-var]
+    assert "no strategy meets the 1 ms outage target" in d.reason
+
+
+def test_reason_is_one_sentence_with_figures() -> None:
+    reason = choose(guest()).reason
+    assert "\n" not in reason and reason.count(". ") == 0
+    assert " ms" in reason and " s" in reason
+
+
+# ------------------------------------------------------------------ JSON and validation
+
+def test_json_round_trip() -> None:
+    m = guest(compress_ratio=2.5, hot_pages=10, accel="kvm")
+    t = Targets(target_outage_ms=800, postcopy_budget_s=None)
+    cal = Calibration(device_state_bytes=1_000_000)
+    d = choose(m, t, cal)
+    for obj in (m, t, cal, d, *d.predictions):
+        assert type(obj).model_validate_json(obj.model_dump_json()) == obj
+    # also when a strategy does not converge (None fields)
+    p = predict("precopy", guest(dirty_rate_bytes_s=50 * MB, dirty_working_set_bytes=None))
+    assert Prediction.model_validate_json(p.model_dump_json()) == p
+    assert Decision.model_validate_json(d.model_dump_json()).chosen == d.chosen
+
+
+@pytest.mark.parametrize("bad", [
+    {"dirty_rate_bytes_s": -1.0},
+    {"link_rate_bit_s": 0},
+    {"ram_bytes": 0},
+    {"nonzero_bytes": 2048 * MiB},          # more than the RAM
+    {"dirty_working_set_bytes": 2048 * MiB},
+    {"compress_ratio": 0.5},
+    {"rtt_ms": -1},
+    {"cpus": 0},
+    {"accel": "xen"},
+    {"surprise": 1},
+])
+def test_bad_measurements_rejected(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        guest(**bad)
+
+
+def test_bad_targets_and_calibration_rejected() -> None:
+    with pytest.raises(ValidationError):
+        Targets(target_outage_ms=0)
+    with pytest.raises(ValidationError):
+        Calibration(tcp_efficiency=1.5)
+
+
+def test_models_are_frozen() -> None:
+    m = guest()
+    with pytest.raises(ValidationError):
+        m.rtt_ms = 1.0  # type: ignore[misc]
+
+
+def test_unknown_strategy() -> None:
+    with pytest.raises(ConfigError):
+        predict("teleport", guest())  # type: ignore[arg-type]
+
+
+def test_hybrid_switches_on_stall_or_budget() -> None:
+    m = guest(dirty_rate_bytes_s=5 * MB, dirty_working_set_bytes=None)
+    stall = predict("hybrid", m, Targets(postcopy_budget_s=None))
+    assert stall.rounds is not None and stall.rounds >= 4  # setup + 2 passes + switch
+    short = predict("hybrid", m, Targets(postcopy_budget_s=5))  # mid-pass 1 (~36 s)
+    assert short.rounds == 3 and "1 precopy pass (5.0 s)" in short.notes
+    # switching early leaves more to push, but sends less twice
+    assert short.bytes is not None and stall.bytes is not None
+    assert short.bytes < stall.bytes
+
+
+def test_hybrid_that_converges_never_switches() -> None:
+    m, no_budget = guest(dirty_rate_bytes_s=0.1 * MB), Targets(postcopy_budget_s=None)
+    p = predict("hybrid", m, no_budget)
+    assert "never switches" in p.notes and p.outage_ms is not None
+    assert p.outage_ms < predict("postcopy", m, no_budget).outage_ms  # type: ignore[operator]
+
+
+def test_tls_costs_setup_and_bytes() -> None:
+    plain, tls = predict("precopy", guest()), predict("precopy", guest(tls=True))
+    assert tls.total_ms > plain.total_ms  # type: ignore[operator]
+    assert tls.bytes > plain.bytes  # type: ignore[operator]
+
+
+def test_postcopy_preempt_shortens_the_fault_stall() -> None:
+    on = predict("postcopy", guest(postcopy_preempt=True))
+    off = predict("postcopy", guest(postcopy_preempt=False))
+    assert on.outage_ms < off.outage_ms  # type: ignore[operator]
+    assert on.total_ms == off.total_ms
+
+
+def test_measured_goodput_replaces_window_estimate() -> None:
+    far = dict(link_rate_bit_s=250e6, rtt_ms=150.0)
+    estimated = predict("precopy", guest(**far))
+    measured = predict("precopy", guest(**far, stream_goodput_bit_s=100e6))
+    assert estimated.usable_bytes_s == pytest.approx(2.68e6 / 0.150 / (1 + 8 / 4096))
+    assert measured.usable_bytes_s == pytest.approx(100e6 / 8 / (1 + 8 / 4096))
