@@ -32,11 +32,6 @@ def test_tuned_sets_multifd_on_both_sides() -> None:
     assert plan.parameters["multifd-compression"] == "zstd"
 
 
-def test_tuned_over_tls_uses_one_channel() -> None:
-    assert _plan("precopy-tuned", M.model_copy(update={"tls": True})).parameters[
-        "multifd-channels"] == 1
-
-
 def test_postcopy_plans_never_combine_with_multifd() -> None:
     for strategy in ("postcopy", "hybrid"):
         plan = _plan(strategy)

@@ -190,10 +190,6 @@ class Calibration(_Frozen):
         1.0, ge=0, description="Host cores the running guest keeps busy during migration "
         "(a busy 1-vCPU guest; under TCG its vCPU thread spins a core). Compression gets "
         "the rest, never less than half a core.")
-    max_tls_multifd_channels: int = Field(1, ge=1, description="multifd channels with TLS. "
-        "QEMU 7.2 as packaged here resumed a hung guest after migrations over 2 TLS multifd "
-        "channels (2 of 2 runs, with and without zstd; the guest's disk writer stopped at "
-        "switchover), while 1 TLS channel and 2 plain channels migrated correctly.")
     max_multifd_channels: int = Field(8, ge=1, description="Upper bound on multifd channels "
                                       "precopy-tuned asks for.")
 

@@ -29,8 +29,9 @@ from .inputs import PAGE, Calibration, Measurements, Strategy
 #: QEMU 7.2's default max-bandwidth (134217728 B/s = 128 MiB/s, as ``query-migrate-parameters``
 #: reports it), in migration-stream bytes.
 QEMU_DEFAULT_MAX_BANDWIDTH = 128 << 20
-#: QEMU's default multifd-channels, and the least precopy-tuned asks for.
-MIN_MULTIFD_CHANNELS = 2
+#: The least precopy-tuned asks for: one stream fills a link that no per-stream
+#: limit binds (continental: 93 % of the rate); more only where one stream falls short.
+MIN_MULTIFD_CHANNELS = 1
 
 
 def line_bytes_s(m: Measurements) -> float:
@@ -74,16 +75,13 @@ def compress_cores(m: Measurements, cal: Calibration) -> float:
 
 def multifd_channels(m: Measurements, cal: Calibration) -> int:
     """Channels for precopy-tuned: enough streams to fill the link despite per-stream
-    limits (at least QEMU's default 2), and one zstd thread per core that helps
-    keep up with the link; at most ``max_multifd_channels``; with TLS, at most
-    ``max_tls_multifd_channels``."""
+    limits, and one zstd thread per core that helps
+    keep up with the link; at most ``max_multifd_channels``."""
     link = stream_limits(m, cal)["link"]
     per_stream, _ = streams_rate(m, cal, 1)
     streams = math.ceil(link / per_stream - 1e-9)
     threads = min(math.ceil(link * m.compress_ratio / cal.zstd_bytes_s_per_core - 1e-9),
                   math.ceil(compress_cores(m, cal)))
-    if m.tls:
-        return cal.max_tls_multifd_channels
     return min(max(MIN_MULTIFD_CHANNELS, streams, threads), cal.max_multifd_channels)
 
 
