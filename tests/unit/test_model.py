@@ -132,7 +132,7 @@ def test_tuned_parameters_match_the_prediction() -> None:
     assert params["multifd-compression"] == "zstd" and params["multifd-zstd-level"] == 1
     assert params["multifd-channels"] >= 1
     assert (params["cpu-throttle-initial"], params["cpu-throttle-increment"]) == (20, 10)
-    assert 50 <= params["downtime-limit"] <= 300
+    assert 100 <= params["downtime-limit"] <= 300
     # QEMU 7.2 rate-limits multifd in uncompressed bytes: the cap must allow line x ratio
     assert params["max-bandwidth"] >= 100e6 / 8 * 3.0
 
@@ -153,10 +153,10 @@ def test_more_channels_on_a_long_fat_pipe() -> None:
 
 def test_downtime_limit_from_target() -> None:
     m = guest()
-    assert downtime_limit_ms("precopy-tuned", m, Targets(target_outage_ms=100)) == 50
+    assert downtime_limit_ms("precopy-tuned", m, Targets(target_outage_ms=100)) == 100
     assert downtime_limit_ms("precopy-tuned", m, Targets(target_outage_ms=60_000)) == 300
     mid = downtime_limit_ms("precopy-tuned", m, Targets(target_outage_ms=500))
-    assert 50 < mid < 300
+    assert 100 < mid < 300
     assert downtime_limit_ms("precopy", m, Targets(target_outage_ms=100)) == 300
 
 

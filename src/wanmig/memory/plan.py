@@ -29,7 +29,7 @@ of these to run, and plans that one.  Limits of QEMU 7.2 behind the table:
 postcopy cannot be combined with multifd; multifd pages bypass xbzrle, so
 ``precopy-tuned`` compresses with zstd instead; ``dirty-limit`` arrives only in
 QEMU 8.1 (and needs KVM's dirty ring), so auto-converge is what slows a busy
-guest; and a downtime-limit under 50 ms resumed hung guests
+guest; and a downtime-limit of 20 ms resumed hung guests
 here (``model.settings.DOWNTIME_LIMIT_MIN_MS``).
 """
 
