@@ -375,7 +375,7 @@ class Orchestrator:
 
         if self.probe is not None and self.probe_report is None:
             await attempt("probe report", self._stop_probe())
-        if self.web is not None and self.web_report is None:
+        if self.web is not None and self.web.state.value == "running":
             await attempt("web workload report", self._stop_web())
         for vm in (self.dst, self.src):
             if vm is not None:

@@ -9,7 +9,7 @@ import pytest
 
 from wanmig.probe import ClientProbe, ProbeState, agent_argv
 from wanmig.probe.agent import Agent, parse_args
-from wanmig.probe.probes import _next_slot, _parse_head
+from wanmig.probe.probes import _next_slot, parse_http_head
 
 MS = 1_000_000
 
@@ -26,9 +26,9 @@ def test_next_slot_skips_missed_slots_without_burst() -> None:
 
 def test_parse_head() -> None:
     head = b"HTTP/1.0 200 OK\r\nServer: x\r\nContent-Length: 3"
-    assert _parse_head(head) == (200, 3)
-    assert _parse_head(b"HTTP/1.1 503 Busy") == (503, None)
-    assert _parse_head(b"garbage") == (None, None)
+    assert parse_http_head(head) == (200, 3)
+    assert parse_http_head(b"HTTP/1.1 503 Busy") == (503, None)
+    assert parse_http_head(b"garbage") == (None, None)
 
 
 def test_agent_argv_plain_and_in_netns() -> None:

@@ -411,14 +411,14 @@ def http_get(host: str, port: int, timeout_s: float,
             response += chunk
             if body_at is None and (end := response.find(b"\r\n\r\n")) >= 0:
                 body_at = end + 4
-                status, length = _parse_head(bytes(response[:end]))
+                status, length = parse_http_head(bytes(response[:end]))
             if body_at is not None and length is not None \
                     and len(response) - body_at >= length:
                 break
             if len(response) > 1 << 20:
                 break  # enough to know the server answers
         if body_at is None:
-            status, _ = _parse_head(bytes(response))
+            status, _ = parse_http_head(bytes(response))
             raise ConnectionError("incomplete response" if response else "empty response")
         elapsed = (time.monotonic() - start) * 1000
         ok = status is not None and 200 <= status < 400
@@ -432,7 +432,7 @@ def http_get(host: str, port: int, timeout_s: float,
         sock.close()
 
 
-def _parse_head(head: bytes) -> tuple[int | None, int | None]:
+def parse_http_head(head: bytes) -> tuple[int | None, int | None]:
     """Status code and Content-Length from a response head (None where absent)."""
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ", 2)

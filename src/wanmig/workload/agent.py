@@ -45,7 +45,7 @@ from typing import TextIO
 
 from ..errors import ConfigError
 from ..probe.agent import Emitter
-from ..probe.probes import _parse_head as parse_head  # one HTTP head parser for both agents
+from ..probe.probes import parse_http_head  # one HTTP head parser for both agents
 from ..probe.stats import ns_to_ms
 from .report import RequestOutcome, WebTally
 from .spec import WebLoadSpec
@@ -116,7 +116,7 @@ class Request:
                 raise EOFError("incomplete response" if exc.partial
                                else "empty response") from exc
             self.bytes_received += len(head)
-            status, length = parse_head(head[:-4])
+            status, length = parse_http_head(head[:-4])
             if status is None:
                 raise ValueError("not an HTTP response")
             body = 0

@@ -1,0 +1,194 @@
+"""``AgentHandle``: the orchestrator's handle on one measuring agent process.
+
+Some measurements run in an agent process of their own, inside the client's
+network namespace: the client probes (``wanmig.probe.agent``, handled by
+``ClientProbe``) and the web load (``wanmig.workload.agent``, handled by
+``WebLoad``).  The agents differ in what they measure, but their handles are
+the same: start the agent through ``JsonLinesChild`` (children.py), wait for
+its ``ready`` event, send commands, ask it for its report, always reap it.
+That shared life is written once here; a subclass only says
+
+* ``_argv()``        the agent's command line (its own options, put together
+                     with ``agent_command()``),
+* ``noun``           what the user reads in error messages ("probe", "web load"),
+* ``agent_name``     the child's name in ``JsonLinesChild``'s messages,
+* ``report_type``    the report class, rebuilt with ``from_dict()``,
+* ``stop_timeout``   ``stop()``'s default timeout,
+* ``error``          the error type raised (``ProbeError`` for both),
+
+and adds its own commands on top of ``_command()``.  The life, shown by
+``__repr__``::
+
+    IDLE ──start()──> STARTING ──ready──> RUNNING ──stop()──> STOPPING ──> STOPPED
+                          │                   │
+                          └── failure / kill ─┴──────────────────────────> STOPPED
+
+Every wait has a timeout; a failure (agent not ready, agent died, no answer,
+unreadable report) raises ``error`` carrying the agent's own message or the
+tail of its stderr.  The agent is registered with the run's ``Registry`` while
+it lives and carries ``--owner RUN_DIR`` on its command line, so ``wanmig
+clean`` finds it after a crash; it runs in its own session, so a Ctrl-C aimed
+at the orchestrator does not kill it before its report is read; and it stops
+by itself when its stdin closes.  ``__aexit__`` kills an agent that was not
+stopped (its report is then lost: call ``stop()`` to get one).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import logging
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+
+from .children import JsonLinesChild
+from .errors import ProbeError, WanmigError
+from .registry import Registry
+
+
+class AgentState(enum.Enum):
+    IDLE = "idle"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+def agent_command(python: str, module: str, args: Sequence[str], *, netns: str | None,
+                  owner: str | None) -> list[str]:
+    """``python -m MODULE ARGS [--owner OWNER]``, inside ``netns`` when given; pure.
+
+    ``--owner RUN_DIR`` is what ``wanmig clean`` looks for on a leftover's command line.
+    """
+    argv = [python, "-m", module, *args]
+    if owner:
+        argv += ["--owner", owner]
+    return ["ip", "netns", "exec", netns, *argv] if netns else argv
+
+
+class AgentReport(Protocol):
+    """What an agent's report class offers: rebuilding from the report event."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self: ...
+
+
+ReportT = TypeVar("ReportT", bound=AgentReport)
+
+
+class AgentHandle(abc.ABC, Generic[ReportT]):
+    """One agent process with an explicit state; use as ``async with``."""
+
+    noun: ClassVar[str]
+    agent_name: ClassVar[str]
+    stop_timeout: ClassVar[float]
+    error: ClassVar[type[WanmigError]] = ProbeError
+    report_type: type[ReportT]  # a class attribute of each subclass
+
+    def __init__(self, *, netns: str | None, python: str, registry: Registry | None,
+                 log: logging.Logger) -> None:
+        self.netns = netns
+        self.python = python
+        self.registry = registry
+        self.state = AgentState.IDLE
+        self.ready_info: dict[str, Any] = {}
+        self.report: ReportT | None = None
+        self.log = log
+        self._agent: JsonLinesChild | None = None
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self._describe()}, state={self.state.value}, "
+                f"pid={self.pid})")
+
+    @property
+    def pid(self) -> int | None:
+        return self._agent.pid if self._agent else None
+
+    @abc.abstractmethod
+    def _argv(self, *, ready_timeout: float, owner: str | None) -> list[str]:
+        """The agent's command line: ready within ``ready_timeout`` s, run ``owner``."""
+
+    @abc.abstractmethod
+    def _describe(self) -> str:
+        """What ``__repr__`` shows before the state: ``target=..., netns=...``."""
+
+    # -- lifetime ---------------------------------------------------------
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Spawn the agent and wait for its ``ready`` event; killed if that fails."""
+        if self.state is not AgentState.IDLE:
+            raise self.error(f"cannot start a {self.noun} in state {self.state.value}")
+        self.state = AgentState.STARTING
+        # the agent gives up a little earlier, so that its own reason arrives in time
+        argv = self._argv(ready_timeout=max(0.5, timeout - 1.0),
+                          owner=str(self.registry.run_dir) if self.registry else None)
+        self._agent = JsonLinesChild(argv, name=self.agent_name, error=self.error,
+                                     registry=self.registry, log=self.log)
+        try:
+            await self._agent.spawn()
+            self.ready_info = await self._agent.next_event("ready", timeout)
+        except BaseException:
+            await self.kill()
+            raise
+        self.state = AgentState.RUNNING
+        self.log.debug("%s ready: %s", self.agent_name, self.ready_info)
+
+    async def stop(self, timeout: float | None = None) -> ReportT:
+        """Stop the agent and return its report; the process is always reaped.
+
+        ``timeout`` defaults to the class's ``stop_timeout``.  Once stopped,
+        the same report is returned again.
+        """
+        if self.state is AgentState.STOPPED and self.report is not None:
+            return self.report
+        if self.state is not AgentState.RUNNING:
+            raise self.error(f"cannot stop a {self.noun} in state {self.state.value}")
+        if timeout is None:
+            timeout = self.stop_timeout
+        self.state = AgentState.STOPPING
+        deadline = time.monotonic() + timeout
+        try:
+            event = await self._command("stop", "report", timeout, stopping=True)
+            try:
+                self.report = self.report_type.from_dict(event)
+            except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+                raise self.error(f"unreadable {self.noun} report: {exc}", cause=exc) from exc
+            return self.report
+        finally:
+            if self._agent is not None:  # EOF tells the agent to stop
+                await self._agent.close(max(1.0, deadline - time.monotonic()))
+            self.state = AgentState.STOPPED
+
+    async def kill(self) -> None:
+        """SIGKILL the agent if it runs, and reap it.  Idempotent."""
+        if self._agent is not None:
+            await self._agent.kill()
+        self.state = AgentState.STOPPED
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.state is not AgentState.STOPPED:
+            await self.kill()
+
+    # -- commands -----------------------------------------------------------
+
+    async def mark(self, name: str, timeout: float = 5.0) -> float:
+        """Record a named instant in the agent's clock; returns it (ms since agent start)."""
+        if not name.strip() or "\n" in name:
+            raise self.error(f"bad mark name {name!r}")
+        event = await self._command(f"mark {name.strip()}", "marked", timeout)
+        return float(event["t_ms"])
+
+    async def _command(self, line: str, expected: str, timeout: float, *,
+                       stopping: bool = False) -> dict[str, Any]:
+        """Send one command and await its answer; one command at a time."""
+        if self.state is not (AgentState.STOPPING if stopping else AgentState.RUNNING):
+            raise self.error(f"{self.noun} is {self.state.value}, cannot {line.split()[0]}")
+        assert self._agent is not None
+        return await self._agent.command(line, expected, timeout)
