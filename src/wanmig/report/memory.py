@@ -14,7 +14,7 @@ from .wan import _num
 def render_memory_bench(result: dict[str, Any]) -> Group:
     table = Table(title="memory strategies × workloads", header_style="bold")
     for col in ("case", "ran", "status", "converged", "total s", "downtime ms", "outage ms",
-                "MiB sent", "rounds", "postcopy faults", "predicted s"):
+                "MiB (QEMU)", "MiB on wire", "rounds", "postcopy faults", "predicted s"):
         table.add_column(col, justify="left" if col in ("case", "ran", "status") else "right")
     for r in result.get("results", []):
         mem, net = r.get("memory") or {}, r.get("network") or {}
@@ -25,6 +25,7 @@ def render_memory_bench(result: dict[str, Any]) -> Group:
             _num(mem.get("total_ms") and mem["total_ms"] / 1000),
             _num(mem.get("downtime_ms"), "{:.0f}"), _num(net.get("client_outage_ms"), "{:.0f}"),
             _num(mem.get("bytes") and mem["bytes"] / 2**20),
+            _num(mem.get("wire_bytes") and mem["wire_bytes"] / 2**20),
             _num(mem.get("rounds"), "{:d}"), _num(mem.get("postcopy_requests"), "{:d}"),
             _num(predicted and predicted / 1000))
     checks = Table(title="targets", header_style="bold")
