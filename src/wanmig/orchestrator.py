@@ -303,6 +303,12 @@ class Orchestrator:
         # stale forwarding entry, say) must show up in the client's figures.
         await asyncio.sleep(sc.probe.settle_s)
         self.new_conn_ms = await self.probe.new_connection_ms()
+        if self.new_conn_ms is None:
+            # QEMU may call a migration complete while the guest it resumed is
+            # useless (hung, say): the client's view decides.
+            self.notes["guest_unresponsive"] = True
+            raise MigrationError("QEMU completed the migration, but the guest does not answer "
+                                 "at site B: no new connection after the move")
 
     async def _install_tls(self, dest_ip: str) -> TlsSettings:
         """Certificates for this migration from the deployment's CA, loaded into both QEMUs."""

@@ -23,13 +23,22 @@ def test_precopy_is_qemus_defaults_plus_the_rollback_point() -> None:
     assert plan.postcopy == "never" and plan.dest_capabilities == {"events"}
 
 
-def test_tuned_sets_multifd_on_both_sides() -> None:
-    plan = _plan("precopy-tuned")
+def test_tuned_on_kvm_sets_multifd_on_both_sides() -> None:
+    plan = _plan("precopy-tuned", M.model_copy(update={"accel": "kvm"}))
     assert {"multifd", "auto-converge"} <= plan.capabilities
     assert plan.dest_capabilities == {"events", "multifd"}
     assert plan.dest_parameters == {k: v for k, v in plan.parameters.items()
                                     if k.startswith("multifd-")}
     assert plan.parameters["multifd-compression"] == "zstd"
+
+
+def test_tuned_under_tcg_copies_pages_in_the_migration_thread_only() -> None:
+    plan = _plan("precopy-tuned")  # accel tcg
+    assert plan.capabilities == {"events", "pause-before-switchover", "xbzrle", "auto-converge"}
+    assert not any(k.startswith(("multifd", "compress")) for k in plan.parameters)
+    assert plan.parameters["xbzrle-cache-size"] == 128 << 20  # a quarter of 512 MiB
+    assert plan.parameters["max-bandwidth"] == 100e6 / 8
+    assert "xbzrle" in plan.dest_capabilities
 
 
 def test_postcopy_plans_never_combine_with_multifd() -> None:

@@ -45,7 +45,10 @@ from ..model import MigrationSettings
 BASE_CAPABILITIES = frozenset({"events", "pause-before-switchover"})
 #: The destination only needs events, plus what must match the source.
 BASE_DEST_CAPABILITIES = frozenset({"events"})
-MIRRORED_CAPABILITIES = frozenset({"multifd", "postcopy-ram", "postcopy-preempt"})
+MIRRORED_CAPABILITIES = frozenset({"multifd", "compress", "xbzrle", "postcopy-ram",
+                                   "postcopy-preempt"})
+#: Parameters the destination needs too (by prefix).
+DEST_PARAMETER_PREFIXES = ("multifd-", "decompress-")
 TLS_OBJECT_ID = "wanmig-tls"
 
 PostcopyTrigger = Literal["never", "immediate", "on-stall"]
@@ -86,7 +89,7 @@ def plan_from(settings: MigrationSettings, *, tls: TlsSettings | None = None) ->
     """The plan that carries out ``settings`` (see the module docstring)."""
     caps = BASE_CAPABILITIES | set(settings.capabilities)
     params: dict[str, Any] = dict(settings.parameters)
-    dest_params = {k: v for k, v in params.items() if k.startswith("multifd-")}
+    dest_params = {k: v for k, v in params.items() if k.startswith(DEST_PARAMETER_PREFIXES)}
     if tls is not None:
         params.update({"tls-creds": tls.object_id, "tls-hostname": tls.hostname})
         dest_params["tls-creds"] = tls.object_id

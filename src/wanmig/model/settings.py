@@ -21,15 +21,13 @@ from pydantic import BaseModel, ConfigDict
 from ..errors import ConfigError
 from .inputs import Calibration, Measurements, Strategy, Targets
 from .link import (QEMU_DEFAULT_MAX_BANDWIDTH, line_bytes_s, multifd_channels, pipe_for,
-                   tuned_max_bandwidth)
+                   threaded_page_copies, tuned_max_bandwidth)
 from .switchover import switchover
 
 QEMU_DEFAULT_DOWNTIME_MS = 300
-#: Not lower: with downtime-limit 20 ms, 5 of 5 precopy-tuned runs here (QEMU 7.2,
-#: TCG, with and without TLS, 1 or 2 multifd channels, and also with compress +
-#: xbzrle instead of multifd) resumed a guest that hung at once at the destination;
-#: at 50 ms 4 runs went well and one lost new connections after the move; at
-#: 100 ms and 300 ms every guest ran on.  The cause is not known yet.
+#: Not lower, for now: the guests that hung after tuned runs with 20 ms here all had
+#: their pages copied by multifd or compress threads, which turned out to be the
+#: cause (``link.threaded_page_copies``); 20 ms has not been re-tried without them.
 DOWNTIME_LIMIT_MIN_MS = 100
 DOWNTIME_LIMIT_MAX_MS = 300
 # auto-converge (QEMU's defaults, set explicitly): start throttling the vCPUs at
@@ -63,6 +61,14 @@ class MigrationSettings(BaseModel):
     postcopy_budget_s: float | None = None
 
 
+def xbzrle_cache_bytes(m: Measurements) -> int:
+    """A quarter of the guest's RAM, a power of two (QEMU rounds it so), 64 MiB at least."""
+    size = 64 << 20
+    while size * 2 <= m.ram_bytes // 4:
+        size *= 2
+    return size
+
+
 def downtime_limit_ms(strategy: Strategy, m: Measurements, targets: Targets,
                       cal: Calibration = Calibration()) -> int:
     """The downtime-limit a strategy uses: QEMU's 300 ms for default precopy,
@@ -82,6 +88,17 @@ def migration_settings(strategy: Strategy, m: Measurements, targets: Targets,
             "downtime-limit": QEMU_DEFAULT_DOWNTIME_MS})
     limit = downtime_limit_ms(strategy, m, targets, cal)
     if strategy == "precopy-tuned":
+        throttle = {"cpu-throttle-initial": THROTTLE_INITIAL_PCT,
+                    "cpu-throttle-increment": THROTTLE_INCREMENT_PCT,
+                    "max-cpu-throttle": THROTTLE_MAX_PCT,
+                    "throttle-trigger-threshold": THROTTLE_TRIGGER_PCT}
+        if not threaded_page_copies(m):
+            # one stream; xbzrle sends re-dirtied pages as deltas (the model does not
+            # count that gain); pacing at the line rate keeps the send buffer short
+            return MigrationSettings(
+                strategy=strategy, capabilities=("xbzrle", "auto-converge"), parameters={
+                    "max-bandwidth": int(line_bytes_s(m)), "downtime-limit": limit,
+                    "xbzrle-cache-size": xbzrle_cache_bytes(m), **throttle})
         return MigrationSettings(
             strategy=strategy, capabilities=("multifd", "auto-converge"), parameters={
                 "max-bandwidth": tuned_max_bandwidth(m, cal),
@@ -89,10 +106,7 @@ def migration_settings(strategy: Strategy, m: Measurements, targets: Targets,
                 "multifd-channels": multifd_channels(m, cal),
                 "multifd-compression": "zstd",
                 "multifd-zstd-level": ZSTD_LEVEL,
-                "cpu-throttle-initial": THROTTLE_INITIAL_PCT,
-                "cpu-throttle-increment": THROTTLE_INCREMENT_PCT,
-                "max-cpu-throttle": THROTTLE_MAX_PCT,
-                "throttle-trigger-threshold": THROTTLE_TRIGGER_PCT})
+                **throttle})
     line = int(line_bytes_s(m))
     caps = ("postcopy-ram", "postcopy-preempt") if m.postcopy_preempt else ("postcopy-ram",)
     if strategy == "postcopy":
