@@ -69,6 +69,8 @@ log = logging.getLogger("wanmig.orchestrator")
 
 #: Strategies that pace QEMU to the link, so the link's goodput is measured first.
 TUNED_STRATEGIES = frozenset({"precopy-tuned", "hybrid", "auto"})
+#: Unsent bytes a TCP socket may hold at site A for the tuned strategies (sysctl).
+NOTSENT_LOWAT = 128 * 1024
 #: A plain veth between the sites has no set rate: what one TCP stream got on it here.
 UNSHAPED_MBIT = 10_000.0
 
@@ -273,6 +275,12 @@ class Orchestrator:
 
         self._begin("storage")  # shared image: nothing to copy in this version
 
+        if plan.strategy != "precopy":
+            # Keep the migration socket's unsent backlog short, so the last delta
+            # (or a postcopy page) is not queued behind seconds of earlier data.
+            await testbed.site_a.sysctl("net.ipv4.tcp_notsent_lowat", str(NOTSENT_LOWAT))
+            self.notes["site_a_tcp_notsent_lowat"] = NOTSENT_LOWAT
+
         self._begin("memory")
         await self.probe.mark("migration-start")
         self._wire0 = await tx_bytes(testbed.site_a, "isl0")
@@ -288,6 +296,7 @@ class Orchestrator:
         await self.probe.mark("switchover-done")
 
         self._begin("redirect")
+        await testbed.move_vm_mac("b")
         await self.dst.execute("announce-self", {"initial": 50, "max": 550, "rounds": 5,
                                                  "step": 100})
 

@@ -131,6 +131,23 @@ class Testbed:
         if errors:
             raise NetworkError("; ".join(errors))
 
+    async def move_vm_mac(self, to_site: str) -> None:
+        """Point both bridges at the VM's new port at once.
+
+        Without this, site A's bridge keeps sending the VM's frames to the old
+        tap until a frame from the VM crosses the WAN (its announcement), and
+        site B's keeps sending them back into the tunnel: one WAN one-way delay
+        plus the time the resumed guest takes to announce itself.
+        """
+        other = "b" if to_site == "a" else "a"
+        mac = self.addr.vm_mac
+        # "dynamic": an ordinary learned entry (the default, "permanent", would
+        # make the bridge keep the VM's frames for itself)
+        await self.site(to_site).run("bridge", "fdb", "replace", mac, "dev", self.addr.tap,
+                                     "master", "dynamic")
+        await self.site(other).run("bridge", "fdb", "replace", mac, "dev", "vx0", "master",
+                                   "dynamic")
+
     async def __aenter__(self) -> "Testbed":
         await self.up()
         return self
