@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 
-from wanmig.memory.survey import PAGE, GuestSurvey, _PageCounter, ram_ranges
+import math
+
+import pytest
+
+from wanmig.memory.survey import PAGE, GuestSurvey, _PageCounter, ram_ranges, working_set
 
 
 def test_ram_below_the_pci_hole_is_one_range() -> None:
@@ -29,6 +33,21 @@ def test_random_pages_do_not_compress() -> None:
     c.feed(os.urandom(64 * PAGE))
     nonzero, compressed = c.done()
     s = GuestSurvey(ram_bytes=1 << 20, nonzero_bytes=nonzero, compressed_bytes=compressed,
-                    dirty_rate_bytes_s=0.0, seconds=0.1)
+                    dirty_rate_bytes_s=0.0, working_set_bytes=None, dirty_1s_bytes=0.0,
+                    dirty_3s_bytes=0.0, seconds=0.1)
     assert 0.95 < s.compress_ratio <= 1.0
     assert s.to_dict()["compress_ratio"] == round(s.compress_ratio, 3)
+
+
+@pytest.mark.parametrize("rate, wss", [(50e6, 64 << 20), (20e6, 64 << 20), (5e6, 16 << 20)])
+def test_working_set_recovered_from_two_periods(rate: float, wss: int) -> None:
+    def dirtied(t: float) -> float:
+        return wss * (1 - math.exp(-rate * t / wss))
+    r, w = working_set(dirtied(1), dirtied(3), 1 << 30)
+    assert w is not None and abs(w - wss) / wss < 0.01
+    assert abs(r - rate) / rate < 0.01
+
+
+def test_unbounded_or_idle_guests_have_no_working_set() -> None:
+    assert working_set(10e6, 30e6, 1 << 30) == (10e6, None)    # linear: never saturates
+    assert working_set(4096.0, 4096.0, 1 << 30)[1] is None       # next to nothing dirtied

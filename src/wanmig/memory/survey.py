@@ -2,8 +2,11 @@
 
 Three figures the model needs and QEMU can give without stopping the guest:
 
-* the dirty rate: QEMU's ``calc-dirty-rate`` (page sampling, the densest
-  sampling QEMU allows, over ``calc_time_s``), read back with ``query-dirty-rate``;
+* the dirty rate and the writable working set: QEMU's ``calc-dirty-rate``
+  (page sampling, the densest QEMU allows) over 1 s and over 3 s.  QEMU counts
+  each page once per period, so a guest that rewrites a working set ``W`` at
+  ``r`` bytes/s shows ``D(t) = W (1 - exp(-r t / W))`` distinct bytes;
+  the two periods give both ``r`` and ``W`` (``working_set``);
 * the non-zero bytes: what precopy's first pass and postcopy really send, since
   QEMU sends a zero page as a header only.  Read with ``pmemsave`` in 16 MiB
   pieces (each holds QEMU's big lock only briefly, so the client does not see
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +48,10 @@ class GuestSurvey:
     ram_bytes: int
     nonzero_bytes: int
     compressed_bytes: int
-    dirty_rate_bytes_s: float
+    dirty_rate_bytes_s: float            # the write rate r
+    working_set_bytes: int | None        # W; None when it looks unbounded
+    dirty_1s_bytes: float                # what QEMU saw dirtied in 1 s ...
+    dirty_3s_bytes: float                # ... and in 3 s
     seconds: float
 
     @property
@@ -53,6 +60,25 @@ class GuestSurvey:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "compress_ratio": round(self.compress_ratio, 3)}
+
+
+def working_set(d1: float, d3: float, ram_bytes: int) -> tuple[float, int | None]:
+    """Write rate and working set from the bytes dirtied in 1 s and in 3 s.
+
+    With ``y = exp(-r / W)``: ``D3 / D1 = 1 + y + y**2``, so ``y`` follows, then
+    ``W = D1 / (1 - y)`` and ``r = -W ln y``.  A ratio near 3 means no
+    saturation in 3 s (``W`` unknown, ``r = D1``); a guest that dirties almost
+    nothing is reported as such.
+    """
+    if d1 < PAGE * 16 or d3 <= 0:
+        return d1, None
+    q = min(d3 / d1, 3.0)
+    if q >= 2.9:
+        return d1, None
+    q = max(q, 1.0 + 1e-6)
+    y = (-1.0 + math.sqrt(4.0 * q - 3.0)) / 2.0
+    w = min(d1 / (1.0 - y), float(ram_bytes))
+    return -w * math.log(y), int(w)
 
 
 def ram_ranges(ram_bytes: int) -> list[tuple[int, int]]:
@@ -96,7 +122,8 @@ class _PageCounter:
 
 
 async def dirty_rate(vm: QemuVm, *, calc_time_s: int = 1, timeout: float = 30.0) -> float:
-    """The guest's dirty rate in bytes/s, by QEMU's page sampling."""
+    """Distinct bytes the guest dirtied per second over ``calc_time_s``, by QEMU's
+    page sampling."""
     await vm.execute("calc-dirty-rate", {"calc-time": calc_time_s,
                                          "sample-pages": MAX_SAMPLE_PAGES})
     deadline = time.monotonic() + timeout
@@ -110,7 +137,9 @@ async def dirty_rate(vm: QemuVm, *, calc_time_s: int = 1, timeout: float = 30.0)
 
 async def survey_guest(vm: QemuVm, ram_bytes: int, workdir: Path) -> GuestSurvey:
     t0 = time.monotonic()
-    rate = await dirty_rate(vm)
+    d1 = await dirty_rate(vm, calc_time_s=1)
+    d3 = 3 * await dirty_rate(vm, calc_time_s=3)
+    rate, wss = working_set(d1, d3, ram_bytes)
     counter = _PageCounter()
     piece_file = workdir / f"{vm.name}.survey"
     try:
@@ -126,6 +155,7 @@ async def survey_guest(vm: QemuVm, ram_bytes: int, workdir: Path) -> GuestSurvey
     nonzero, compressed = counter.done()
     survey = GuestSurvey(ram_bytes=ram_bytes, nonzero_bytes=nonzero,
                          compressed_bytes=compressed, dirty_rate_bytes_s=rate,
+                         working_set_bytes=wss, dirty_1s_bytes=d1, dirty_3s_bytes=d3,
                          seconds=round(time.monotonic() - t0, 3))
     log.info("guest survey: %s", survey.to_dict())
     return survey

@@ -133,6 +133,16 @@ def _not_converging(c: _Context, it: Iteration) -> Prediction:
                         notes=f"{c.pipe.describe()}; does not converge: {limit}")
 
 
+#: QEMU's CPU_THROTTLE_TIMESLICE_NS: a throttled vCPU runs 10 ms, then sleeps.
+THROTTLE_TIMESLICE_MS = 10.0
+
+
+def throttle_gap_ms(pct: int) -> float:
+    """How long a vCPU throttled to ``pct`` % sleeps at a time."""
+    p = min(pct, 99) / 100
+    return THROTTLE_TIMESLICE_MS * p / (1 - p) if p > 0 else 0.0
+
+
 def _finish_precopy(c: _Context, it: Iteration, extra: str = "") -> Prediction:
     final_ms = c.push_ms(it.remaining_bytes)
     downtime = c.sw.qemu_ms + final_ms
@@ -141,11 +151,16 @@ def _finish_precopy(c: _Context, it: Iteration, extra: str = "") -> Prediction:
         return _not_converging(c, replace(it, outcome="timeout"))
     wire, stream = c.volume(it.page_bytes + it.remaining_bytes, it.zero_pages)
     throttle = f", throttled to {it.throttle_pct}%" if it.throttle_pct else ""
+    # A throttled vCPU sleeps p/(1-p) of QEMU's 10 ms slice at a time: the
+    # client sees those sleeps as gaps before the switchover comes.
+    gap = throttle_gap_ms(it.throttle_pct or 0)
+    if gap:
+        throttle += f" (vCPU asleep {gap:.0f} ms at a time)"
     notes = (f"{c.pipe.describe()}; {it.passes} pass{'es' if it.passes > 1 else ''}{throttle};"
              f" final delta {_mb(it.remaining_bytes)} in {final_ms:.0f} ms "
              f"(downtime-limit {c.settings.parameters['downtime-limit']} ms){extra}")
-    return c.prediction(converges=True, total_ms=total, outage_ms=downtime + c.sw.after_ms,
-                        downtime_ms=downtime, bytes=wire, ram_stream_bytes=stream,
+    return c.prediction(converges=True, total_ms=total,
+                        outage_ms=max(downtime + c.sw.after_ms, gap), downtime_ms=downtime, bytes=wire, ram_stream_bytes=stream,
                         rounds=it.passes + 2, throttle_pct=c.throttle(it), notes=notes)
 
 
