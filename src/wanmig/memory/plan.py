@@ -7,8 +7,8 @@ into the source's and the destination's share:
 
 * ``events`` and ``pause-before-switchover`` on the source (the orchestrator's
   rollback point);
-* the destination's mirror of what must match: postcopy capabilities, multifd
-  and its channel count and compression;
+* the destination's mirror of what must match: postcopy, multifd, compress and
+  xbzrle capabilities, multifd's channels and compression;
 * unless insecure, the TLS credentials on both sides and the name the source
   checks the destination's certificate against.
 
@@ -16,8 +16,8 @@ into the source's and the destination's share:
 strategy        source capabilities / parameters (model/settings.py)        postcopy
 ==============  ==========================================================  ===============
 precopy         QEMU's defaults (the baseline)                              never
-precopy-tuned   multifd + zstd, downtime-limit from the target outage,      never
-                auto-converge
+precopy-tuned   auto-converge, downtime-limit from the target outage;       never
+                KVM: multifd + zstd; TCG: one stream + xbzrle
 postcopy        postcopy-ram (+ postcopy-preempt where QEMU has it)         at once
 hybrid          postcopy-ram (+ preempt), max-bandwidth, downtime-limit     when precopy
                                                                             stalls or its
@@ -26,11 +26,11 @@ hybrid          postcopy-ram (+ preempt), max-bandwidth, downtime-limit     when
 
 ``auto`` is not a plan: the orchestrator measures, asks ``wanmig.model`` which
 of these to run, and plans that one.  Limits of QEMU 7.2 behind the table:
-postcopy cannot be combined with multifd; multifd pages bypass xbzrle, so
-``precopy-tuned`` compresses with zstd instead; ``dirty-limit`` arrives only in
-QEMU 8.1 (and needs KVM's dirty ring), so auto-converge is what slows a busy
-guest; and a downtime-limit of 20 ms resumed hung guests
-here (``model.settings.DOWNTIME_LIMIT_MIN_MS``).
+postcopy cannot be combined with multifd; multifd pages bypass xbzrle;
+``dirty-limit`` arrives only in QEMU 8.1 (and needs KVM's dirty ring), so
+auto-converge is what slows a busy guest; and under TCG, pages copied by
+multifd or compress threads resumed corrupted guests here
+(``model.link.threaded_page_copies``).
 """
 
 from __future__ import annotations
