@@ -49,12 +49,17 @@ async def test_strategy_completes_over_the_wan(strategy: str, leaves_nothing_beh
     assert m.plan and m.plan["tls"] is True
     assert m.bytes and m.bytes > 1 << 20
     if strategy == "precopy-tuned":
-        assert {"multifd", "auto-converge"} <= set(m.plan["capabilities"])
-        assert m.plan["parameters"]["multifd-compression"] == "zstd"
+        caps = set(m.plan["capabilities"])
+        assert "auto-converge" in caps
+        if rec.vm.accel == "tcg":  # pages copied in the migration thread only
+            assert "xbzrle" in caps and not caps & {"multifd", "compress"}
+        else:
+            assert m.plan["parameters"]["multifd-compression"] == "zstd"
         # derived from the target outage and the link measured before, not QEMU's 300 ms
         assert rec.wan.goodput_mbit and m.plan["parameters"]["downtime-limit"] < 300
-        # zstd: fewer bytes crossed the WAN than QEMU counted as page data
-        assert m.wire_bytes and m.bytes and m.wire_bytes < 0.8 * m.bytes
+        assert rec.model_extra and rec.model_extra["site_a_tcp_notsent_lowat"] > 0
+        # what crossed the WAN was counted on the link, and QEMU's own figure is close
+        assert m.wire_bytes and m.bytes and 0.5 * m.bytes < m.wire_bytes < 1.5 * m.bytes
     else:
         assert "postcopy-ram" in m.plan["capabilities"]
     if strategy == "postcopy":
