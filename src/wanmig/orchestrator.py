@@ -37,6 +37,7 @@ from .errors import MigrationError, QemuError, WanmigError
 from .integrity import check_log
 from .memory import MigrationProgress, QemuMigration, TlsSettings
 from .memory.select import LinkFacts, select_plan
+from .model import Calibration
 from .memory.tls import DeploymentCa, MigrationTls, add_tls_creds
 from .probe import ClientProbe, ProbeReport
 from .qemu.accel import resolve_accel
@@ -69,8 +70,6 @@ log = logging.getLogger("wanmig.orchestrator")
 
 #: Strategies that pace QEMU to the link, so the link's goodput is measured first.
 TUNED_STRATEGIES = frozenset({"precopy-tuned", "hybrid", "auto"})
-#: Unsent bytes a TCP socket may hold at site A for the tuned strategies (sysctl).
-NOTSENT_LOWAT = 128 * 1024
 #: A plain veth between the sites has no set rate: what one TCP stream got on it here.
 UNSHAPED_MBIT = 10_000.0
 
@@ -278,8 +277,9 @@ class Orchestrator:
         if plan.strategy != "precopy":
             # Keep the migration socket's unsent backlog short, so the last delta
             # (or a postcopy page) is not queued behind seconds of earlier data.
-            await testbed.site_a.sysctl("net.ipv4.tcp_notsent_lowat", str(NOTSENT_LOWAT))
-            self.notes["site_a_tcp_notsent_lowat"] = NOTSENT_LOWAT
+            lowat = Calibration().notsent_lowat_bytes  # what the model assumes
+            await testbed.site_a.sysctl("net.ipv4.tcp_notsent_lowat", str(lowat))
+            self.notes["site_a_tcp_notsent_lowat"] = lowat
 
         self._begin("memory")
         await self.probe.mark("migration-start")

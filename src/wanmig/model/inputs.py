@@ -152,13 +152,13 @@ class Calibration(_Frozen):
         8, ge=0, description="Stream bytes per sent page beyond its 4096: the 8-byte page "
         "header (multifd: offset per page in the packet header, same size).")
     device_state_bytes: int = Field(
-        500_000, ge=0, description="Non-RAM device state sent after the guest stops (CPU, "
-        "APIC, virtio queues, VGA registers). To be calibrated: bytes after stop minus the "
-        "final RAM delta.")
+        100_000, ge=0, description="Non-RAM device state sent after the guest stops (CPU, "
+        "APIC, virtio queues). Fitted with switchover_fixed_ms_tcg to QEMU's downtime of "
+        "20-23 ms for precopy-tuned on idle and web 512 MiB guests (bench run 2).")
     switchover_fixed_ms_tcg: float = Field(
-        75.0, ge=0, description="Fixed part of QEMU's downtime under TCG: stop, final "
+        10.0, ge=0, description="Fixed part of QEMU's downtime under TCG: stop, final "
         "bitmap sync, pre-switchover event to migrate-continue, device save/load. "
-        "DESIGN.md: 60-95 ms for a 256 MiB guest on an unshaped link.")
+        "Fitted to QEMU's downtime of 20-23 ms for idle and web guests (bench run 2).")
     switchover_fixed_ms_kvm: float = Field(
         25.0, ge=0, description="Same under KVM. To be calibrated (no KVM runs here).")
     resume_overhead_ms_tcg: float = Field(
@@ -169,9 +169,14 @@ class Calibration(_Frozen):
     l2_relearn_one_way: float = Field(
         1.0, ge=0, description="L2 relearn (announce-self reaching the source-site bridge) "
         "in one-way delays. 1.0: the first RARP crosses the WAN once.")
+    notsent_lowat_bytes: int = Field(
+        128 * 1024, ge=0, description="Unsent bytes a socket may hold at site A for every "
+        "strategy but default precopy (the orchestrator's tcp_notsent_lowat).")
     send_backlog_rtts: float = Field(
-        1.0, ge=0, description="Unsent data in the source's TCP send buffers during a bulk "
-        "transfer, as loaded RTTs of link time (Linux autotunes sndbuf to ~2x cwnd). It "
+        4.0, ge=0, description="Unsent data in the source's TCP send buffers during a bulk "
+        "transfer with Linux's defaults (default precopy), as loaded RTTs of link time. "
+        "Fitted: default precopy's idle/web outage was 493-548 ms against 157-160 ms for "
+        "precopy-tuned with a 128 KiB limit (bench run 2). It "
         "delays the last delta at switchover, and every postcopy page request unless "
         "postcopy-preempt is on. To be calibrated.")
     postcopy_hot_pages: int = Field(

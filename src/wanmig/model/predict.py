@@ -72,7 +72,8 @@ class _Context:
         self.strategy, self.m, self.targets, self.cal = strategy, m, targets, cal
         self.settings: MigrationSettings = migration_settings(strategy, m, targets, cal)
         self.pipe: Pipe = pipe_for(strategy, m, cal)
-        self.sw: Switchover = switchover(m, cal, self.pipe)
+        self.sw: Switchover = switchover(m, cal, self.pipe,
+                                         bounded_backlog=strategy != "precopy")
         rtts = cal.setup_rtts + (cal.tls_handshake_rtts if m.tls else 0.0)
         self.setup_ms = rtts * m.rtt_ms + cal.setup_fixed_ms
 
@@ -107,7 +108,8 @@ class _Context:
         push has brought everything over."""
         m = self.m
         page_ms = PAGE / self.pipe.main_bytes_s * 1e3
-        backlog = 0.0 if m.postcopy_preempt else backlog_ms(m, self.cal, self.pipe)
+        backlog = 0.0 if m.postcopy_preempt else backlog_ms(m, self.cal, self.pipe,
+                                                              bounded=True)
         return min(faults * (m.rtt_ms + m.queue_ms + backlog + page_ms), push_ms)
 
     def throttle(self, it: Iteration) -> int | None:

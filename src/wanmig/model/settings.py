@@ -75,7 +75,7 @@ def downtime_limit_ms(strategy: Strategy, m: Measurements, targets: Targets,
     else the outage target's share left for the final RAM delta."""
     if strategy == "precopy":
         return QEMU_DEFAULT_DOWNTIME_MS
-    overhead = switchover(m, cal, pipe_for(strategy, m, cal)).overhead_ms
+    overhead = switchover(m, cal, pipe_for(strategy, m, cal), bounded_backlog=True).overhead_ms
     share = targets.target_outage_ms - overhead
     return int(min(DOWNTIME_LIMIT_MAX_MS, max(DOWNTIME_LIMIT_MIN_MS, share)))
 

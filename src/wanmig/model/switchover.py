@@ -53,22 +53,27 @@ class Switchover:
         return self.qemu_ms + self.after_ms
 
 
-def backlog_ms(m: Measurements, cal: Calibration, pipe: Pipe) -> float:
+def backlog_ms(m: Measurements, cal: Calibration, pipe: Pipe, *, bounded: bool) -> float:
     """Time for the data already queued in the send buffers to leave.
 
     A network-bound stream keeps its sndbuf full and the bottleneck queue full,
-    so anything written now waits ``send_backlog_rtts`` loaded RTTs.  When QEMU's
-    rate limit or the CPU binds, QEMU waits instead and the buffers stay empty.
+    so anything written now waits ``send_backlog_rtts`` loaded RTTs; with the
+    socket's unsent data ``bounded`` (tcp_notsent_lowat) only that much and the
+    bottleneck queue.  When QEMU's rate limit or the CPU binds, QEMU waits
+    instead and the buffers stay empty.
     """
     if not pipe.network_bound:
         return 0.0
+    if bounded:
+        return cal.notsent_lowat_bytes / pipe.main_bytes_s * 1e3 + m.queue_ms
     return cal.send_backlog_rtts * (m.rtt_ms + m.queue_ms)
 
 
-def switchover(m: Measurements, cal: Calibration, pipe: Pipe) -> Switchover:
+def switchover(m: Measurements, cal: Calibration, pipe: Pipe, *,
+               bounded_backlog: bool) -> Switchover:
     one_way = m.rtt_ms / 2
     return Switchover(fixed_ms=cal.switchover_fixed_ms(m.accel),
-                      backlog_ms=backlog_ms(m, cal, pipe),
+                      backlog_ms=backlog_ms(m, cal, pipe, bounded=bounded_backlog),
                       device_ms=cal.device_state_bytes / pipe.main_bytes_s * 1e3,
                       one_way_ms=one_way,
                       resume_ms=cal.resume_overhead_ms(m.accel),
