@@ -168,9 +168,10 @@ def threaded_page_copies(m: Measurements) -> bool:
 
     Not under TCG: on QEMU 7.2 here, migrations whose pages were read by multifd
     or compress threads resumed a corrupted guest (kernel ``list_debug`` BUG in the
-    scheduler, or a hung guest) in 13 of 29 runs of idle, web and dirty guests,
-    while single-stream runs (default precopy, tuned without threads, hybrid)
-    never did.  KVM hosts keep multifd + zstd.
+    scheduler, or a hung guest) in 13 of 29 runs of idle, web and dirty guests;
+    single-stream runs did so once in the bench (tuned, 62 heavily throttled
+    rounds against 50 MB/s of writes), default precopy and hybrid never.  KVM
+    hosts keep multifd + zstd.
     """
     return m.accel != "tcg"
 
