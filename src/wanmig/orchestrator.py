@@ -138,6 +138,8 @@ class Orchestrator:
         self._wire0 = 0
         self.wire_bytes: int | None = None  # site A's inter-site link, memory..finish
         self.decision: dict[str, object] | None = None
+        self.testbed: Testbed | None = None
+        self.mac_at = "a"  # where the bridges send the VM's frames
         self.probe: ClientProbe | None = None
         self.probe_report: ProbeReport | None = None
         self.web: WebLoad | None = None
@@ -179,6 +181,7 @@ class Orchestrator:
             self.ui.step(f"building the two sites (run {self.registry.run_id}, "
                          f"WAN {wan.profile})")
             await testbed.up()
+            self.testbed = testbed
             self.wan_info = await self._measure_wan(testbed)
             status, error = await self._migrate_in(testbed, image)
         except WanmigError as exc:
@@ -292,11 +295,19 @@ class Orchestrator:
             await self._kill_destination()
 
         self._begin("switchover")
-        await self.migration.switchover()
+        # The guest is stopped at A from here on: while QEMU sends the last bytes,
+        # send its frames to B, so the client's requests wait at B's tap while the
+        # destination loads (answered the moment it runs) instead of dying at A's
+        # stopped tap until an announcement crosses the WAN.  Rollback points them back.
+        self.mac_at = "b"
+        move = asyncio.ensure_future(testbed.move_vm_mac("b"))
+        try:
+            await self.migration.switchover()
+        finally:
+            await move  # settled before any rollback points the frames back
         await self.probe.mark("switchover-done")
 
         self._begin("redirect")
-        await testbed.move_vm_mac("b")
         await self.dst.execute("announce-self", {"initial": 50, "max": 550, "rounds": 5,
                                                  "step": 100})
 
@@ -367,6 +378,9 @@ class Orchestrator:
                 raise MigrationError(f"rollback failed, source not resumed: {exc}") from exc
         elif await self.src.run_state() != "running":
             await self.src.execute("cont")
+        if self.mac_at == "b" and self.testbed is not None:
+            await self.testbed.move_vm_mac("a")
+            self.mac_at = "a"
         if self.dst is not None:
             await self.dst.kill()
         self.notes["source_state_after_rollback"] = await self.src.run_state()

@@ -132,12 +132,13 @@ class Testbed:
             raise NetworkError("; ".join(errors))
 
     async def move_vm_mac(self, to_site: str) -> None:
-        """Point both bridges at the VM's new port at once.
+        """Point both bridges at the VM's port in ``to_site`` at once.
 
         Without this, site A's bridge keeps sending the VM's frames to the old
         tap until a frame from the VM crosses the WAN (its announcement), and
         site B's keeps sending them back into the tunnel: one WAN one-way delay
-        plus the time the resumed guest takes to announce itself.
+        plus the time the resumed guest takes to announce itself.  Frames that
+        reach a tap whose QEMU is not running yet wait in the tap's queue.
         """
         other = "b" if to_site == "a" else "a"
         mac = self.addr.vm_mac
