@@ -168,10 +168,11 @@ def threaded_page_copies(m: Measurements) -> bool:
 
     Not under TCG: on QEMU 7.2 here, migrations whose pages were read by multifd
     or compress threads resumed a corrupted guest (kernel ``list_debug`` BUG in the
-    scheduler, or a hung guest) in 13 of 29 runs of idle, web and dirty guests;
-    single-stream runs did so once in the bench (tuned, 62 heavily throttled
-    rounds against 50 MB/s of writes), default precopy and hybrid never.  KVM
-    hosts keep multifd + zstd.
+    scheduler, or a hung guest) in 13 of 29 runs of idle, web and dirty guests.
+    Single-stream tuned runs with xbzrle did so in 3 of 10 dirty-guest runs; default
+    precopy (about 20 runs) and hybrid (about 10) never did.  So under TCG
+    precopy-tuned sends plain pages from the migration thread, like those two;
+    KVM hosts keep multifd + zstd.
     """
     return m.accel != "tcg"
 
