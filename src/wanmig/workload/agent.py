@@ -151,17 +151,23 @@ class Agent:
     # -- phases -----------------------------------------------------------
 
     async def wait_ready(self) -> RequestOutcome | None:
-        """Retry the first path until it answers; the last failure (None if stopped)."""
+        """Retry the first path until it answers; the most telling failure (None if stopped).
+
+        An attempt cut short by the deadline says only "timeout"; an earlier
+        attempt's own error (connection refused, say) is the better reason.
+        """
         deadline = time.monotonic() + self.ready_timeout_s
         last: RequestOutcome | None = None
         while not self.stopping.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return last
-            last = await Request(self.spec.paths[0]).run(
+            outcome = await Request(self.spec.paths[0]).run(
                 self.spec.target, self.spec.port, min(self.spec.request_timeout_s, left))
-            if last.ok:
-                return last
+            if outcome.ok:
+                return outcome
+            if last is None or outcome.error != "timeout":
+                last = outcome
             await self._sleep_unless_stopping(min(READY_RETRY_S, max(0.0, left)))
         return None
 
