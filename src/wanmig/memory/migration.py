@@ -360,7 +360,8 @@ class QemuMigration:
             postcopy_reason=self.postcopy_reason,
             postcopy_requests=ram.get("postcopy-requests"),
             multifd_bytes=ram.get("multifd-bytes"),
-            cpu_throttle_pct=info.get("cpu-throttle-percentage"),
+            # QEMU reports the throttle only while migrating: the last sample's
+            cpu_throttle_pct=self.last_info.get("cpu-throttle-percentage"),
             tls=self.plan.tls is not None,
             plan=self.plan.to_dict(),
         )

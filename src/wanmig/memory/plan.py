@@ -7,8 +7,8 @@ into the source's and the destination's share:
 
 * ``events`` and ``pause-before-switchover`` on the source (the orchestrator's
   rollback point);
-* the destination's mirror of what must match: postcopy, multifd, compress and
-  xbzrle capabilities, multifd's channels and compression;
+* the destination's mirror of what must match: postcopy and multifd
+  capabilities, multifd's channels and compression;
 * unless insecure, the TLS credentials on both sides and the name the source
   checks the destination's certificate against.
 
@@ -45,10 +45,7 @@ from ..model import MigrationSettings
 BASE_CAPABILITIES = frozenset({"events", "pause-before-switchover"})
 #: The destination only needs events, plus what must match the source.
 BASE_DEST_CAPABILITIES = frozenset({"events"})
-MIRRORED_CAPABILITIES = frozenset({"multifd", "compress", "xbzrle", "postcopy-ram",
-                                   "postcopy-preempt"})
-#: Parameters the destination needs too (by prefix).
-DEST_PARAMETER_PREFIXES = ("multifd-", "decompress-")
+MIRRORED_CAPABILITIES = frozenset({"multifd", "postcopy-ram", "postcopy-preempt"})
 TLS_OBJECT_ID = "wanmig-tls"
 
 PostcopyTrigger = Literal["never", "immediate", "on-stall"]
@@ -74,10 +71,6 @@ class MigrationPlan:
     postcopy_budget_s: float | None = None
     tls: TlsSettings | None = None
 
-    @property
-    def uses_postcopy(self) -> bool:
-        return self.postcopy != "never"
-
     def to_dict(self) -> dict[str, Any]:
         """The plan as it goes into the result record."""
         return {"strategy": self.strategy, "capabilities": sorted(self.capabilities),
@@ -89,7 +82,7 @@ def plan_from(settings: MigrationSettings, *, tls: TlsSettings | None = None) ->
     """The plan that carries out ``settings`` (see the module docstring)."""
     caps = BASE_CAPABILITIES | set(settings.capabilities)
     params: dict[str, Any] = dict(settings.parameters)
-    dest_params = {k: v for k, v in params.items() if k.startswith(DEST_PARAMETER_PREFIXES)}
+    dest_params = {k: v for k, v in params.items() if k.startswith("multifd-")}
     if tls is not None:
         params.update({"tls-creds": tls.object_id, "tls-hostname": tls.hostname})
         dest_params["tls-creds"] = tls.object_id
