@@ -15,6 +15,7 @@ from wanmig.model import (STRATEGIES, Calibration, Decision, Measurements, Predi
                           Targets, choose, downtime_limit_ms, migration_settings, predict,
                           predict_all, tuned_parameters)
 from wanmig.model.rounds import dirtied
+from wanmig.model.settings import throttle_start_pct, throttled_rate
 
 MiB = 1 << 20
 MB = 1e6
@@ -79,6 +80,31 @@ def test_tuned_converges_by_throttling() -> None:
     # throttled, the guest dirties less than the tuned pipe moves
     assert m.dirty_rate_bytes_s * (100 - p.throttle_pct) / 100 < p.usable_bytes_s
     assert p.outage_ms is not None and p.outage_ms <= Targets().target_outage_ms
+
+
+def test_throttle_starts_where_the_survey_says_the_climb_would_end() -> None:
+    """auto-converge starts at the least throttle that brings the measured rate under
+    half of what the pipe moves, not at QEMU's 20 % (a minute's climb over a WAN)."""
+    cal = Calibration()
+    assert throttle_start_pct(guest(dirty_rate_bytes_s=0), cal) == 20
+    m = guest(dirty_rate_bytes_s=20 * MB, accel="tcg")
+    usable = predict("precopy-tuned", m).usable_bytes_s
+    start = throttle_start_pct(m, cal)
+    assert throttled_rate(20 * MB, start, cal) <= usable / 2 < throttled_rate(20 * MB, start - 1, cal)
+    assert 80 < start < 90  # 20 MB/s x 2 x 14 % = 5.6 MB/s, half of 11.6 MB/s
+    # a CPU-bound writer (no catching up) needs less
+    assert throttle_start_pct(m, Calibration(throttle_catch_up=1.0)) < start
+    # beyond what any throttle brings down: the maximum, and QEMU's settings say so
+    assert throttle_start_pct(guest(dirty_rate_bytes_s=5000 * MB), cal) == 99
+    assert migration_settings("precopy-tuned", m, Targets()).parameters[
+        "cpu-throttle-initial"] == start
+
+
+def test_throttles_below_half_do_not_slow_a_catching_up_writer() -> None:
+    cal = Calibration()
+    assert throttled_rate(10 * MB, 50, cal) == 10 * MB
+    assert throttled_rate(10 * MB, 90, cal) == pytest.approx(2 * MB)
+    assert throttled_rate(10 * MB, 90, Calibration(throttle_catch_up=1.0)) == pytest.approx(1 * MB)
 
 
 def test_small_working_set_converges_even_above_bandwidth() -> None:

@@ -167,8 +167,9 @@ def _finish_precopy(c: _Context, it: Iteration, extra: str = "") -> Prediction:
 
 
 def _precopy(c: _Context) -> Prediction:
+    initial = c.settings.parameters.get("cpu-throttle-initial")
     it = iterate(c.m, c.cal, c.pipe, threshold_bytes=c.threshold_bytes,
-                 auto_converge=c.strategy == "precopy-tuned",
+                 throttle_initial=None if initial is None else int(initial),
                  limit_s=(c.timeout_ms - c.setup_ms) / 1e3)
     if it.outcome != "converged":
         return _not_converging(c, it)
@@ -204,7 +205,7 @@ def _postcopy(c: _Context) -> Prediction:
 
 
 def _hybrid(c: _Context) -> Prediction:
-    it = iterate(c.m, c.cal, c.pipe, threshold_bytes=c.threshold_bytes, auto_converge=False,
+    it = iterate(c.m, c.cal, c.pipe, threshold_bytes=c.threshold_bytes, throttle_initial=None,
                  limit_s=math.inf, switch_on_stall=True,
                  switch_after_s=c.targets.postcopy_budget_s)
     if it.outcome == "converged":

@@ -14,8 +14,9 @@ the hybrid's switch to postcopy fall out of the same steps QEMU 7.2 takes:
    the measured rate: ``remaining <= raw rate * downtime-limit``.
 4. auto-converge (QEMU's ``migration_trigger_throttle``): at a sync at least
    1 s after the previous check, if the period dirtied more than 50 % of what
-   it sent, count it; on the second such period throttle the vCPUs (20 %, then
-   +10 % up to 99 %).  A throttle of ``p`` scales the dirty rate by ``1 - p``.
+   it sent, count it; on the second such period throttle the vCPUs (from
+   cpu-throttle-initial, then +10 % up to 99 %).  A throttle of ``p`` scales
+   the dirty rate by ``min(1, catch_up * (1 - p))`` (settings.throttled_rate).
 5. Without throttling left to add, a guest dirtying at least as fast as the
    pipe moves pages is stuck once a pass no longer shrinks the dirty set.
 6. hybrid: switch to postcopy when a pass after the first leaves more than
@@ -35,8 +36,8 @@ from typing import Literal
 
 from .inputs import PAGE, Calibration, Measurements
 from .link import Pipe
-from .settings import (STALL_RATIO, THROTTLE_INCREMENT_PCT, THROTTLE_INITIAL_PCT,
-                       THROTTLE_MAX_PCT, THROTTLE_TRIGGER_PCT)
+from .settings import (STALL_RATIO, THROTTLE_INCREMENT_PCT, THROTTLE_MAX_PCT,
+                       THROTTLE_TRIGGER_PCT, throttled_rate)
 
 Outcome = Literal["converged", "switched", "stuck", "timeout"]
 MAX_PASSES = 100_000
@@ -73,19 +74,21 @@ def pass_one_extra_s(m: Measurements, cal: Calibration, pipe: Pipe) -> tuple[int
 
 
 def iterate(m: Measurements, cal: Calibration, pipe: Pipe, *, threshold_bytes: float,
-            auto_converge: bool, limit_s: float, switch_on_stall: bool = False,
+            throttle_initial: int | None, limit_s: float, switch_on_stall: bool = False,
             switch_after_s: float | None = None) -> Iteration:
     """Run precopy's passes until it converges, switches, sticks or times out.
 
+    ``throttle_initial``: auto-converge's first throttle (None: no auto-converge).
     ``switch_on_stall`` and ``switch_after_s`` end a hybrid's precopy part.
     """
+    auto_converge = throttle_initial is not None
     zero_pages, extra_s = pass_one_extra_s(m, cal, pipe)
     pending = float(m.nonzero_bytes)
     t = sent = 0.0
     passes = throttle = high_periods = 0
     period_s = period_dirty = period_sent = 0.0
     while True:
-        rate = m.dirty_rate_bytes_s * (100 - throttle) / 100
+        rate = throttled_rate(m.dirty_rate_bytes_s, throttle, cal)
         dt = pending / pipe.raw_bytes_s + extra_s
         extra_s = 0.0
         if switch_after_s is not None and t + dt > switch_after_s:
@@ -107,7 +110,7 @@ def iterate(m: Measurements, cal: Calibration, pipe: Pipe, *, threshold_bytes: f
                     if high_periods >= 2:
                         high_periods = 0
                         throttle = (min(throttle + THROTTLE_INCREMENT_PCT, THROTTLE_MAX_PCT)
-                                    if throttle else THROTTLE_INITIAL_PCT)
+                                    if throttle else throttle_initial)
                 period_s = period_dirty = period_sent = 0.0
         previous, pending = pending, new
 
@@ -115,7 +118,7 @@ def iterate(m: Measurements, cal: Calibration, pipe: Pipe, *, threshold_bytes: f
             return Iteration(outcome=outcome, time_s=t, page_bytes=sent,
                              zero_pages=zero_pages, remaining_bytes=pending, passes=passes,
                              throttle_pct=throttle,
-                             dirty_bytes_s=m.dirty_rate_bytes_s * (100 - throttle) / 100)
+                             dirty_bytes_s=throttled_rate(m.dirty_rate_bytes_s, throttle, cal))
 
         if pending <= threshold_bytes:
             return done("converged")
