@@ -36,7 +36,7 @@ from .config import Scenario
 from .errors import MigrationError, QemuError, WanmigError
 from .integrity import check_log
 from .memory import MigrationProgress, QemuMigration, TlsSettings
-from .memory.select import LinkFacts, select_plan
+from .memory.select import SURVEYED, LinkFacts, select_plan
 from .model import Calibration
 from .memory.tls import DeploymentCa, MigrationTls, add_tls_creds
 from .probe import ClientProbe, ProbeReport
@@ -263,13 +263,13 @@ class Orchestrator:
         self.dst = QemuVm(dst_cfg, self.registry)
         await self.dst.start()
         tls = await self._install_tls(addr.site_b_ip) if sc.memory.tls else None
-        if sc.memory.strategy == "auto":
-            self.ui.step("auto: measuring the guest (dirty rate, memory) to choose a strategy")
+        if sc.memory.strategy in SURVEYED:
+            self.ui.step(f"{sc.memory.strategy}: measuring the guest (dirty rate, memory)")
         plan, self.decision = await select_plan(
             sc.memory, self.src, ram_bytes=sc.vm.ram_mib * 2**20, link=self._link_facts(),
             accel=self.accel or "tcg", workdir=self.registry.run_dir, tls=tls,
             preempt=await self._has_capability("postcopy-preempt"))
-        if self.decision is not None:
+        if self.decision is not None and "chosen" in self.decision:
             self.ui.step(f"auto chose {plan.strategy}: {self.decision.get('reason')}")
         self.migration = QemuMigration(self.src, self.dst, uri, plan,
                                        on_progress=self.ui.progress)

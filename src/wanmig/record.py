@@ -66,7 +66,14 @@ class MemoryResult(_Model):
     cpu_throttle_pct: int | None = None      # auto-converge's last throttle
     tls: bool | None = None
     plan: dict[str, Any] | None = None       # capabilities and parameters used
-    decision: dict[str, Any] | None = None   # auto: measurements, predictions, choice
+    #: precopy-tuned and auto: the guest survey, the model's measurements and its
+    #: prediction for the plan run ("predicted"); auto also every strategy's
+    #: prediction, the choice ("chosen") and why ("reason").
+    decision: dict[str, Any] | None = None
+    #: The migration as QEMU reported it, one row per ``query-migrate`` poll (every
+    #: 250 ms): ms since ``migrate``, dirty-sync-count, RAM bytes still dirty, bytes
+    #: sent, auto-converge's throttle %.  What a model is calibrated against.
+    trace: list[tuple[float, int, int, int, int]] | None = None
 
 
 class StorageResult(_Model):

@@ -60,8 +60,18 @@ async def test_strategy_completes_over_the_wan(strategy: str, leaves_nothing_beh
         assert rec.model_extra and rec.model_extra["site_a_tcp_notsent_lowat"] > 0
         # what crossed the WAN was counted on the link, and QEMU's own figure is close
         assert m.wire_bytes and m.bytes and 0.5 * m.bytes < m.wire_bytes < 1.5 * m.bytes
+        # surveyed first: auto-converge starts at the throttle the dirty rate needs
+        d = m.decision
+        assert d is not None and "chosen" not in d and d["survey"]["nonzero_bytes"] > 0
+        assert (m.plan["parameters"]["cpu-throttle-initial"]
+                == d["predicted"]["parameters"]["cpu-throttle-initial"] >= 20)
     else:
         assert "postcopy-ram" in m.plan["capabilities"]
+        assert m.decision is None
+    # QEMU's figures as the migration went: time forward, sync count never back
+    assert m.trace and len(m.trace) >= 2
+    assert [r[0] for r in m.trace] == sorted(r[0] for r in m.trace)
+    assert [r[1] for r in m.trace] == sorted(r[1] for r in m.trace)
     if strategy == "postcopy":
         assert m.postcopy is True and m.postcopy_reason
     # Postcopy from the start stalls the guest on remote faults for seconds over

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wanmig.memory.bench import Case, evaluate_checks, plan_cases
+from wanmig.memory.migration import MigrationProgress
 from wanmig.memory.plan import StallDetector, TlsSettings, plan_from
 from wanmig.model import Measurements, Targets, migration_settings
 
@@ -58,6 +59,16 @@ def test_tls_names_the_credentials_on_both_sides() -> None:
     assert plan.parameters["tls-hostname"] == "172.30.0.2"
     assert "tls-hostname" not in plan.dest_parameters
     assert plan.to_dict()["tls"] is True
+
+
+def test_progress_row_is_what_the_trace_keeps() -> None:
+    info = {"status": "active", "cpu-throttle-percentage": 86,
+            "ram": {"transferred": 123456789, "remaining": 4096 * 300, "total": 512 << 20,
+                    "mbps": 95.1, "dirty-sync-count": 7, "dirty-pages-rate": 1200}}
+    p = MigrationProgress.from_query(info, 1234.56)
+    assert p.row == (1234.6, 7, 4096 * 300, 123456789, 86)
+    # before auto-converge throttles (or without it) QEMU leaves the figure out
+    assert MigrationProgress.from_query({"status": "setup"}, 0.0).row == (0.0, 0, 0, 0, 0)
 
 
 def test_stall_detector_fires_when_a_round_does_not_shrink() -> None:

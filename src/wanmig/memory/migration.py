@@ -76,6 +76,13 @@ class MigrationProgress:
     mbps: float
     rounds: int
     dirty_pages_rate: int
+    throttle_pct: int
+
+    @property
+    def row(self) -> tuple[float, int, int, int, int]:
+        """This sample as a row of ``MemoryResult.trace``."""
+        return (round(self.elapsed_ms, 1), self.rounds, self.remaining, self.transferred,
+                self.throttle_pct)
 
     @classmethod
     def from_query(cls, info: dict[str, Any], elapsed_ms: float) -> "MigrationProgress":
@@ -84,7 +91,8 @@ class MigrationProgress:
                    transferred=int(ram.get("transferred", 0)),
                    remaining=int(ram.get("remaining", 0)), total=int(ram.get("total", 0)),
                    mbps=float(ram.get("mbps", 0.0)), rounds=int(ram.get("dirty-sync-count", 0)),
-                   dirty_pages_rate=int(ram.get("dirty-pages-rate", 0)))
+                   dirty_pages_rate=int(ram.get("dirty-pages-rate", 0)),
+                   throttle_pct=int(info.get("cpu-throttle-percentage", 0)))
 
 
 class MigrationState(enum.Enum):
@@ -111,6 +119,7 @@ class QemuMigration:
         self.poll_s = poll_s
         self.state = MigrationState.IDLE
         self.last_progress: MigrationProgress | None = None
+        self.trace: list[tuple[float, int, int, int, int]] = []
         self.final_info: dict[str, Any] | None = None  # query-migrate once completed
         self.last_info: dict[str, Any] = {}             # latest query-migrate seen
         self.handed_over = False      # the destination may run (QEMU said so)
@@ -236,9 +245,7 @@ class QemuMigration:
         deadline = time.monotonic() + timeout
         with self.src.qmp.listener("MIGRATION") as events:
             while True:
-                info = await self.src.execute("query-migrate", timeout=10)
-                self._note(info)
-                status = info.get("status")
+                status = (await self._poll()).status
                 if status == "completed":
                     break
                 if self.dst.returncode is not None or status in ("postcopy-paused", "failed"):
@@ -251,7 +258,7 @@ class QemuMigration:
                     await asyncio.wait_for(events.get(), timeout=self.poll_s)
                 except asyncio.TimeoutError:
                     pass
-        self.final_info = info
+        self.final_info = self.last_info
         self.state = MigrationState.COMPLETED
 
     async def _wait_status(self, events: Any, done: set[str], deadline: float,
@@ -316,6 +323,7 @@ class QemuMigration:
         self._note(info)
         progress = MigrationProgress.from_query(info, (time.monotonic() - self._t0) * 1000)
         self.last_progress = progress
+        self.trace.append(progress.row)
         if self.on_progress:
             self.on_progress(progress)
         return progress
@@ -364,4 +372,5 @@ class QemuMigration:
             cpu_throttle_pct=self.last_info.get("cpu-throttle-percentage"),
             tls=self.plan.tls is not None,
             plan=self.plan.to_dict(),
+            trace=self.trace or None,
         )

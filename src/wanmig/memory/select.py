@@ -1,11 +1,14 @@
 """From a scenario's memory settings and what was measured to a ``MigrationPlan``.
 
-For a named strategy this only derives the settings from the link (rate and
-RTT measured just before) and the target outage.  For ``auto`` it
-first surveys the guest (``survey.survey_guest``: dirty rate, non-zero bytes,
-compressibility), asks ``wanmig.model`` to predict every strategy, and plans
-the one the model chose.  The returned ``decision`` goes into the result
-record as it is: the measurements, every prediction, the choice and the reason.
+For ``precopy``, ``postcopy`` and ``hybrid`` this only derives the settings
+from the link (rate and RTT measured just before) and the target outage.
+``precopy-tuned`` and ``auto`` first survey the guest (``survey.survey_guest``:
+dirty rate, non-zero bytes, compressibility): tuned starts auto-converge at the
+throttle the dirty rate needs; ``auto`` asks ``wanmig.model`` to predict every
+strategy and plans the one the model chose.  The returned ``decision`` goes
+into the result record as it is: the survey, the measurements and the
+prediction for the plan run; for ``auto`` also every prediction, the choice
+and the reason.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from .survey import survey_guest
 log = logging.getLogger("wanmig.memory.select")
 
 AUTO_HORIZON_SHARE = 0.5
+#: The strategies whose plan depends on what the guest does.
+SURVEYED = ("auto", "precopy-tuned")
 
 
 @dataclass(frozen=True)
@@ -54,20 +59,22 @@ async def select_plan(spec: MemorySpec, src: QemuVm, *, ram_bytes: int, link: Li
                  queue_ms=link.queue_ms, loss_pct=link.loss_pct,
                  stream_goodput_bit_s=link.goodput_bit_s, cpus=os.cpu_count() or 1,
                  accel=accel, tls=tls is not None, postcopy_preempt=preempt)
-    if spec.strategy == "auto":
+    strategy = spec.strategy
+    if strategy in SURVEYED:
         survey = await survey_guest(src, ram_bytes, workdir)
         m = Measurements(nonzero_bytes=survey.nonzero_bytes,
                          compress_ratio=survey.compress_ratio,
                          dirty_rate_bytes_s=survey.dirty_rate_bytes_s,
                          dirty_working_set_bytes=survey.working_set_bytes, **known)
-        chosen = choose(m, targets, cal)
-        strategy = chosen.chosen
         decision = {"survey": survey.to_dict(), "measurements": m.model_dump(),
-                    "targets": targets.model_dump(), **chosen.model_dump()}
-        log.info("auto chose %s: %s", strategy, chosen.reason)
+                    "targets": targets.model_dump()}
+        if strategy == "auto":
+            chosen = choose(m, targets, cal)
+            strategy = chosen.chosen
+            decision.update(chosen.model_dump())
+            log.info("auto chose %s: %s", strategy, chosen.reason)
     else:
-        strategy = spec.strategy
-        # Not surveyed: the tuned parameters need only the link and the target.
+        # Not surveyed: these settings need only the link and the target.
         m = Measurements(nonzero_bytes=ram_bytes, compress_ratio=1.0, dirty_rate_bytes_s=0.0,
                          **known)
     plan = plan_from(migration_settings(strategy, m, targets, cal), tls=tls)

@@ -45,20 +45,23 @@ def _wan_line(wan: WanInfo) -> str:
 
 
 def _decision_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
-    """auto: what it measured, what it predicted for its choice, and why."""
+    """What the guest survey measured, what the model predicted for the plan run,
+    and (auto) why it chose it."""
     d = rec.memory.decision
     if not d:
         return []
     survey, pred = d.get("survey") or {}, d.get("predicted") or {}
-    return [
-        ("auto: guest surveyed",
+    rows = [
+        ("guest surveyed",
          f"dirty {survey.get('dirty_rate_bytes_s', 0) / 1e6:.1f} MB/s, "
          f"{_bytes(survey.get('nonzero_bytes'))} non-zero, "
          f"zstd x{survey.get('compress_ratio', 1):.2f}", "QEMU calc-dirty-rate, pmemsave"),
-        ("auto: predicted total / outage",
+        ("predicted total / outage",
          f"{_ms(pred.get('total_ms'))} / {_ms(pred.get('outage_ms'))}", "wanmig.model"),
-        ("auto: why", str(d.get("reason", "–")), "wanmig.model"),
     ]
+    if "reason" in d:
+        rows.append(("auto: why", str(d["reason"]), "wanmig.model"))
+    return rows
 
 
 def render_record(rec: ResultRecord) -> Group:
@@ -79,7 +82,7 @@ def render_record(rec: ResultRecord) -> Group:
         ("guest", f"{rec.vm.ram_mib} MiB RAM, {rec.vm.workload}, {rec.vm.accel or '?'}", "scenario"),
         ("total migration time", _ms(rec.total_ms), "wanmig (phases)"),
         ("memory strategy", rec.memory.strategy,
-         "auto's choice" if rec.memory.decision else "scenario"),
+         "auto's choice" if "chosen" in (rec.memory.decision or {}) else "scenario"),
         *_decision_rows(rec),
         ("memory: TLS (mutual x509)", _flag(rec.memory.tls), "scenario"),
         ("memory: QEMU total time", _ms(rec.memory.total_ms), "QEMU"),
