@@ -51,15 +51,16 @@ async def test_strategy_completes_over_the_wan(strategy: str, leaves_nothing_beh
     if strategy == "precopy-tuned":
         caps = set(m.plan["capabilities"])
         assert "auto-converge" in caps
-        if rec.vm.accel == "tcg":  # pages copied in the migration thread only
-            assert not caps & {"multifd", "compress", "xbzrle"}
-        else:
-            assert m.plan["parameters"]["multifd-compression"] == "zstd"
+        assert "multifd" in caps and m.plan["parameters"]["multifd-compression"] == "zstd"
+        if rec.vm.accel == "tcg":  # more channels broke guests under TCG (model.link)
+            assert m.plan["parameters"]["multifd-channels"] == 1
+            assert not caps & {"compress", "xbzrle"}
         # derived from the target outage and the link measured before, not QEMU's 300 ms
         assert rec.wan.goodput_mbit and m.plan["parameters"]["downtime-limit"] < 300
         assert rec.model_extra and rec.model_extra["site_a_tcp_notsent_lowat"] > 0
-        # what crossed the WAN was counted on the link, and QEMU's own figure is close
-        assert m.wire_bytes and m.bytes and 0.5 * m.bytes < m.wire_bytes < 1.5 * m.bytes
+        # what crossed the WAN was counted on the link: less than QEMU's own figure,
+        # which counts multifd pages before zstd (QEMU 7.2)
+        assert m.wire_bytes and m.bytes and 0.1 * m.bytes < m.wire_bytes < m.bytes
         # surveyed first: auto-converge starts at the throttle the dirty rate needs
         d = m.decision
         assert d is not None and "chosen" not in d and d["survey"]["nonzero_bytes"] > 0

@@ -33,12 +33,18 @@ def test_tuned_on_kvm_sets_multifd_on_both_sides() -> None:
     assert plan.parameters["multifd-compression"] == "zstd"
 
 
-def test_tuned_under_tcg_copies_pages_in_the_migration_thread_only() -> None:
+def test_tuned_under_tcg_uses_one_multifd_channel() -> None:
     plan = _plan("precopy-tuned")  # accel tcg
-    assert plan.capabilities == {"events", "pause-before-switchover", "auto-converge"}
-    assert not any(k.startswith(("multifd", "compress", "xbzrle")) for k in plan.parameters)
-    assert plan.parameters["max-bandwidth"] == 100e6 / 8
-    assert plan.dest_capabilities == {"events"}
+    assert {"multifd", "auto-converge"} <= plan.capabilities
+    assert plan.parameters["multifd-channels"] == 1
+    assert plan.parameters["multifd-compression"] == "zstd"
+    assert not any(k.startswith(("compress", "xbzrle")) for k in plan.parameters)
+    assert plan.dest_parameters["multifd-channels"] == 1
+    # however many a per-stream limit would want
+    lossy = M.model_copy(update={"loss_pct": 1.0, "rtt_ms": 150.0})
+    assert _plan("precopy-tuned", lossy).parameters["multifd-channels"] == 1
+    assert _plan("precopy-tuned", lossy.model_copy(update={"accel": "kvm"})
+                 ).parameters["multifd-channels"] > 1
 
 
 def test_postcopy_plans_never_combine_with_multifd() -> None:

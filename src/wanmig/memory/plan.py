@@ -17,7 +17,7 @@ strategy        source capabilities / parameters (model/settings.py)        post
 ==============  ==========================================================  ===============
 precopy         QEMU's defaults (the baseline)                              never
 precopy-tuned   auto-converge, downtime-limit from the target outage;       never
-                KVM: multifd + zstd; TCG: one plain stream
+                multifd + zstd (one channel under TCG)
 postcopy        postcopy-ram (+ postcopy-preempt where QEMU has it)         at once
 hybrid          postcopy-ram (+ preempt), max-bandwidth, downtime-limit     when precopy
                                                                             stalls or its
@@ -28,9 +28,10 @@ hybrid          postcopy-ram (+ preempt), max-bandwidth, downtime-limit     when
 of these to run, and plans that one.  Limits of QEMU 7.2 behind the table:
 postcopy cannot be combined with multifd; multifd pages bypass xbzrle;
 ``dirty-limit`` arrives only in QEMU 8.1 (and needs KVM's dirty ring), so
-auto-converge is what slows a busy guest; and under TCG, pages copied by
-multifd or compress threads, or sent as xbzrle deltas, resumed corrupted
-guests here (``model.link.threaded_page_copies``).
+auto-converge is what slows a busy guest; and under TCG, pages sent over
+several multifd channels or through compress threads, or as xbzrle deltas,
+resumed corrupted guests here, so TCG gets one multifd channel
+(``model.link.TCG_MULTIFD_CHANNELS``).
 """
 
 from __future__ import annotations

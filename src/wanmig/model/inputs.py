@@ -44,6 +44,10 @@ class Measurements(_Frozen):
     compress_ratio: float = Field(
         1.0, ge=1.0, description="zstd level-1 ratio (raw / compressed) on a sample of the "
         "non-zero pages.")
+    dirty_compress_ratio: float = Field(
+        1.0, ge=1.0, description="zstd ratio of the pages the guest rewrites, which precopy "
+        "sends again; the survey cannot tell which pages those are, so 1.0 (incompressible, "
+        "as the dirty workload's random data) unless known.")
     dirty_rate_bytes_s: float = Field(
         ge=0, description="QEMU calc-dirty-rate result (MB/s of distinct pages over its "
         "sample period) in bytes/s.")
@@ -188,12 +192,6 @@ class Calibration(_Frozen):
         0.5, ge=0, le=1, description="Share of those hot pages the guest writes: after a "
         "hybrid's precopy pass only they are still remote (hot written pages are taken to "
         "be dirty at the switch). To be calibrated.")
-    throttle_catch_up: float = Field(
-        2.0, ge=1.0, description="How far a throttled guest's writers make up for lost "
-        "time: a vCPU throttled to p runs one 10 ms slice per 10/(1-p) ms, and a throttle "
-        "p cuts the dirty rate to min(1, this * (1 - p)). 1.0: a CPU-bound writer; 2.0: a "
-        "writer paced in 10 ms slices that catches up one missed slice (guestd's dirty "
-        "workload), so throttles up to 50 % do not slow it at all.")
     zstd_bytes_s_per_core: float = Field(
         150e6, gt=0, description="zstd level-1 compression input rate of one core in a "
         "multifd thread (4 KiB pages, streaming API). To be calibrated on this host.")

@@ -32,6 +32,12 @@ QEMU_DEFAULT_MAX_BANDWIDTH = 128 << 20
 #: The least precopy-tuned asks for: one stream fills a link that no per-stream
 #: limit binds (continental: 93 % of the rate); more only where one stream falls short.
 MIN_MULTIFD_CHANNELS = 1
+#: The most under TCG.  On QEMU 7.2 here, TCG guests whose pages came over several
+#: multifd channels (or through compress threads) resumed corrupted at the
+#: destination (a kernel ``list_debug`` BUG in the scheduler, or a hang); with one
+#: channel and zstd, 20 of 20 runs of web, idle and dirty guests came out whole
+#: (README, "Limits").  KVM hosts get as many as the link and the cores want.
+TCG_MULTIFD_CHANNELS = 1
 
 
 def line_bytes_s(m: Measurements) -> float:
@@ -76,13 +82,14 @@ def compress_cores(m: Measurements, cal: Calibration) -> float:
 def multifd_channels(m: Measurements, cal: Calibration) -> int:
     """Channels for precopy-tuned: enough streams to fill the link despite per-stream
     limits, and one zstd thread per core that helps
-    keep up with the link; at most ``max_multifd_channels``."""
+    keep up with the link; at most ``max_multifd_channels`` (under TCG, one)."""
     link = stream_limits(m, cal)["link"]
     per_stream, _ = streams_rate(m, cal, 1)
     streams = math.ceil(link / per_stream - 1e-9)
     threads = min(math.ceil(link * m.compress_ratio / cal.zstd_bytes_s_per_core - 1e-9),
                   math.ceil(compress_cores(m, cal)))
-    return min(max(MIN_MULTIFD_CHANNELS, streams, threads), cal.max_multifd_channels)
+    cap = TCG_MULTIFD_CHANNELS if m.accel == "tcg" else cal.max_multifd_channels
+    return min(max(MIN_MULTIFD_CHANNELS, streams, threads), cap)
 
 
 def zstd_bytes_s(m: Measurements, cal: Calibration, channels: int) -> float:
@@ -147,11 +154,11 @@ def _single(m: Measurements, cal: Calibration, max_bandwidth: float | None) -> P
                 main_bytes_s=payload / cal.tls_factor(m), bottleneck=why)
 
 
-def _multifd(m: Measurements, cal: Calibration) -> Pipe:
-    """multifd + zstd: pages compressed by ``compress_ratio``, headers not."""
+def _multifd(m: Measurements, cal: Calibration, ratio: float) -> Pipe:
+    """multifd + zstd: pages compressed by ``ratio``, headers not."""
     channels = multifd_channels(m, cal)
     payload, why = streams_rate(m, cal, channels)
-    wire_per_raw = (1 / m.compress_ratio + cal.page_header_bytes / PAGE) * cal.tls_factor(m)
+    wire_per_raw = (1 / ratio + cal.page_header_bytes / PAGE) * cal.tls_factor(m)
     raw = payload / wire_per_raw
     for limit, rate in (("compression", zstd_bytes_s(m, cal, channels)),
                         ("max-bandwidth", tuned_max_bandwidth(m, cal) / _header(cal))):
@@ -163,26 +170,15 @@ def _multifd(m: Measurements, cal: Calibration) -> Pipe:
                 bottleneck=why)
 
 
-def threaded_page_copies(m: Measurements) -> bool:
-    """May precopy-tuned copy pages in helper threads (multifd + zstd)?
-
-    Not under TCG: on QEMU 7.2 here, migrations whose pages were read by multifd
-    or compress threads resumed a corrupted guest (kernel ``list_debug`` BUG in the
-    scheduler, or a hung guest) in 13 of 29 runs of idle, web and dirty guests.
-    Single-stream tuned runs with xbzrle did so in 3 of 10 dirty-guest runs; default
-    precopy (about 20 runs) and hybrid (about 10) never did.  So under TCG
-    precopy-tuned sends plain pages from the migration thread, like those two;
-    KVM hosts keep multifd + zstd.
-    """
-    return m.accel != "tcg"
-
-
-def pipe_for(strategy: Strategy, m: Measurements, cal: Calibration) -> Pipe:
-    """The channels each strategy runs on (see ``settings.migration_settings``)."""
+def pipe_for(strategy: Strategy, m: Measurements, cal: Calibration, *,
+             resend: bool = False) -> Pipe:
+    """The channels each strategy runs on (see ``settings.migration_settings``), for
+    the first pass's pages, or (``resend``) for the pages the guest dirtied since,
+    which compress by ``dirty_compress_ratio`` instead."""
     if strategy == "precopy":
         return _single(m, cal, QEMU_DEFAULT_MAX_BANDWIDTH)
     if strategy == "precopy-tuned":
-        return _multifd(m, cal) if threaded_page_copies(m) else _single(m, cal, line_bytes_s(m))
+        return _multifd(m, cal, m.dirty_compress_ratio if resend else m.compress_ratio)
     if strategy == "hybrid":
         # max-bandwidth = line rate: one TCP stream never reaches it
         return _single(m, cal, line_bytes_s(m))

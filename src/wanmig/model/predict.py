@@ -72,6 +72,7 @@ class _Context:
         self.strategy, self.m, self.targets, self.cal = strategy, m, targets, cal
         self.settings: MigrationSettings = migration_settings(strategy, m, targets, cal)
         self.pipe: Pipe = pipe_for(strategy, m, cal)
+        self.resend: Pipe = pipe_for(strategy, m, cal, resend=True)
         self.sw: Switchover = switchover(m, cal, self.pipe,
                                          bounded_backlog=strategy != "precopy")
         rtts = cal.setup_rtts + (cal.tls_handshake_rtts if m.tls else 0.0)
@@ -83,16 +84,22 @@ class _Context:
 
     @property
     def threshold_bytes(self) -> float:
-        return self.pipe.raw_bytes_s * int(self.settings.parameters["downtime-limit"]) / 1e3
+        """QEMU switches over when what is dirty fits in the downtime-limit at the rate
+        it measures, by then the rate of resent pages."""
+        return self.resend.raw_bytes_s * int(self.settings.parameters["downtime-limit"]) / 1e3
 
     def push_ms(self, page_bytes: float) -> float:
-        return page_bytes / self.pipe.raw_bytes_s * 1e3
+        """Time to send dirtied pages (the final delta, postcopy's push)."""
+        return page_bytes / self.resend.raw_bytes_s * 1e3
 
-    def volume(self, page_bytes: float, zero_pages: int) -> tuple[int, int]:
-        """(WAN bytes, QEMU ram.transferred) for pages sent, zero records and device state."""
-        cal, pipe = self.cal, self.pipe
+    def volume(self, page_bytes: float, zero_pages: int,
+               first_pass_bytes: float = 0.0) -> tuple[int, int]:
+        """(WAN bytes, QEMU ram.transferred) for pages sent (``first_pass_bytes`` of
+        them in the first pass, the rest dirtied pages), zero records and device state."""
+        cal = self.cal
         zero = zero_pages * cal.zero_page_stream_bytes
-        wire = (page_bytes * pipe.wire_per_raw
+        wire = (first_pass_bytes * self.pipe.wire_per_raw
+                + (page_bytes - first_pass_bytes) * self.resend.wire_per_raw
                 + (zero + cal.device_state_bytes) * cal.tls_factor(self.m))
         stream = page_bytes * (1 + cal.page_header_bytes / PAGE) + zero
         return int(round(wire)), int(round(stream))
@@ -121,7 +128,7 @@ class _Context:
 
 
 def _not_converging(c: _Context, it: Iteration) -> Prediction:
-    usable = f"{_mb(c.pipe.raw_bytes_s)}/s usable"
+    usable = f"{_mb(c.resend.raw_bytes_s)}/s usable"
     dirty = f"dirty {_mb(it.dirty_bytes_s)}/s"
     if it.outcome == "stuck":
         limit = f"{dirty} ≥ {usable}"
@@ -151,7 +158,8 @@ def _finish_precopy(c: _Context, it: Iteration, extra: str = "") -> Prediction:
     total = c.setup_ms + it.time_s * 1e3 + downtime
     if total > c.timeout_ms:
         return _not_converging(c, replace(it, outcome="timeout"))
-    wire, stream = c.volume(it.page_bytes + it.remaining_bytes, it.zero_pages)
+    wire, stream = c.volume(it.page_bytes + it.remaining_bytes, it.zero_pages,
+                            it.first_pass_bytes)
     throttle = f", throttled to {it.throttle_pct}%" if it.throttle_pct else ""
     # A throttled vCPU sleeps p/(1-p) of QEMU's 10 ms slice at a time: the
     # client sees those sleeps as gaps before the switchover comes.
@@ -168,7 +176,7 @@ def _finish_precopy(c: _Context, it: Iteration, extra: str = "") -> Prediction:
 
 def _precopy(c: _Context) -> Prediction:
     initial = c.settings.parameters.get("cpu-throttle-initial")
-    it = iterate(c.m, c.cal, c.pipe, threshold_bytes=c.threshold_bytes,
+    it = iterate(c.m, c.cal, c.pipe, c.resend, threshold_bytes=c.threshold_bytes,
                  throttle_initial=None if initial is None else int(initial),
                  limit_s=(c.timeout_ms - c.setup_ms) / 1e3)
     if it.outcome != "converged":
@@ -176,8 +184,9 @@ def _precopy(c: _Context) -> Prediction:
     return _finish_precopy(c, it)
 
 
-def _postcopy_finish(c: _Context, *, other_ms: float, sent: float, remaining: float,
-                     zero_pages: int, faults: float, passes: int, lead: str) -> Prediction:
+def _postcopy_finish(c: _Context, *, other_ms: float, sent: float, first_pass: float,
+                     remaining: float, zero_pages: int, faults: float, passes: int,
+                     lead: str) -> Prediction:
     """The postcopy part: switch now, push ``remaining`` page bytes, fault in hot pages.
 
     ``other_ms``: time spent before (precopy passes) or besides (zero-page records) the push.
@@ -186,7 +195,7 @@ def _postcopy_finish(c: _Context, *, other_ms: float, sent: float, remaining: fl
     stall = c.fault_stall_ms(faults, push_ms)
     downtime = c.sw.qemu_ms
     total = c.setup_ms + other_ms + downtime + push_ms + c.m.rtt_ms
-    wire, stream = c.volume(sent + remaining, zero_pages)
+    wire, stream = c.volume(sent + remaining, zero_pages, first_pass)
     late = (f"; exceeds the {c.targets.timeout_s:g} s timeout, but cannot be abandoned"
             if total > c.timeout_ms else "")
     notes = (f"{c.pipe.describe()}; {lead}; {faults:.0f} remote faults stall {stall:.0f} ms; "
@@ -199,14 +208,15 @@ def _postcopy_finish(c: _Context, *, other_ms: float, sent: float, remaining: fl
 def _postcopy(c: _Context) -> Prediction:
     zero_pages, extra_s = pass_one_extra_s(c.m, c.cal, c.pipe)
     return _postcopy_finish(c, other_ms=extra_s * 1e3, sent=0.0,
+                            first_pass=float(c.m.nonzero_bytes),
                             remaining=float(c.m.nonzero_bytes), zero_pages=zero_pages,
                             faults=c.hot_pages(), passes=0,
                             lead=f"pushes {_mb(c.m.nonzero_bytes)} after an immediate switch")
 
 
 def _hybrid(c: _Context) -> Prediction:
-    it = iterate(c.m, c.cal, c.pipe, threshold_bytes=c.threshold_bytes, throttle_initial=None,
-                 limit_s=math.inf, switch_on_stall=True,
+    it = iterate(c.m, c.cal, c.pipe, c.resend, threshold_bytes=c.threshold_bytes,
+                 throttle_initial=None, limit_s=math.inf, switch_on_stall=True,
                  switch_after_s=c.targets.postcopy_budget_s)
     if it.outcome == "converged":
         return _finish_precopy(c, it, extra="; completes as precopy, never switches")
@@ -214,7 +224,7 @@ def _hybrid(c: _Context) -> Prediction:
     lead = (f"{it.passes} precopy pass{'es' if it.passes > 1 else ''} "
             f"({it.time_s:.1f} s), then pushes the {_mb(it.remaining_bytes)} left")
     return _postcopy_finish(c, other_ms=it.time_s * 1e3, sent=it.page_bytes,
-                            remaining=it.remaining_bytes, zero_pages=it.zero_pages,
+                            first_pass=it.first_pass_bytes, remaining=it.remaining_bytes, zero_pages=it.zero_pages,
                             faults=faults, passes=it.passes, lead=lead)
 
 

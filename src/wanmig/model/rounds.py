@@ -16,7 +16,7 @@ the hybrid's switch to postcopy fall out of the same steps QEMU 7.2 takes:
    1 s after the previous check, if the period dirtied more than 50 % of what
    it sent, count it; on the second such period throttle the vCPUs (from
    cpu-throttle-initial, then +10 % up to 99 %).  A throttle of ``p`` scales
-   the dirty rate by ``min(1, catch_up * (1 - p))`` (settings.throttled_rate).
+   the dirty rate by ``1 - p``.
 5. Without throttling left to add, a guest dirtying at least as fast as the
    pipe moves pages is stuck once a pass no longer shrinks the dirty set.
 6. hybrid: switch to postcopy when a pass after the first leaves more than
@@ -50,6 +50,7 @@ class Iteration:
     outcome: Outcome
     time_s: float
     page_bytes: float       # guest-page bytes sent while iterating (resends included)
+    first_pass_bytes: float  # ... of which in the first pass
     zero_pages: int         # sent as 9-byte records in pass 1
     remaining_bytes: float  # dirty page bytes left when iterating ended
     passes: int
@@ -73,33 +74,38 @@ def pass_one_extra_s(m: Measurements, cal: Calibration, pipe: Pipe) -> tuple[int
     return zero_pages, seconds
 
 
-def iterate(m: Measurements, cal: Calibration, pipe: Pipe, *, threshold_bytes: float,
-            throttle_initial: int | None, limit_s: float, switch_on_stall: bool = False,
-            switch_after_s: float | None = None) -> Iteration:
+def iterate(m: Measurements, cal: Calibration, pipe: Pipe, resend: Pipe, *,
+            threshold_bytes: float, throttle_initial: int | None, limit_s: float,
+            switch_on_stall: bool = False, switch_after_s: float | None = None) -> Iteration:
     """Run precopy's passes until it converges, switches, sticks or times out.
 
+    ``pipe`` carries the first pass, ``resend`` the later ones (pipe_for).
     ``throttle_initial``: auto-converge's first throttle (None: no auto-converge).
     ``switch_on_stall`` and ``switch_after_s`` end a hybrid's precopy part.
     """
     auto_converge = throttle_initial is not None
     zero_pages, extra_s = pass_one_extra_s(m, cal, pipe)
     pending = float(m.nonzero_bytes)
-    t = sent = 0.0
+    t = sent = first = 0.0
     passes = throttle = high_periods = 0
     period_s = period_dirty = period_sent = 0.0
     while True:
-        rate = throttled_rate(m.dirty_rate_bytes_s, throttle, cal)
-        dt = pending / pipe.raw_bytes_s + extra_s
+        rate = throttled_rate(m.dirty_rate_bytes_s, throttle)
+        dt = pending / (resend if passes else pipe).raw_bytes_s + extra_s
         extra_s = 0.0
         if switch_after_s is not None and t + dt > switch_after_s:
             # the budget runs out mid-pass: switch with the rest of it still to send
             part = (switch_after_s - t) / dt
             left = pending * (1 - part) + dirtied(rate, switch_after_s - t, m.working_set_bytes)
             return Iteration(outcome="switched", time_s=switch_after_s,
-                             page_bytes=sent + pending * part, zero_pages=zero_pages,
+                             page_bytes=sent + pending * part,
+                             first_pass_bytes=first if passes else pending * part,
+                             zero_pages=zero_pages,
                              remaining_bytes=min(left, m.ram_bytes), passes=passes + 1,
                              throttle_pct=throttle, dirty_bytes_s=rate)
         new = dirtied(rate, dt, m.working_set_bytes)
+        if not passes:
+            first = pending
         t, sent, passes = t + dt, sent + pending, passes + 1
         if auto_converge:
             period_s, period_dirty, period_sent = (period_s + dt, period_dirty + new,
@@ -116,9 +122,10 @@ def iterate(m: Measurements, cal: Calibration, pipe: Pipe, *, threshold_bytes: f
 
         def done(outcome: Outcome) -> Iteration:
             return Iteration(outcome=outcome, time_s=t, page_bytes=sent,
-                             zero_pages=zero_pages, remaining_bytes=pending, passes=passes,
+                             first_pass_bytes=first, zero_pages=zero_pages,
+                             remaining_bytes=pending, passes=passes,
                              throttle_pct=throttle,
-                             dirty_bytes_s=throttled_rate(m.dirty_rate_bytes_s, throttle, cal))
+                             dirty_bytes_s=throttled_rate(m.dirty_rate_bytes_s, throttle))
 
         if pending <= threshold_bytes:
             return done("converged")
@@ -127,6 +134,6 @@ def iterate(m: Measurements, cal: Calibration, pipe: Pipe, *, threshold_bytes: f
         if switch_on_stall and passes >= 2 and pending > previous * STALL_RATIO:
             return done("switched")
         can_throttle = auto_converge and throttle < THROTTLE_MAX_PCT
-        if (not can_throttle and rate >= pipe.raw_bytes_s
+        if (not can_throttle and rate >= resend.raw_bytes_s
                 and pending >= previous * (1 - 1e-3)):
             return done("stuck")

@@ -21,13 +21,13 @@ from pydantic import BaseModel, ConfigDict
 from ..errors import ConfigError
 from .inputs import Calibration, Measurements, Strategy, Targets
 from .link import (QEMU_DEFAULT_MAX_BANDWIDTH, line_bytes_s, multifd_channels, pipe_for,
-                   threaded_page_copies, tuned_max_bandwidth)
+                   tuned_max_bandwidth)
 from .switchover import switchover
 
 QEMU_DEFAULT_DOWNTIME_MS = 300
-#: Not lower, for now: the guests that hung after tuned runs with 20 ms here all had
-#: their pages copied by multifd or compress threads, which turned out to be the
-#: cause (``link.threaded_page_copies``); 20 ms has not been re-tried without them.
+#: Not lower: with multifd and 20 ms, 5 of 5 runs here resumed hung guests (before
+#: multifd was held to one channel under TCG, ``link.TCG_MULTIFD_CHANNELS``);
+#: 20 ms has not been re-tried since.
 DOWNTIME_LIMIT_MIN_MS = 100
 DOWNTIME_LIMIT_MAX_MS = 300
 # auto-converge: throttle the vCPUs from ``throttle_start_pct`` (never below QEMU's
@@ -61,9 +61,10 @@ class MigrationSettings(BaseModel):
     postcopy_budget_s: float | None = None
 
 
-def throttled_rate(rate: float, pct: int, cal: Calibration) -> float:
-    """The guest's dirty rate with its vCPU throttled to ``pct`` %."""
-    return rate * min(1.0, cal.throttle_catch_up * (100 - pct) / 100)
+def throttled_rate(rate: float, pct: int) -> float:
+    """The guest's dirty rate with its vCPU throttled to ``pct`` %: it runs 10 ms in
+    every 10 / (1 - p) (bench d20 runs converged where this predicts they would)."""
+    return rate * (100 - pct) / 100
 
 
 def throttle_start_pct(m: Measurements, cal: Calibration = Calibration()) -> int:
@@ -76,9 +77,10 @@ def throttle_start_pct(m: Measurements, cal: Calibration = Calibration()) -> int
     20 MB/s).  Starting where the survey says the climb would end, QEMU still
     climbs further if the guest dirties more than measured.
     """
-    target = pipe_for("precopy-tuned", m, cal).raw_bytes_s * THROTTLE_TRIGGER_PCT / 100
+    target = (pipe_for("precopy-tuned", m, cal, resend=True).raw_bytes_s
+              * THROTTLE_TRIGGER_PCT / 100)
     return next((pct for pct in range(THROTTLE_INITIAL_PCT, THROTTLE_MAX_PCT)
-                 if throttled_rate(m.dirty_rate_bytes_s, pct, cal) <= target),
+                 if throttled_rate(m.dirty_rate_bytes_s, pct) <= target),
                 THROTTLE_MAX_PCT)
 
 
@@ -105,13 +107,6 @@ def migration_settings(strategy: Strategy, m: Measurements, targets: Targets,
                     "cpu-throttle-increment": THROTTLE_INCREMENT_PCT,
                     "max-cpu-throttle": THROTTLE_MAX_PCT,
                     "throttle-trigger-threshold": THROTTLE_TRIGGER_PCT}
-        if not threaded_page_copies(m):
-            # one stream, every page read by the migration thread as it is sent;
-            # no xbzrle: with it, 3 of 10 dirty-guest runs resumed a broken guest (link.py)
-            return MigrationSettings(
-                strategy=strategy, capabilities=("auto-converge",), parameters={
-                    "max-bandwidth": int(line_bytes_s(m)), "downtime-limit": limit,
-                    **throttle})
         return MigrationSettings(
             strategy=strategy, capabilities=("multifd", "auto-converge"), parameters={
                 "max-bandwidth": tuned_max_bandwidth(m, cal),
