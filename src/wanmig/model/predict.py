@@ -175,9 +175,11 @@ def _finish_precopy(c: _Context, it: Iteration, extra: str = "") -> Prediction:
 
 
 def _precopy(c: _Context) -> Prediction:
-    initial = c.settings.parameters.get("cpu-throttle-initial")
+    params = c.settings.parameters
+    initial = params.get("cpu-throttle-initial")
     it = iterate(c.m, c.cal, c.pipe, c.resend, threshold_bytes=c.threshold_bytes,
                  throttle_initial=None if initial is None else int(initial),
+                 throttle_max=int(params.get("max-cpu-throttle", 99)),
                  limit_s=(c.timeout_ms - c.setup_ms) / 1e3)
     if it.outcome != "converged":
         return _not_converging(c, it)

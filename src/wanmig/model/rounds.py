@@ -76,11 +76,13 @@ def pass_one_extra_s(m: Measurements, cal: Calibration, pipe: Pipe) -> tuple[int
 
 def iterate(m: Measurements, cal: Calibration, pipe: Pipe, resend: Pipe, *,
             threshold_bytes: float, throttle_initial: int | None, limit_s: float,
-            switch_on_stall: bool = False, switch_after_s: float | None = None) -> Iteration:
+            throttle_max: int = THROTTLE_MAX_PCT, switch_on_stall: bool = False,
+            switch_after_s: float | None = None) -> Iteration:
     """Run precopy's passes until it converges, switches, sticks or times out.
 
     ``pipe`` carries the first pass, ``resend`` the later ones (pipe_for).
-    ``throttle_initial``: auto-converge's first throttle (None: no auto-converge).
+    ``throttle_initial``: auto-converge's first throttle (None: no auto-converge), at
+    most ``throttle_max``.
     ``switch_on_stall`` and ``switch_after_s`` end a hybrid's precopy part.
     """
     auto_converge = throttle_initial is not None
@@ -115,7 +117,7 @@ def iterate(m: Measurements, cal: Calibration, pipe: Pipe, resend: Pipe, *,
                     high_periods += 1
                     if high_periods >= 2:
                         high_periods = 0
-                        throttle = (min(throttle + THROTTLE_INCREMENT_PCT, THROTTLE_MAX_PCT)
+                        throttle = (min(throttle + THROTTLE_INCREMENT_PCT, throttle_max)
                                     if throttle else throttle_initial)
                 period_s = period_dirty = period_sent = 0.0
         previous, pending = pending, new
@@ -133,7 +135,7 @@ def iterate(m: Measurements, cal: Calibration, pipe: Pipe, resend: Pipe, *,
             return done("timeout")
         if switch_on_stall and passes >= 2 and pending > previous * STALL_RATIO:
             return done("switched")
-        can_throttle = auto_converge and throttle < THROTTLE_MAX_PCT
+        can_throttle = auto_converge and throttle < throttle_max
         if (not can_throttle and rate >= resend.raw_bytes_s
                 and pending >= previous * (1 - 1e-3)):
             return done("stuck")
