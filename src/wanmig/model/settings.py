@@ -38,8 +38,8 @@ THROTTLE_INCREMENT_PCT = 10
 THROTTLE_MAX_PCT = 99
 #: The most under TCG.  Two guests came out of tuned runs broken here (no answer at
 #: the destination) after auto-converge had throttled them to 90-99 % against 50 MB/s
-#: of writes, one with plain pages and one over a multifd channel; the 9 runs
-#: throttled to at most 80 % came out whole.  A guest that needs more does not
+#: of writes, one with plain pages and one over a multifd channel (1 of 3 such runs);
+#: the 9 dirty-guest runs throttled to 70-80 % came out whole.  A guest that needs more does not
 #: converge under TCG (auto then picks another strategy).
 TCG_THROTTLE_MAX_PCT = 80
 THROTTLE_TRIGGER_PCT = 50
