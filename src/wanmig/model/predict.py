@@ -36,7 +36,7 @@ from ..errors import ConfigError
 from .inputs import PAGE, STRATEGIES, Calibration, Measurements, Strategy, Targets
 from .link import Pipe, pipe_for
 from .rounds import Iteration, iterate, pass_one_extra_s
-from .settings import MigrationSettings, migration_settings
+from .settings import THROTTLE_MAX_PCT, MigrationSettings, migration_settings
 from .switchover import Switchover, backlog_ms, switchover
 
 
@@ -179,7 +179,7 @@ def _precopy(c: _Context) -> Prediction:
     initial = params.get("cpu-throttle-initial")
     it = iterate(c.m, c.cal, c.pipe, c.resend, threshold_bytes=c.threshold_bytes,
                  throttle_initial=None if initial is None else int(initial),
-                 throttle_max=int(params.get("max-cpu-throttle", 99)),
+                 throttle_max=int(params.get("max-cpu-throttle", THROTTLE_MAX_PCT)),
                  limit_s=(c.timeout_ms - c.setup_ms) / 1e3)
     if it.outcome != "converged":
         return _not_converging(c, it)
@@ -226,8 +226,9 @@ def _hybrid(c: _Context) -> Prediction:
     lead = (f"{it.passes} precopy pass{'es' if it.passes > 1 else ''} "
             f"({it.time_s:.1f} s), then pushes the {_mb(it.remaining_bytes)} left")
     return _postcopy_finish(c, other_ms=it.time_s * 1e3, sent=it.page_bytes,
-                            first_pass=it.first_pass_bytes, remaining=it.remaining_bytes, zero_pages=it.zero_pages,
-                            faults=faults, passes=it.passes, lead=lead)
+                            first_pass=it.first_pass_bytes, remaining=it.remaining_bytes,
+                            zero_pages=it.zero_pages, faults=faults, passes=it.passes,
+                            lead=lead)
 
 
 def predict(strategy: Strategy, m: Measurements, targets: Targets = Targets(),

@@ -15,8 +15,8 @@ the hybrid's switch to postcopy fall out of the same steps QEMU 7.2 takes:
 4. auto-converge (QEMU's ``migration_trigger_throttle``): at a sync at least
    1 s after the previous check, if the period dirtied more than 50 % of what
    it sent, count it; on the second such period throttle the vCPUs (from
-   cpu-throttle-initial, then +10 % up to 99 %).  A throttle of ``p`` scales
-   the dirty rate by ``1 - p``.
+   cpu-throttle-initial, then +10 % up to max-cpu-throttle).  A throttle of
+   ``p`` scales the dirty rate by ``1 - p``.
 5. Without throttling left to add, a guest dirtying at least as fast as the
    pipe moves pages is stuck once a pass no longer shrinks the dirty set.
 6. hybrid: switch to postcopy when a pass after the first leaves more than

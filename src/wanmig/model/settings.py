@@ -31,16 +31,16 @@ QEMU_DEFAULT_DOWNTIME_MS = 300
 DOWNTIME_LIMIT_MIN_MS = 100
 DOWNTIME_LIMIT_MAX_MS = 300
 # auto-converge: throttle the vCPUs from ``throttle_start_pct`` (never below QEMU's
-# default 20 %), add 10 % each time, up to 99 %; a sync period counts as "not
-# shrinking" when it dirtied more than 50 % of what it sent.
+# default 20 %), add 10 % each time, up to ``throttle_max_pct``; a sync period counts
+# as "not shrinking" when it dirtied more than 50 % of what it sent.
 THROTTLE_INITIAL_PCT = 20
 THROTTLE_INCREMENT_PCT = 10
 THROTTLE_MAX_PCT = 99
 #: The most under TCG.  Two guests came out of tuned runs broken here (no answer at
 #: the destination) after auto-converge had throttled them to 90-99 % against 50 MB/s
 #: of writes, one with plain pages and one over a multifd channel (1 of 3 such runs);
-#: the 9 dirty-guest runs throttled to 70-80 % came out whole.  A guest that needs more does not
-#: converge under TCG (auto then picks another strategy).
+#: the 9 dirty-guest runs throttled to 70-80 % came out whole.  A guest that needs
+#: more does not converge under TCG (auto then picks another strategy).
 TCG_THROTTLE_MAX_PCT = 80
 THROTTLE_TRIGGER_PCT = 50
 ZSTD_LEVEL = 1
