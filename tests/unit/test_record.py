@@ -50,6 +50,29 @@ def test_report_shows_the_figures() -> None:
         assert expected in text
 
 
+def _text(rec: ResultRecord) -> str:
+    console = Console(width=160, record=True)
+    console.print(render_record(rec))
+    return console.export_text()
+
+
+def test_report_says_what_the_survey_measured_and_only_auto_says_why() -> None:
+    survey = {"dirty_rate_bytes_s": 22.6e6, "nonzero_bytes": 150 << 20, "compress_ratio": 1.59}
+    predicted = {"total_ms": 25519.0, "outage_ms": 254.3}
+    decision = {"survey": survey, "predicted": predicted}
+
+    def record(decision: dict) -> ResultRecord:
+        return _record().model_copy(update={"memory": MemoryResult(
+            strategy="precopy-tuned", trace=[(250.0, 1, 4096, 8192, 0)], decision=decision)})
+
+    text = _text(record(decision))
+    assert "dirty 22.6 MB/s" in text and "25.52 s / 254.3 ms" in text
+    assert "auto: why" not in text and "auto's choice" not in text
+    text = _text(record({**decision, "chosen": "precopy-tuned",
+                         "reason": "precopy-tuned: shortest total"}))
+    assert "auto's choice" in text and "shortest total" in text
+
+
 def test_cli_report_reads_a_saved_record(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
