@@ -118,3 +118,18 @@ async def test_destination_death_during_postcopy_loses_the_vm(leaves_nothing_beh
     assert rec.model_extra and rec.model_extra.get("vm_lost") is True
     assert "source_state_after_rollback" not in rec.model_extra  # never resumed
     assert rec.memory.postcopy is True and rec.memory.converged is False
+
+
+async def test_tuned_refuses_a_fast_writer_under_tcg(leaves_nothing_behind) -> None:
+    """Where tuned runs broke guests here (TCG, writes over 30 MB/s) it is refused
+    after the survey, before QEMU migrates anything: the guest keeps running at A."""
+    rec = await _run("tuned-fast-writer", memory={"strategy": "precopy-tuned"},
+                     vm={**SMALL_VM, "workload": "dirty", "dirty_mib": 32,
+                         "dirty_rate_mbps": 60})
+    if rec.vm.accel != "tcg":
+        pytest.skip("the refusal holds under TCG only")
+    assert rec.status == "rolled_back"
+    assert rec.error and "not run for a guest dirtying" in rec.error, rec.error
+    assert rec.model_extra and rec.model_extra["source_state_after_rollback"] == "running"
+    assert rec.memory.bytes in (None, 0)  # nothing was migrated
+    assert rec.network.new_conn_ms is not None

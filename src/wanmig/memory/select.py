@@ -4,8 +4,9 @@ For ``precopy``, ``postcopy`` and ``hybrid`` this only derives the settings
 from the link (rate and RTT measured just before) and the target outage.
 ``precopy-tuned`` and ``auto`` first survey the guest (``survey.survey_guest``:
 dirty rate, non-zero bytes, compressibility): tuned starts auto-converge at the
-throttle the dirty rate needs; ``auto`` asks ``wanmig.model`` to predict every
-strategy and plans the one the model chose.  The returned ``decision`` goes
+throttle the dirty rate needs, and is refused where it broke guests here
+(``model.tuned_refusal``: TCG, fast writers); ``auto`` asks ``wanmig.model`` to
+predict every strategy and plans the one the model chose.  The returned ``decision`` goes
 into the result record as it is: the survey, the measurements and the
 prediction for the plan run; for ``auto`` also every prediction, the choice
 and the reason.
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import MemorySpec
-from ..model import Calibration, Measurements, Targets, choose, migration_settings, predict
+from ..errors import MigrationError
+from ..model import (Calibration, Measurements, Targets, choose, migration_settings, predict,
+                     tuned_refusal)
 from ..qemu.process import QemuVm
 from .plan import MigrationPlan, TlsSettings, plan_from
 from .survey import survey_guest
@@ -73,6 +76,8 @@ async def select_plan(spec: MemorySpec, src: QemuVm, *, ram_bytes: int, link: Li
             strategy = chosen.chosen
             decision.update(chosen.model_dump())
             log.info("auto chose %s: %s", strategy, chosen.reason)
+        elif refusal := tuned_refusal(m):
+            raise MigrationError(refusal)
     else:
         # Not surveyed: these settings need only the link and the target.
         m = Measurements(nonzero_bytes=ram_bytes, compress_ratio=1.0, dirty_rate_bytes_s=0.0,
