@@ -25,6 +25,8 @@ emulated link the same way (``ca``/``cb`` in the middle namespace).
 
 from __future__ import annotations
 
+import asyncio
+
 import enum
 import logging
 from dataclasses import dataclass
@@ -143,11 +145,11 @@ class Testbed:
         other = "b" if to_site == "a" else "a"
         mac = self.addr.vm_mac
         # "dynamic": an ordinary learned entry (the default, "permanent", would
-        # make the bridge keep the VM's frames for itself)
-        await self.site(to_site).run("bridge", "fdb", "replace", mac, "dev", self.addr.tap,
-                                     "master", "dynamic")
-        await self.site(other).run("bridge", "fdb", "replace", mac, "dev", "vx0", "master",
-                                   "dynamic")
+        # make the bridge keep the VM's frames for itself); both at once
+        await asyncio.gather(
+            self.site(to_site).bridge("fdb", "replace", mac, "dev", self.addr.tap, "master",
+                                      "dynamic"),
+            self.site(other).bridge("fdb", "replace", mac, "dev", "vx0", "master", "dynamic"))
 
     async def __aenter__(self) -> "Testbed":
         await self.up()
