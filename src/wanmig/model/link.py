@@ -35,7 +35,7 @@ MIN_MULTIFD_CHANNELS = 1
 #: The most under TCG.  On QEMU 7.2 here, TCG guests whose pages came over several
 #: multifd channels (or through compress threads) resumed corrupted at the
 #: destination (a kernel ``list_debug`` BUG in the scheduler, or a hang); with one
-#: channel and zstd, 25 of 25 runs of web, idle and dirty guests throttled to at most
+#: channel and zstd, 43 of 43 runs of web, idle and dirty guests throttled to at most
 #: 80 % came out whole (README, "Limits"; ``settings.TCG_THROTTLE_MAX_PCT``).  KVM
 #: hosts get as many as the link and the cores want.
 TCG_MULTIFD_CHANNELS = 1

@@ -41,11 +41,11 @@ THROTTLE_MAX_PCT = 99
 #: out broken at 80, 90 and 90-99 % (see ``TCG_TUNED_MAX_DIRTY_BYTES_S``).
 TCG_THROTTLE_MAX_PCT = 80
 #: Under TCG precopy-tuned is not run for a guest dirtying faster than this.  Of the
-#: tuned runs against 50 MB/s of writes (61-66 MB/s measured), 3 of 6 resumed a broken
+#: tuned runs against 50 MB/s of writes (43-67 MB/s measured), 3 of 6 resumed a broken
 #: guest at the destination (no answer; a kernel ``list_debug`` BUG where the console
 #: was kept), with plain pages and over one multifd channel alike; against 20 MB/s
-#: (23 MB/s measured), none of 11.  Default precopy never converges at such rates and
-#: hybrid (postcopy after a few rounds, no throttling) never broke a guest here.
+#: (23 MB/s measured), none of 14.  Default precopy never converges at such rates
+#: and hybrid (postcopy after a few rounds, no throttling) never broke a guest here.
 TCG_TUNED_MAX_DIRTY_BYTES_S = 30e6
 THROTTLE_TRIGGER_PCT = 50
 ZSTD_LEVEL = 1
