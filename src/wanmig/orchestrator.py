@@ -327,6 +327,7 @@ class Orchestrator:
             # QEMU may call a migration complete while the guest it resumed is
             # useless (hung, say): the client's view decides.
             self.notes["guest_unresponsive"] = True
+            self.notes["guest_console_tail"] = self.dst.console_tail()
             raise MigrationError("QEMU completed the migration, but the guest does not answer "
                                  "at site B: no new connection after the move")
 

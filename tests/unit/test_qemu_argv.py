@@ -7,7 +7,7 @@ import pytest
 from wanmig.errors import MigrationError
 from wanmig.memory import capability_args
 from wanmig.qemu.image import GuestImage
-from wanmig.qemu.process import VmConfig, qemu_argv
+from wanmig.qemu.process import VmConfig, qemu_argv, tail_lines
 
 IMAGE = GuestImage(kernel=Path("/k/vmlinuz"), initrd=Path("/k/initrd.gz"),
                    kernel_version="6.1.0-test", digest="d")
@@ -59,3 +59,11 @@ def test_capabilities_all_explicit() -> None:
                     {"capability": "postcopy-ram", "state": False}]
     with pytest.raises(MigrationError, match="multifd"):
         capability_args(["events"], {"multifd"})
+
+
+def test_tail_lines_of_a_console_log(tmp_path: Path) -> None:
+    log = tmp_path / "vm-b.console.log"
+    log.write_bytes(b"boot\n" * 30 + b"list_del corruption \xff\n[ end trace ]\n\n")
+    assert tail_lines(log, 2) == ["list_del corruption \ufffd", "[ end trace ]"]
+    assert len(tail_lines(log, 20)) == 20
+    assert tail_lines(tmp_path / "missing.log", 5) == []

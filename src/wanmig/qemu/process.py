@@ -190,11 +190,11 @@ class QemuVm:
                             f"{self.stderr_tail() or '(no output)'}", vm=self.name)
 
     def stderr_tail(self, lines: int = 3) -> str:
-        try:
-            text = self.stderr_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return " | ".join(text[-lines:])
+        return " | ".join(tail_lines(self.stderr_path, lines))
+
+    def console_tail(self, lines: int = 20) -> list[str]:
+        """The guest's last serial console lines (a kernel's last words, say)."""
+        return tail_lines(self.console_path, lines)
 
     async def wait_console(self, marker: str, timeout: float) -> float:
         """Wait until the serial console prints ``marker``; seconds since start."""
@@ -267,3 +267,12 @@ class QemuVm:
         """QEMU's run state: 'running', 'paused', 'inmigrate', 'postmigrate', ..."""
         status = await self.execute("query-status", timeout=timeout)
         return str(status["status"])
+
+
+def tail_lines(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of a log file; none if it cannot be read."""
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return []
+    return text[-lines:]
