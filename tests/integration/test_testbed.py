@@ -42,17 +42,21 @@ async def test_clean_removes_what_a_crashed_run_left() -> None:
     registry = Registry(new_run_id())
     tb = Testbed(registry)
     await tb.up()
-    sleeper = subprocess.Popen(["ip", "netns", "exec", tb.site_a.name, "sleep", "300",
-                                str(registry.run_dir)])
+    # a process that names the run on its command line and keeps running (sleep
+    # would refuse the extra argument and exit at once)
+    sleeper = subprocess.Popen(["ip", "netns", "exec", tb.site_a.name, "python3", "-c",
+                                "import time; time.sleep(300)", str(registry.run_dir)])
     # Pretend the owner died: point the record at a PID that cannot be alive.
     registry.owner_pid = 2**22 + 1
     registry.add_pid(sleeper.pid)
-    # clean only kills a process whose command line names the run: wait for the exec.
+    # clean only kills a process whose command line names the run: wait for the exec
+    # of python ("ip netns exec" names the run too, a moment before it execs)
     cmdline = Path(f"/proc/{sleeper.pid}/cmdline")
-    for _ in range(200):
-        if str(registry.run_dir).encode() in cmdline.read_bytes():
+    for _ in range(500):
+        if cmdline.read_bytes().startswith(b"python3\0"):
             break
         time.sleep(0.01)
+    assert str(registry.run_dir).encode() in cmdline.read_bytes()
 
     removed = clean_leftovers()
 
