@@ -25,6 +25,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .fileio import atomic_write
+
 STATE_DIR = Path(os.environ.get("WANMIG_STATE_DIR", "/run/wanmig"))
 
 log = logging.getLogger("wanmig.registry")
@@ -86,10 +88,9 @@ class Registry:
 
     def _save(self) -> None:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"run_id": self.run_id, "owner_pid": self.owner_pid,
-                                   "namespaces": self.namespaces, "pids": self.pids}))
-        tmp.replace(self.path)
+        atomic_write(self.path, json.dumps({"run_id": self.run_id, "owner_pid": self.owner_pid,
+                                            "namespaces": self.namespaces,
+                                            "pids": self.pids}).encode())
 
 
 def _alive(pid: int) -> bool:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from wanmig.errors import ConfigError
 from wanmig.model import (STRATEGIES, Calibration, Decision, Measurements, Prediction,
                           Targets, choose, downtime_limit_ms, migration_settings, predict,
-                          predict_all, tuned_parameters, tuned_refusal)
+                          predict_all, tuned_refusal)
 from wanmig.model.rounds import dirtied
 from wanmig.model.settings import throttle_start_pct, throttled_rate
 
@@ -168,6 +168,10 @@ def test_precopy_resends_dirty_pages() -> None:
 
 
 # ------------------------------------------------------------------ settings
+
+def tuned_parameters(m: Measurements, targets: Targets) -> dict[str, int | str]:
+    return dict(migration_settings("precopy-tuned", m, targets).parameters)
+
 
 def test_tuned_parameters_match_the_prediction() -> None:
     m = guest(compress_ratio=3.0)

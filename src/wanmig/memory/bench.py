@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import parse_scenario
+from ..fileio import atomic_write
 from ..orchestrator import Orchestrator, Ui
 from ..record import ResultRecord
 
@@ -186,6 +187,4 @@ async def run_memory_bench(out: Path, *, strategies: Sequence[str] | None = None
 
 def _write(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode())

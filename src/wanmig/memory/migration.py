@@ -73,9 +73,7 @@ class MigrationProgress:
     transferred: int
     remaining: int
     total: int
-    mbps: float
     rounds: int
-    dirty_pages_rate: int
     throttle_pct: int
 
     @property
@@ -90,8 +88,7 @@ class MigrationProgress:
         return cls(status=str(info.get("status", "none")), elapsed_ms=elapsed_ms,
                    transferred=int(ram.get("transferred", 0)),
                    remaining=int(ram.get("remaining", 0)), total=int(ram.get("total", 0)),
-                   mbps=float(ram.get("mbps", 0.0)), rounds=int(ram.get("dirty-sync-count", 0)),
-                   dirty_pages_rate=int(ram.get("dirty-pages-rate", 0)),
+                   rounds=int(ram.get("dirty-sync-count", 0)),
                    throttle_pct=int(info.get("cpu-throttle-percentage", 0)))
 
 

@@ -38,9 +38,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from ..model import MigrationSettings
+from ..model.settings import STALL_RATIO, PostcopyTrigger
 
 #: Capabilities every plan sets on the source (everything else is set off).
 BASE_CAPABILITIES = frozenset({"events", "pause-before-switchover"})
@@ -48,8 +49,6 @@ BASE_CAPABILITIES = frozenset({"events", "pause-before-switchover"})
 BASE_DEST_CAPABILITIES = frozenset({"events"})
 MIRRORED_CAPABILITIES = frozenset({"multifd", "postcopy-ram", "postcopy-preempt"})
 TLS_OBJECT_ID = "wanmig-tls"
-
-PostcopyTrigger = Literal["never", "immediate", "on-stall"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ class StallDetector:
     stalls in a row (one by default) mean precopy will not converge on its own soon.
     """
 
-    ratio: float = 0.8
+    ratio: float = STALL_RATIO  # the model predicts hybrid with the same ratio
     rounds: int = 1
     _last_sync: int = 0
     _last_remaining: int | None = None

@@ -96,12 +96,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import fcntl
 import ipaddress
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +111,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..errors import ConfigError, MigrationError, WanmigError
+from ..fileio import atomic_write, locked
 from ..qemu.image import default_build_dir
 from .plan import TLS_OBJECT_ID
 
@@ -173,28 +171,10 @@ def _mkdir(path: Path) -> None:
         raise MigrationError(f"cannot create TLS directory {path}: {exc}", cause=exc) from exc
 
 
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` by rename; the file has ``mode`` from its first byte.
-
-    ``mkstemp`` creates the temporary file 0600 with a fresh name (O_EXCL:
-    never through a planted symlink, never shared with a concurrent writer);
-    a key is thus never readable by others, not even for a moment.
-    """
+def _write(path: Path, data: bytes, mode: int) -> None:
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        atomic_write(path, data, mode)
     except OSError as exc:
-        raise MigrationError(f"cannot write {path}: {exc}", cause=exc) from exc
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise MigrationError(f"cannot write {path}: {exc}", cause=exc) from exc
 
 
@@ -207,17 +187,13 @@ def _read(path: Path) -> bytes:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """Exclusive flock on ``path``: processes creating the same CA take turns."""
-    try:
-        f = path.open("a")
-    except OSError as exc:
-        raise MigrationError(f"cannot open lock file {path}: {exc}", cause=exc) from exc
-    with f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    """``fileio.locked``: processes creating the same CA take turns."""
+    with contextlib.ExitStack() as stack:
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            stack.enter_context(locked(path))
+        except OSError as exc:
+            raise MigrationError(f"cannot lock {path}: {exc}", cause=exc) from exc
+        yield
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -300,8 +276,8 @@ class DeploymentCa:
             key = ec.generate_private_key(_CURVE)
             cert = _ca_certificate(key, _ca_name(name), _now())
             # key first: a certificate on disk always has its key
-            _atomic_write(key_file, _key_pem(key), KEY_MODE)
-            _atomic_write(cert_file, _cert_pem(cert), CERT_MODE)
+            _write(key_file, _key_pem(key), KEY_MODE)
+            _write(cert_file, _cert_pem(cert), CERT_MODE)
             log.info("created deployment CA in %s", path)
             return cls(cert=cert, key=key, path=path)
 
@@ -454,9 +430,9 @@ def issue_endpoint(ca: DeploymentCa, out_dir: Path, role: Endpoint, *,
     out_dir = out_dir.absolute()
     _mkdir(out_dir)
     # key before certificate, as for the CA: QEMU never sees a certificate without its key
-    _atomic_write(out_dir / key_file, _key_pem(key), KEY_MODE)
-    _atomic_write(out_dir / cert_file, _cert_pem(cert), CERT_MODE)
-    _atomic_write(out_dir / ca_file, b"".join(c.cert_pem for c in (trust or [ca])), CERT_MODE)
+    _write(out_dir / key_file, _key_pem(key), KEY_MODE)
+    _write(out_dir / cert_file, _cert_pem(cert), CERT_MODE)
+    _write(out_dir / ca_file, b"".join(c.cert_pem for c in (trust or [ca])), CERT_MODE)
     return out_dir
 
 

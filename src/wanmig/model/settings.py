@@ -52,6 +52,7 @@ ZSTD_LEVEL = 1
 #: hybrid: a pass after the first that leaves more than this share of the previous
 #: pass's dirty bytes is a stall (memory/plan.py StallDetector.ratio).
 STALL_RATIO = 0.8
+PostcopyTrigger = Literal["never", "immediate", "on-stall"]
 
 
 class MigrationSettings(BaseModel):
@@ -64,11 +65,11 @@ class MigrationSettings(BaseModel):
     capabilities: tuple[str, ...]
     #: ``migrate-set-parameters`` arguments.
     parameters: dict[str, int | str]
-    #: When to call ``migrate-start-postcopy`` (memory/plan.py's PostcopyTrigger):
+    #: When to call ``migrate-start-postcopy`` (memory/plan.py's trigger):
     #: "never", "immediate", or "on-stall" (a pass after the first leaves more than
     #: ``STALL_RATIO`` of the previous one's dirty bytes, or ``postcopy_budget_s``
     #: of precopy is spent).
-    postcopy: Literal["never", "immediate", "on-stall"] = "never"
+    postcopy: PostcopyTrigger = "never"
     postcopy_budget_s: float | None = None
 
 
@@ -155,10 +156,3 @@ def migration_settings(strategy: Strategy, m: Measurements, targets: Targets,
                         "max-postcopy-bandwidth": 0},
             postcopy="on-stall", postcopy_budget_s=targets.postcopy_budget_s)
     raise ConfigError(f"unknown memory strategy {strategy!r}", field="strategy")
-
-
-def tuned_parameters(m: Measurements, targets: Targets,
-                     cal: Calibration = Calibration()) -> dict[str, int | str]:
-    """``migrate-set-parameters`` values for precopy-tuned (capabilities: multifd,
-    auto-converge)."""
-    return dict(migration_settings("precopy-tuned", m, targets, cal).parameters)

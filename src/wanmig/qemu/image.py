@@ -38,7 +38,6 @@ integrity writer appends to ``/integrity.log`` (read back on the host with
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import hashlib
 import ipaddress
@@ -51,12 +50,12 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from wanmig.errors import ConfigError, ImageError
+from wanmig.fileio import atomic_write, locked
 
 __all__ = [
     "DEFAULT_BUILD_DIR",
@@ -512,18 +511,6 @@ def _unpack_kernel(deb: Path, kernel_dir: Path, log: Log) -> Path:
 # --------------------------------------------------------------------------- build
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Exclusive lock: two processes building the same image take turns."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 @dataclass
 class _Manifest:
     digest: str
@@ -544,12 +531,6 @@ class _Manifest:
 def _image_from(image_dir: Path, manifest: _Manifest) -> GuestImage:
     return GuestImage(kernel=image_dir / "vmlinuz", initrd=image_dir / "initrd.gz",
                       kernel_version=manifest.kernel_version, digest=manifest.digest)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _compile_guestd(src: Path, out: Path) -> bytes:
@@ -591,7 +572,7 @@ def build_image(build_dir: Path | None = None, *, force: bool = False,
     build_dir = (build_dir or default_build_dir()).resolve()
     say: Log = log or (lambda _msg: None)
     image_dir = build_dir / "image"
-    with _locked(build_dir / ".image.lock"):
+    with locked(build_dir / ".image.lock"):
         deb = _fetch_kernel_deb(build_dir / "cache", say, refresh=force)
         inputs = gather_inputs(deb, GUEST_SOURCE_DIR, BUSYBOX)
         digest = inputs.digest()
@@ -625,11 +606,11 @@ def build_image(build_dir: Path | None = None, *, force: bool = False,
                                      guestd=guestd, modules=modules)
         initrd = gzip.compress(newc_archive(entries), compresslevel=6, mtime=0)
 
-        _atomic_write(image_dir / "vmlinuz", vmlinuz.read_bytes())
-        _atomic_write(image_dir / "initrd.gz", initrd)
+        atomic_write(image_dir / "vmlinuz", vmlinuz.read_bytes())
+        atomic_write(image_dir / "initrd.gz", initrd)
         manifest = _Manifest(digest=digest, kernel_version=version, modules=order,
                              inputs=asdict(inputs))
-        _atomic_write(image_dir / "manifest.json",
+        atomic_write(image_dir / "manifest.json",
                       (json.dumps(asdict(manifest), indent=2) + "\n").encode())
         say(f"guest image ready: {image_dir} (initrd {len(initrd) // 1024} KiB)")
         return _image_from(image_dir, manifest)
