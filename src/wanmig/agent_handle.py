@@ -3,21 +3,22 @@
 Some measurements run in an agent process of their own, inside the client's
 network namespace: the client probes (``wanmig.probe.agent``, handled by
 ``ClientProbe``) and the web load (``wanmig.workload.agent``, handled by
-``WebLoad``).  The agents differ in what they measure, but their handles are
-the same: start the agent through ``JsonLinesChild`` (children.py), wait for
-its ``ready`` event, send commands, ask it for its report, always reap it.
-That shared life is written once here; a subclass only says
+``WebLoad``).  The agents differ in what they measure, not in their life:
+that is ``JsonLinesChild``'s (children.py), shared with the WAN forwarder
+and the measurement endpoints.  This class adds what agents have in common
+on top of it: the ``stop`` command answered by a report, rebuilt into the
+agent's report class, and the ``mark`` command.  A subclass only says
 
 * ``_argv()``        the agent's command line (its own options, put together
-                     with ``agent_command()``),
+                     with ``module_argv()``),
 * ``noun``           what the user reads in error messages ("probe", "web load"),
 * ``agent_name``     the child's name in ``JsonLinesChild``'s messages,
 * ``report_type``    the report class, rebuilt with ``from_dict()``,
 * ``stop_timeout``   ``stop()``'s default timeout,
 * ``error``          the error type raised (``ProbeError`` for both),
 
-and adds its own commands on top of ``_command()``.  The life, shown by
-``__repr__``::
+and adds its own commands on top of ``_command()``.  The state, shown by
+``__repr__``, is the child's (``ChildState``)::
 
     IDLE ──start()──> STARTING ──ready──> RUNNING ──stop()──> STOPPING ──> STOPPED
                           │                   │
@@ -36,36 +37,13 @@ stopped (its report is then lost: call ``stop()`` to get one).
 from __future__ import annotations
 
 import abc
-import enum
 import logging
-import time
-from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
-from .children import JsonLinesChild
+from .children import ChildState, JsonLinesChild, owner_of
 from .errors import ProbeError, WanmigError
 from .registry import Registry
-
-
-class AgentState(enum.Enum):
-    IDLE = "idle"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-def agent_command(python: str, module: str, args: Sequence[str], *, netns: str | None,
-                  owner: str | None) -> list[str]:
-    """``python -m MODULE ARGS [--owner OWNER]``, inside ``netns`` when given; pure.
-
-    ``--owner RUN_DIR`` is what ``wanmig clean`` looks for on a leftover's command line.
-    """
-    argv = [python, "-m", module, *args]
-    if owner:
-        argv += ["--owner", owner]
-    return ["ip", "netns", "exec", netns, *argv] if netns else argv
 
 
 class AgentReport(Protocol):
@@ -92,19 +70,26 @@ class AgentHandle(abc.ABC, Generic[ReportT]):
         self.netns = netns
         self.python = python
         self.registry = registry
-        self.state = AgentState.IDLE
-        self.ready_info: dict[str, Any] = {}
         self.report: ReportT | None = None
         self.log = log
-        self._agent: JsonLinesChild | None = None
+        self._agent: JsonLinesChild | None = None  # made by start(): its argv needs the timeout
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self._describe()}, state={self.state.value}, "
                 f"pid={self.pid})")
 
     @property
+    def state(self) -> ChildState:
+        return self._agent.state if self._agent else ChildState.IDLE
+
+    @property
     def pid(self) -> int | None:
         return self._agent.pid if self._agent else None
+
+    @property
+    def ready_info(self) -> dict[str, Any]:
+        """What the agent said when it was ready."""
+        return self._agent.ready_info if self._agent else {}
 
     @abc.abstractmethod
     def _argv(self, *, ready_timeout: float, owner: str | None) -> list[str]:
@@ -118,22 +103,13 @@ class AgentHandle(abc.ABC, Generic[ReportT]):
 
     async def start(self, timeout: float = 30.0) -> None:
         """Spawn the agent and wait for its ``ready`` event; killed if that fails."""
-        if self.state is not AgentState.IDLE:
+        if self._agent is not None:
             raise self.error(f"cannot start a {self.noun} in state {self.state.value}")
-        self.state = AgentState.STARTING
         # the agent gives up a little earlier, so that its own reason arrives in time
-        argv = self._argv(ready_timeout=max(0.5, timeout - 1.0),
-                          owner=str(self.registry.run_dir) if self.registry else None)
+        argv = self._argv(ready_timeout=max(0.5, timeout - 1.0), owner=owner_of(self.registry))
         self._agent = JsonLinesChild(argv, name=self.agent_name, error=self.error,
                                      registry=self.registry, log=self.log)
-        try:
-            await self._agent.spawn()
-            self.ready_info = await self._agent.next_event("ready", timeout)
-        except BaseException:
-            await self.kill()
-            raise
-        self.state = AgentState.RUNNING
-        self.log.debug("%s ready: %s", self.agent_name, self.ready_info)
+        await self._agent.start(timeout)
 
     async def stop(self, timeout: float | None = None) -> ReportT:
         """Stop the agent and return its report; the process is always reaped.
@@ -141,31 +117,22 @@ class AgentHandle(abc.ABC, Generic[ReportT]):
         ``timeout`` defaults to the class's ``stop_timeout``.  Once stopped,
         the same report is returned again.
         """
-        if self.state is AgentState.STOPPED and self.report is not None:
+        if self.report is not None:
             return self.report
-        if self.state is not AgentState.RUNNING:
+        if self._agent is None or self.state is not ChildState.RUNNING:
             raise self.error(f"cannot stop a {self.noun} in state {self.state.value}")
-        if timeout is None:
-            timeout = self.stop_timeout
-        self.state = AgentState.STOPPING
-        deadline = time.monotonic() + timeout
+        event = await self._agent.finish(
+            "report", self.stop_timeout if timeout is None else timeout)
         try:
-            event = await self._command("stop", "report", timeout, stopping=True)
-            try:
-                self.report = self.report_type.from_dict(event)
-            except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
-                raise self.error(f"unreadable {self.noun} report: {exc}", cause=exc) from exc
-            return self.report
-        finally:
-            if self._agent is not None:  # EOF tells the agent to stop
-                await self._agent.close(max(1.0, deadline - time.monotonic()))
-            self.state = AgentState.STOPPED
+            self.report = self.report_type.from_dict(event)
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            raise self.error(f"unreadable {self.noun} report: {exc}", cause=exc) from exc
+        return self.report
 
     async def kill(self) -> None:
         """SIGKILL the agent if it runs, and reap it.  Idempotent."""
         if self._agent is not None:
             await self._agent.kill()
-        self.state = AgentState.STOPPED
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -173,8 +140,7 @@ class AgentHandle(abc.ABC, Generic[ReportT]):
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self.state is not AgentState.STOPPED:
-            await self.kill()
+        await self.kill()
 
     # -- commands -----------------------------------------------------------
 
@@ -185,10 +151,8 @@ class AgentHandle(abc.ABC, Generic[ReportT]):
         event = await self._command(f"mark {name.strip()}", "marked", timeout)
         return float(event["t_ms"])
 
-    async def _command(self, line: str, expected: str, timeout: float, *,
-                       stopping: bool = False) -> dict[str, Any]:
+    async def _command(self, line: str, expected: str, timeout: float) -> dict[str, Any]:
         """Send one command and await its answer; one command at a time."""
-        if self.state is not (AgentState.STOPPING if stopping else AgentState.RUNNING):
+        if self._agent is None or self.state is not ChildState.RUNNING:
             raise self.error(f"{self.noun} is {self.state.value}, cannot {line.split()[0]}")
-        assert self._agent is not None
         return await self._agent.command(line, expected, timeout)

@@ -7,9 +7,10 @@ configuration errors exit with code 2 before anything has been started.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -24,16 +25,17 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from .bench import memory as memory_bench
+from .bench import wan as wan_bench
 from .config import Scenario, load_scenario, parse_scenario
 from .errors import ConfigError, WanmigError
 from .memory import MigrationProgress
 from .orchestrator import Orchestrator
+from .parts import MEMORY
 from .qemu.image import build_image
 from .record import ResultRecord
 from .registry import clean_leftovers
-from .memory.bench import run_memory_bench
-from .report import render_memory_bench, render_record, render_wan_bench
-from .wan.bench import run_wan_bench
+from .report import render_bench, render_record
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Live-migrate a running QEMU VM between two sites and measure what a client saw.")
@@ -85,11 +87,40 @@ def _fail(exc: WanmigError) -> typer.Exit:
     return typer.Exit(exc.exit_code)
 
 
+#: Where a run's record goes without ``--json``: ``results/<scenario name>-<run id>.json``.
+RESULTS_DIR = Path("results")
+
+
+def _record_dir(out: Optional[Path]) -> Path:
+    """The directory the record will go to, created now: no run is started only to
+    find at its end that its record has nowhere to go."""
+    directory = out.parent if out is not None else RESULTS_DIR
+    field = "--json" if out is not None else None
+    if out is not None and out.is_dir():
+        raise ConfigError(f"{out} is a directory", field=field)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{directory} is not a directory", field=field) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create {directory}: {exc.strerror or exc}",
+                          field=field) from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to {directory}", field=field)
+    return directory
+
+
 def _run_scenario(scenario: Scenario, out: Optional[Path]) -> None:
+    directory = _record_dir(out)
     record = asyncio.run(Orchestrator(scenario, ui=RichUi()).run())
-    path = out or Path("results") / f"{scenario.name}-{record.run_id}.json"
-    record.write(path)
+    # the name is a plain file-name component (config.Scenario), so this stays in directory
+    path = out or directory / f"{scenario.name}-{record.run_id}.json"
     console.print(render_record(record))
+    try:
+        record.write(path)
+    except OSError as exc:
+        raise WanmigError(f"cannot write the result record {path}: {exc.strerror or exc}",
+                          cause=exc) from exc
     console.print(f"[dim]result record: {path}[/]")
     if record.status != "completed":
         raise typer.Exit(1)
@@ -99,8 +130,11 @@ def _run_scenario(scenario: Scenario, out: Optional[Path]) -> None:
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # qemu.qmp logs every QMP message at DEBUG; wanmig's own debug lines are enough.
-    logging.getLogger("qemu.qmp").setLevel(logging.INFO if verbose else logging.WARNING)
+    # qemu.qmp logs every QMP message at DEBUG, and a dropped connection as
+    # ERROR lines of its own; wanmig reports what such a failure means (one
+    # QemuError line), so without --verbose only qemu.qmp's CRITICAL (a bug in
+    # the library) is shown.
+    logging.getLogger("qemu.qmp").setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
 JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the result record here.")]
@@ -162,48 +196,55 @@ def migrate(
         raise _fail(exc) from None
 
 
-@bench_app.command("wan")
-def bench_wan(
-    out: Annotated[Path, typer.Option("--json", help="Write the results here.")],
-    profile: Annotated[Optional[list[str]], typer.Option(
-        "--profile", help="Only these profiles (repeatable); default: all, plus rate points.")] = None,
-    seconds: Annotated[Optional[float], typer.Option(
-        "--seconds", help="Length of each measurement (shorter = noisier).")] = None,
-) -> None:
-    """Measure the emulated WAN: RTT idle/loaded/saturated, goodput, loss, forwarder CPU."""
+def _bench(run: Coroutine[Any, Any, dict[str, Any]], out: Path) -> None:
+    """Run one bench (it checks its options before it starts) and print its table."""
     try:
-        kwargs = {"seconds": seconds} if seconds else {}
-        result = asyncio.run(run_wan_bench(profile or None, on_progress=lambda m: console.print(
-            f"[dim]•[/] {escape(m)}"), **kwargs))
+        result = asyncio.run(run)
     except WanmigError as exc:
         raise _fail(exc) from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(render_wan_bench(result), width=max(console.width, 150))
+    console.print(render_bench(result), width=max(console.width, 150))
     console.print(f"[dim]results: {out}[/]")
+
+
+BenchJsonOption = Annotated[Path, typer.Option(
+    "--json", help="Write the results here (rewritten after every run).")]
+
+
+RepeatOption = Annotated[int, typer.Option(
+    "--repeat", help="Run each case N times in one sitting (median and range of the noisy "
+                     "figures).")]
+
+
+@bench_app.command("wan")
+def bench_wan(
+    out: BenchJsonOption,
+    profile: Annotated[Optional[list[str]], typer.Option(
+        "--profile", help="Only these profiles (repeatable); default: all, plus rate points.")] = None,
+    seconds: Annotated[float, typer.Option(
+        "--seconds", help="Length of each measurement (shorter = noisier).")] = wan_bench.DEFAULT_SECONDS,
+    repeat: RepeatOption = wan_bench.DEFAULT_REPEAT,
+) -> None:
+    """Measure the emulated WAN: RTT idle/loaded/saturated, goodput, loss, forwarder CPU."""
+    _bench(wan_bench.run_wan_bench(profile or None, seconds=seconds, repeat=repeat, out=out,
+                                   say=lambda m: console.print(f"[dim]•[/] {escape(m)}")), out)
 
 
 @bench_app.command("memory")
 def bench_memory(
-    out: Annotated[Path, typer.Option("--json", help="Write the results here.")],
+    out: BenchJsonOption,
     strategy: Annotated[Optional[list[str]], typer.Option(
-        "--strategy", help="Only these strategies (repeatable); default: all five.")] = None,
+        "--strategy", help=f"Only these strategies (repeatable): {MEMORY.help()}; "
+                           "default: every implemented one.")] = None,
     workload: Annotated[Optional[list[str]], typer.Option(
-        "--workload", help="Only these workloads (repeatable): idle, web, dirty-5, dirty-20, "
-                           "dirty-50; default: all.")] = None,
-    wan: Annotated[str, typer.Option("--wan", help="WAN profile.")] = "continental",
+        "--workload", help=f"Only these workloads (repeatable): "
+                           f"{', '.join(memory_bench.WORKLOADS)}; default: all.")] = None,
+    wan: Annotated[str, typer.Option("--wan", help="WAN profile.")] = memory_bench.PROFILE,
+    repeat: RepeatOption = memory_bench.DEFAULT_REPEAT,
 ) -> None:
-    """Every memory strategy × workload on one WAN, each a full migration (about 30 min)."""
-    try:
-        result = asyncio.run(run_memory_bench(
-            out, strategies=strategy or None, workloads=workload or None, profile=wan,
-            ui=RichUi(), say=lambda m: console.print(f"[bold]{escape(m)}[/]")))
-    except ValueError as exc:
-        raise _fail(ConfigError(str(exc))) from None
-    except WanmigError as exc:
-        raise _fail(exc) from None
-    console.print(render_memory_bench(result), width=max(console.width, 150))
-    console.print(f"[dim]results: {out}[/]")
+    """Every memory strategy × workload on one WAN, each a full migration (about 30 min a repeat)."""
+    _bench(memory_bench.run_memory_bench(
+        strategies=strategy or None, workloads=workload or None, profile=wan, repeat=repeat,
+        out=out, ui=RichUi(), say=lambda m: console.print(f"[bold]{escape(m)}[/]")), out)
 
 
 @app.command()

@@ -5,49 +5,49 @@ and (for tests of the failure paths) a fault to inject.  Unknown keys are
 refused, so a typo is an error rather than a silently ignored setting.
 Strategies the project names but has not implemented yet are refused with a
 message saying so; they are never replaced by another strategy.
+
+Validation is strict (pydantic's strict mode): a value must already have its
+type, so ``tls = "no"`` or ``ram_mib = "512"`` is an error, not a guess (an
+integer is still a valid float).  ``name`` becomes part of the result
+record's file name (``results/<name>-<run id>.json``), so it must be a plain
+file-name component.  Every problem -- a file that cannot be read, is not
+UTF-8 or not TOML, a section that is not a table, a bad value -- is one
+``ConfigError`` line, raised before anything is started.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 from .errors import ConfigError
+from .parts import MEMORY, NETWORK, STORAGE, PartError, PartTable
 from .validation import config_error
 from .wan.profiles import LinkProfile, resolve_profile
 
 #: ``[wan] profile = "none"``: the sites are joined by a plain veth pair (no emulator).
 NO_WAN = "none"
 
-#: Memory strategies wanmig knows by name, and whether this build implements them.
-MEMORY_STRATEGIES: dict[str, bool] = {
-    "precopy": True,
-    "precopy-tuned": True,
-    "postcopy": True,
-    "hybrid": True,
-    "auto": True,
-}
-NETWORK_MODES: dict[str, bool] = {
-    "l2-extend": True,
-    "dns-tunnel": False,
-    "mobile-ip": False,
-    "route": False,
-}
-
-
-def _known_and_implemented(value: str, table: dict[str, bool], what: str) -> str:
-    if value not in table:
-        raise ValueError(f"unknown {what} {value!r}; known: {', '.join(table)}")
-    if not table[value]:
-        raise ValueError(f"{what} {value!r} is not implemented yet in this version")
+def _known_and_implemented(value: str, table: PartTable) -> str:
+    try:
+        table.info(value)
+    except PartError as exc:
+        raise ValueError(str(exc)) from None
     return value
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+#: ``Scenario.name``: a file-name component (the record is ``<name>-<run id>.json``).
+NAME_MAX = 64
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
 Workload = Literal["idle", "web", "dirty"]
@@ -90,20 +90,38 @@ class MemorySpec(_Strict):
     @field_validator("strategy")
     @classmethod
     def _strategy(cls, v: str) -> str:
-        return _known_and_implemented(v, MEMORY_STRATEGIES, "memory strategy")
+        return _known_and_implemented(v, MEMORY)
+
+
+class StorageSpec(_Strict):
+    """How the VM's disk gets to the destination (``wanmig.parts.STORAGE``)."""
+
+    strategy: str = "shared"
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        return _known_and_implemented(v, STORAGE)
 
 
 class NetworkSpec(_Strict):
+    """How the VM's network identity moves (``wanmig.parts.NETWORK``)."""
+
     mode: str = "l2-extend"
 
     @field_validator("mode")
     @classmethod
     def _mode(cls, v: str) -> str:
-        return _known_and_implemented(v, NETWORK_MODES, "network mode")
+        return _known_and_implemented(v, NETWORK)
 
 
 class WanSpec(_Strict):
-    """The link between the sites: a named profile, optionally with values overridden."""
+    """The link between the sites: a named profile, optionally with values overridden.
+
+    Resolved once, when the scenario is validated: ``link`` is the
+    ``LinkProfile`` the testbed's emulator runs and the record embeds (None
+    for ``profile = "none"``, a plain veth), ``client_link`` the client path's.
+    """
 
     profile: str = "continental"
     rtt_ms: float | None = None
@@ -113,34 +131,36 @@ class WanSpec(_Strict):
     queue_ms: float | None = None
     backend: Literal["auto", "netem", "forwarder"] = "auto"
     client_profile: str | None = None  # an emulated link on the client's path too
+    _link: LinkProfile | None = PrivateAttr(None)
+    _client_link: LinkProfile | None = PrivateAttr(None)
 
     @model_validator(mode="after")
-    def _resolvable(self) -> "WanSpec":
-        self.link_profile()
-        self.client_link_profile()
+    def _resolve(self) -> "WanSpec":
+        overrides = {k: v for k, v in self.model_dump().items()
+                     if k in ("rtt_ms", "jitter_ms", "loss_pct", "rate_mbit", "queue_ms")
+                     and v is not None}
+        if self.profile == NO_WAN:
+            if overrides:
+                raise ConfigError("values given but profile is 'none'", field="wan.profile")
+        else:
+            self._link = resolve_profile({"profile": self.profile, **overrides})
+        if self.client_profile not in (None, NO_WAN):
+            try:
+                self._client_link = resolve_profile(self.client_profile)
+            except ConfigError as exc:
+                raise ConfigError(str(exc).split(": ", 1)[-1],
+                                  field="wan.client_profile") from None
         return self
 
-    def _overrides(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump().items()
-                if k in ("rtt_ms", "jitter_ms", "loss_pct", "rate_mbit", "queue_ms")
-                and v is not None}
-
-    def link_profile(self) -> LinkProfile | None:
+    @property
+    def link(self) -> LinkProfile | None:
         """The inter-site profile, or None for a plain veth (``profile = "none"``)."""
-        if self.profile == NO_WAN:
-            if self._overrides():
-                raise ConfigError("values given but profile is 'none'", field="wan.profile")
-            return None
-        return resolve_profile({"profile": self.profile, **self._overrides()})
+        return self._link
 
-    def client_link_profile(self) -> LinkProfile | None:
-        """The client path's profile (a name only), or None for a plain veth."""
-        if self.client_profile in (None, NO_WAN):
-            return None
-        try:
-            return resolve_profile(self.client_profile)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).split(": ", 1)[-1], field="wan.client_profile") from None
+    @property
+    def client_link(self) -> LinkProfile | None:
+        """The client path's profile, or None for a plain veth."""
+        return self._client_link
 
 
 class ProbeSpec(_Strict):
@@ -152,21 +172,49 @@ class ProbeSpec(_Strict):
 class FaultSpec(_Strict):
     """Faults injected on purpose, to exercise the rollback paths."""
 
-    #: ``postcopy``: after the destination runs in postcopy, before every page
-    #: arrived: the case postcopy cannot survive (the record reports the VM lost).
-    kill_destination: Literal["none", "memory", "pre-switchover", "postcopy"] = "none"
+    #: Where the destination QEMU is killed (``wanmig.faults``): ``after-resume``
+    #: and ``postcopy`` are after it ran, so the VM is lost and the source is never
+    #: resumed (a stale copy); the others are before, so the run rolls back.
+    kill_destination: Literal["none", "memory", "pre-switchover", "after-resume",
+                              "postcopy"] = "none"
     #: ``foreign-ca``: the destination presents a certificate another CA signed.
     destination_cert: Literal["valid", "foreign-ca"] = "valid"
+    #: The WAN link drops everything for ``link_down_s`` seconds, starting in this phase.
+    link_down_phase: Literal["none", "memory", "switchover"] = "none"
+    link_down_s: float = Field(0.0, ge=0, le=600)
+
+    @model_validator(mode="after")
+    def _outage_has_a_length(self) -> "FaultSpec":
+        if (self.link_down_phase == "none") != (self.link_down_s == 0):
+            raise ValueError("link_down_phase and a link_down_s above 0 go together")
+        return self
 
 
 class Scenario(_Strict):
     name: str = "demo"
     vm: VmSpec = VmSpec()
     memory: MemorySpec = MemorySpec()
+    storage: StorageSpec = StorageSpec()
     network: NetworkSpec = NetworkSpec()
     wan: WanSpec = WanSpec()
     probe: ProbeSpec = ProbeSpec()
     fault: FaultSpec = FaultSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if len(v) > NAME_MAX:  # not quoted back: it is long
+            raise ConfigError(f"{len(v)} characters long, at most {NAME_MAX}", field="name")
+        if not _NAME.fullmatch(v):
+            raise ValueError("must be letters, digits, '.', '_' and '-', not starting with '.'")
+        return v
+
+    @model_validator(mode="after")
+    def _faults_fit(self) -> "Scenario":
+        if self.fault.link_down_phase != "none" and self.wan.link is None:
+            raise ConfigError("a link outage needs an emulated WAN (wan.profile is 'none')",
+                              field="fault.link_down_phase")
+        return self
 
 
 def parse_scenario(data: dict[str, Any]) -> Scenario:
@@ -176,18 +224,39 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
         raise config_error(exc) from None
 
 
+#: The scenario's tables (``[vm]``, ``[memory]``, ...): the fields that are models.
+TABLES = tuple(name for name, f in Scenario.model_fields.items()
+               if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel))
+
+
 def load_scenario(path: Path, *, overrides: dict[str, dict[str, Any]] | None = None) -> Scenario:
     """Read and validate a scenario file; ConfigError names the bad field.
 
     ``overrides`` (from the CLI: ``--wan``, ``--strategy``, ...) replace the
     file's values, table by table: ``{"wan": {"profile": "lan"}}``.
     """
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"scenario file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = _read_toml(path)
+    for table in TABLES:  # ``vm = 3``: no table to put ``--workload`` into
+        if not isinstance(data.get(table, {}), dict):
+            raise ConfigError(f"must be a table ([{table}]), got {data[table]!r}", field=table)
     for table, values in (overrides or {}).items():
         data.setdefault(table, {}).update(values)
     return parse_scenario(data)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """``path`` parsed as TOML; every way it can fail is one ConfigError line."""
+    try:
+        if not path.is_file():  # a directory, or a FIFO that would block the read
+            raise ConfigError(f"scenario file not found: {path}" if not path.exists()
+                              else f"scenario {path} is not a regular file")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read scenario {path}: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (line {line})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None

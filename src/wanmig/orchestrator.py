@@ -1,24 +1,27 @@
-"""The migration engine: the phases of DESIGN.md, rollback, and the record.
+"""The migration engine: runs the phases of its parts, keeps the run state, writes the record.
 
 ::
 
-    boot source ─> probes on ─> prepare ─> storage ─> memory ─> switchover ─> redirect ─> finish
-                                   └──────── any failure here: rollback ────────┘
+    set up (sites, WAN measured, source booted, probes on)
+      prepare ─> storage ─> memory ─> switchover ─> [cont B] ─> redirect ─> finish
+         └──── any failure, interrupt or timeout before [cont B]: fence B, roll back ──┘
+                                             after it: finish with B, or failed / vm-lost
 
-``prepare`` starts the destination QEMU (``-incoming defer``) in site B and
-sets up the migration; ``storage`` is empty in this version (both sites open
-the same disk image); ``memory`` iterates precopy until QEMU pauses at
-pre-switchover; ``switchover`` lets QEMU send the last delta and waits for the
-destination to run; ``redirect`` announces the VM's MAC from site B
-(``announce-self``) so the stretched L2 segment learns where it went;
-``finish`` stops the source and lets the probes watch the VM settle.
+A run is three parts (``wanmig.parts``): a memory strategy, a storage
+strategy and a network mode.  The engine calls their hooks phase by phase
+(``context.py`` has the table) and does nothing a part could do itself; it
+owns what no part may decide alone: the run state (``runstate.py``), the
+``cont`` that lets the destination run, and the end of every failure.
 
-A failure before the destination runs rolls back: the migration is
-cancelled, the source resumed, the destination killed, and the record says
-``rolled_back``.  After the destination runs it is authoritative; a later
-failure is ``failed`` and never restarts the source (no two running copies).
-Every run, whatever happens, writes a ``ResultRecord`` and removes every
-namespace and process it made.
+The one rule, asked at every end: the source is resumed only while
+``RunState.may_resume_source()`` holds -- the destination never received
+``cont`` and has been fenced (killed and seen dead).  So a failure (or
+SIGINT/SIGTERM, or the switchover's bound running out) before the
+destination is let run rolls back: B fenced, the parts undo their work, the
+source runs and answers at A, status ``rolled_back``.  After it the source is
+never resumed: the run finishes with B, or ends ``failed`` (``vm_lost`` when
+B died: its copy ran and neither may run now).  Every run writes a
+``ResultRecord`` and removes every namespace and process it made.
 """
 
 from __future__ import annotations
@@ -28,58 +31,36 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 from .config import Scenario
-from .errors import MigrationError, QemuError, WanmigError
+from .context import Part, PhaseClock, RunContext, Ui
+from .errors import MigrationError, WanmigError
+from .faults import Faults
 from .integrity import check_log
-from .memory import MigrationProgress, QemuMigration, TlsSettings
-from .memory.select import SURVEYED, LinkFacts, select_plan
-from .model import Calibration
-from .memory.tls import DeploymentCa, MigrationTls, add_tls_creds
+from .memory import MigrationProgress
+from .memory.parts import QemuMemory
+from .memory.select import link_facts
+from .parts import MEMORY, NETWORK, STORAGE
 from .probe import ClientProbe, ProbeReport
 from .qemu.accel import resolve_accel
-from .qemu.image import (
-    READY_MARKER,
-    GuestImage,
-    build_image,
-    create_data_disk,
-    default_build_dir,
-    read_integrity_log,
-)
-from .qemu.process import QemuVm, VmConfig
-from .record import (
-    IntegrityResult,
-    MemoryResult,
-    NetworkResult,
-    Phase,
-    ResultRecord,
-    StorageResult,
-    VmInfo,
-    WanInfo,
-)
+from .qemu.image import READY_MARKER, GuestImage, build_image, default_build_dir, read_integrity_log
+from .qemu.process import QemuVm
+from .record import IntegrityResult, MemoryResult, NetworkResult, ResultRecord, RunEvent, \
+    StorageResult, VmInfo, WanInfo
 from .registry import Registry, new_run_id
+from .runstate import RunState, Stage
 from .testbed import Testbed
-from .testbed.netns import tx_bytes
 from .wan import measure
 from .workload import WebLoad, WebLoadReport
 
+__all__ = ["LogUi", "Orchestrator", "Ui"]
+
 log = logging.getLogger("wanmig.orchestrator")
 
-#: Strategies that pace QEMU to the link, so the link's goodput is measured first.
-TUNED_STRATEGIES = frozenset({"precopy-tuned", "hybrid", "auto"})
-#: A plain veth between the sites has no set rate: what one TCP stream got on it here.
-UNSHAPED_MBIT = 10_000.0
-
-
-class Ui(Protocol):
-    """What the engine tells the person watching (the CLI renders it with rich)."""
-
-    def step(self, message: str) -> None: ...
-    def phase(self, name: str) -> None: ...
-    def progress(self, p: MigrationProgress) -> None: ...
+#: After ``cont`` the destination must report running within this.
+RESUME_TIMEOUT_S = 10.0
 
 
 class LogUi:
@@ -95,29 +76,12 @@ class LogUi:
         log.debug("migration %s: %d/%d bytes", p.status, p.transferred, p.total)
 
 
-@dataclass
-class _Clock:
-    """Phase bookkeeping, in ms since the start of ``prepare``."""
-
-    t0: float = 0.0
-    phases: list[Phase] = field(default_factory=list)
-    current: tuple[str, float] | None = None
-
-    def now_ms(self) -> float:
-        return (time.monotonic() - self.t0) * 1000.0
-
-    def begin(self, name: str) -> None:
-        self.end()
-        if not self.phases and self.current is None:
-            self.t0 = time.monotonic()
-        self.current = (name, self.now_ms())
-
-    def end(self) -> None:
-        if self.current:
-            name, start = self.current
-            self.phases.append(Phase(name=name, start_ms=round(start, 3),
-                                     end_ms=round(self.now_ms(), 3)))
-            self.current = None
+async def _together(*steps: Awaitable[None]) -> None:
+    """Run ``steps`` concurrently; every one ends before the first failure is raised."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
 
 
 class Orchestrator:
@@ -130,271 +94,315 @@ class Orchestrator:
         # The deployment's CA lives next to the guest image (generated, never committed).
         self.pki_dir = (build_dir or default_build_dir()) / "pki"
         self.ui: Ui = ui or LogUi()
+        self.state = RunState()
+        self.memory: QemuMemory = MEMORY.create(scenario.memory.strategy)
+        self.storage: Any = STORAGE.create(scenario.storage.strategy)
+        self.network: Part = NETWORK.create(scenario.network.mode)
+        self.clock = PhaseClock()
         self.registry: Registry | None = None
-        self.clock = _Clock()
-        self.src: QemuVm | None = None
-        self.dst: QemuVm | None = None
-        self.migration: QemuMigration | None = None
-        self._wire0 = 0
-        self.wire_bytes: int | None = None  # site A's inter-site link, memory..finish
-        self.decision: dict[str, object] | None = None
         self.testbed: Testbed | None = None
-        self.mac_at = "a"  # where the bridges send the VM's frames
+        self.ctx: RunContext | None = None
+        self.accel: str | None = None
+        self.boot_ms: float | None = None
         self.probe: ClientProbe | None = None
         self.probe_report: ProbeReport | None = None
         self.web: WebLoad | None = None
         self.web_report: WebLoadReport | None = None
-        self.accel: str | None = None
-        self.boot_ms: float | None = None
         self.new_conn_ms: float | None = None
         self.integrity = IntegrityResult()
-        self.wan_info = WanInfo(profile=scenario.wan.profile)
-        self.notes: dict[str, object] = {}
+        self.wan_info = WanInfo(profile=scenario.wan.profile, link=scenario.wan.link,
+                                client_link=scenario.wan.client_link)
+        self.notes: dict[str, Any] = {}
+        self.interrupted: str | None = None
+        self._task: asyncio.Task[Any] | None = None   # cancelled by an interrupt, if allowed
 
     def __repr__(self) -> str:
         return (f"Orchestrator(scenario={self.scenario.name!r}, "
-                f"run={self.registry.run_id if self.registry else None}, "
-                f"destination_may_run={self._destination_may_run()})")
+                f"run={self.registry.run_id if self.registry else None}, {self.state!r})")
 
-    def _destination_may_run(self) -> bool:
-        """Past the point of no return: the source must never run again.
+    @property
+    def parts(self) -> tuple[Part, Part, Part]:
+        return (self.memory, self.storage, self.network)
 
-        A precopy handed over to a live destination, or any postcopy that
-        started (the guest's memory is split between the sites).
-        """
-        return bool(self.migration and not self.migration.source_resumable)
+    # -- signals --------------------------------------------------------------
+
+    def interrupt(self, signame: str = "SIGINT") -> None:
+        """SIGINT/SIGTERM: roll back if the rule still allows it, else finish with B."""
+        first = self.interrupted is None
+        self.interrupted = self.interrupted or signame
+        if self.state.destination_may_have_run:
+            self.ui.step(f"{signame}: the destination may have run; finishing the move "
+                         f"with it (the source is never resumed)")
+            return
+        if first and self._task is not None:
+            self.ui.step(f"{signame}: rolling back")
+            self._task.cancel()
+
+    # -- the run ----------------------------------------------------------------
 
     async def run(self) -> ResultRecord:
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         status, error = "failed", None
-        testbed: Testbed | None = None
+        self._task = asyncio.current_task()
         try:
-            self.ui.step("building guest image (cached when unchanged)")
-            image = await asyncio.to_thread(build_image, self.build_dir)
-            if self.scenario.vm.accel == "auto":
-                self.ui.step("choosing the accelerator (a KVM probe boot runs once, then cached)")
-            self.accel = await resolve_accel(self.scenario.vm.accel, image, image.kernel.parent)
-            self.registry = Registry(new_run_id())
-            wan = self.scenario.wan
-            testbed = Testbed(self.registry, wan=wan.link_profile(),
-                              client_wan=wan.client_link_profile(), wan_backend=wan.backend)
-            self.ui.step(f"building the two sites (run {self.registry.run_id}, "
-                         f"WAN {wan.profile})")
-            await testbed.up()
-            self.testbed = testbed
-            self.wan_info = await self._measure_wan(testbed)
-            status, error = await self._migrate_in(testbed, image)
+            await self._set_up()
+            status, error = await self._migrate()
+        except asyncio.CancelledError:
+            if self.interrupted is None:
+                raise
+            self._uncancel()
+            status, error = await self._end_before_switch(
+                MigrationError(f"interrupted ({self.interrupted})"))
         except WanmigError as exc:
             status, error = "failed", str(exc)
+            self._enter_end(Stage.FAILED)
         finally:
-            cleanup_errors = await self._teardown(testbed)
+            self._task = None  # from here an interrupt is only noted
+            cleanup_errors = await self._teardown()
         if cleanup_errors:
             self.notes["cleanup_error"] = "; ".join(cleanup_errors)
+        status, error = self._judge_integrity(status, error)
         return self._record(status, error, started)
 
+    def _uncancel(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+
+    async def _set_up(self) -> None:
+        sc = self.scenario
+        self.ui.step("building guest image (cached when unchanged)")
+        image = await asyncio.to_thread(build_image, self.build_dir)
+        if sc.vm.accel == "auto":
+            self.ui.step("choosing the accelerator (a KVM probe boot runs once, then cached)")
+        self.accel = await resolve_accel(sc.vm.accel, image, image.kernel.parent)
+        self.registry = Registry(new_run_id())
+        self.testbed = Testbed(self.registry, wan=sc.wan.link, client_wan=sc.wan.client_link,
+                               wan_backend=sc.wan.backend)
+        self.ui.step(f"building the two sites (run {self.registry.run_id}, WAN {sc.wan.profile})")
+        await self.testbed.up()
+        self.wan_info = await self._measure_wan(self.testbed)
+        ctx = self.ctx = RunContext(
+            scenario=sc, registry=self.registry, testbed=self.testbed, image=image,
+            accel=self.accel, ui=self.ui, state=self.state, wan=self.wan_info,
+            link=link_facts(self.wan_info), pki_dir=self.pki_dir, notes=self.notes)
+        ctx.faults = Faults(ctx)
+        await self.storage.create(ctx)
+        await self._boot_source(ctx, image)
+
     async def _measure_wan(self, testbed: Testbed) -> WanInfo:
-        """What the link is set to, and the RTT between the sites just measured."""
-        desc = testbed.wan.describe() if testbed.wan else {"profile": "none"}
-        rtt = await measure.rtt(testbed.site_a.name, testbed.site_b.name,
-                                testbed.addr.site_b_ip, rate_hz=100, seconds=1.0)
-        client = testbed.client_wan.describe()["profile"] if testbed.client_wan else None
+        """What the link is set to, and the RTT (and for paced strategies one TCP stream's
+        goodput) between the sites just measured."""
+        addr, link = testbed.addr, self.scenario.wan.link
+        rtt = await measure.rtt(testbed.site_a.name, testbed.site_b.name, addr.site_b_ip,
+                                rate_hz=100, seconds=1.0)
         goodput = None
-        if self.scenario.memory.strategy in TUNED_STRATEGIES and rtt.p50_ms is not None:
-            # The tuned strategies pace QEMU to the link: measure what one stream gets.
-            g = await measure.goodput(testbed.site_a.name, testbed.site_b.name,
-                                      testbed.addr.site_b_ip, seconds=2.0,
-                                      rate_mbit=desc.get("rate_mbit"), rtt_ms=rtt.p50_ms,
-                                      queue_ms=desc.get("queue_ms") or 0.0,
+        if MEMORY.has(self.scenario.memory.strategy, "paced") and rtt.p50_ms is not None:
+            g = await measure.goodput(testbed.site_a.name, testbed.site_b.name, addr.site_b_ip,
+                                      seconds=2.0, rate_mbit=link.rate_mbit if link else None,
+                                      rtt_ms=rtt.p50_ms, queue_ms=link.queue_ms if link else 0.0,
                                       registry=self.registry)
             goodput = g.goodput_mbit
-        info = WanInfo(**desc, rtt_measured_ms=rtt.p50_ms, client_profile=client,
-                       goodput_mbit=goodput)
+        info = self.wan_info.model_copy(update={
+            "backend": testbed.wan.backend if testbed.wan else None,
+            "rtt_measured_ms": rtt.p50_ms, "goodput_mbit": goodput})
         self.ui.step(f"WAN {info.profile}: RTT measured {info.rtt_measured_ms} ms "
                      f"(set {info.rtt_ms}), rate {info.rate_mbit} Mbit/s"
                      + (f", one TCP stream {goodput:.1f} Mbit/s" if goodput else ""))
         return info
 
-    async def _migrate_in(self, testbed: Testbed, image: GuestImage) -> tuple[str, str | None]:
-        sc, addr = self.scenario, testbed.addr
-        assert self.registry is not None
-        disk = self.registry.run_dir / "disk.raw"
-        await asyncio.to_thread(create_data_disk, disk, sc.vm.disk_mib)
-
-        def vm_config(site: str) -> VmConfig:
-            return VmConfig(name=f"vm-{site}", image=image, disk=disk, ram_mib=sc.vm.ram_mib,
-                            mac=addr.vm_mac, tap=addr.tap, ip_cidr=addr.vm_cidr,
-                            accel=self.accel or "tcg", netns=testbed.site(site).name,
-                            incoming=site == "b",
-                            dirty=((sc.vm.dirty_mib, sc.vm.dirty_rate_mbps)
-                                   if sc.vm.workload == "dirty" else None))
-
+    async def _boot_source(self, ctx: RunContext, image: GuestImage) -> None:
+        sc, addr = self.scenario, ctx.testbed.addr
         self.ui.step(f"booting the guest at site A ({self.accel})")
-        self.src = QemuVm(vm_config("a"), self.registry)
-        await self.src.start()
-        self.boot_ms = round(await self.src.wait_console(READY_MARKER, sc.vm.boot_timeout_s)
+        ctx.src = QemuVm(ctx.vm_config("a", self.storage.disk_for("a")), ctx.registry)
+        await ctx.src.start()
+        self.boot_ms = round(await ctx.src.wait_console(READY_MARKER, sc.vm.boot_timeout_s)
                              * 1000, 1)
+        self._enter(Stage.SOURCE_RUNNING)
         self.ui.step(f"guest ready after {self.boot_ms / 1000:.1f} s; starting client probes")
-        self.probe = ClientProbe(addr.vm_ip, netns=testbed.client.name,
-                                 interval_ms=sc.probe.interval_ms, registry=self.registry)
+        self.probe = ClientProbe(addr.vm_ip, netns=ctx.testbed.client.name,
+                                 interval_ms=sc.probe.interval_ms, registry=ctx.registry)
         await self.probe.start()
         if sc.vm.workload == "web":
             self.ui.step(f"web workload: {sc.vm.web_rps:g} HTTP requests/s from the client")
-            self.web = WebLoad(addr.vm_ip, netns=testbed.client.name, rate=sc.vm.web_rps,
-                               registry=self.registry)
+            self.web = WebLoad(addr.vm_ip, netns=ctx.testbed.client.name, rate=sc.vm.web_rps,
+                               registry=ctx.registry)
             await self.web.start()
         await asyncio.sleep(sc.probe.warmup_s)
+
+    async def _migrate(self) -> tuple[str, str | None]:
         try:
-            await self._phases(testbed, vm_config("b"))
+            await self._phases()
+        except asyncio.CancelledError:
+            if self.interrupted is None:
+                raise
+            self._uncancel()
+            return await self._end_before_switch(
+                MigrationError(f"interrupted ({self.interrupted})"))
         except WanmigError as exc:
-            if self._destination_may_run():
-                if self.dst is not None and self.dst.returncode is not None:
-                    self.notes["vm_lost"] = True
-                raise  # past the point of no return: never resume the source too
-            await self._rollback(exc)
-            return "rolled_back", str(exc)
+            if self.state.destination_may_have_run:
+                return self._end_after_switch(exc)
+            return await self._end_before_switch(exc)
         return "completed", None
 
-    async def _phases(self, testbed: Testbed, dst_cfg: VmConfig) -> None:
-        sc, addr = self.scenario, testbed.addr
-        assert self.registry and self.src and self.probe
-        uri = f"tcp:{addr.site_b_ip}:{addr.migration_port}"
+    async def _phases(self) -> None:
+        ctx = self.ctx
+        assert ctx is not None and ctx.src is not None and self.probe is not None
+        memory, storage, network = self.parts
 
         self._begin("prepare")
-        self.dst = QemuVm(dst_cfg, self.registry)
-        await self.dst.start()
-        tls = await self._install_tls(addr.site_b_ip) if sc.memory.tls else None
-        if sc.memory.strategy in SURVEYED:
-            self.ui.step(f"{sc.memory.strategy}: measuring the guest (dirty rate, memory)")
-        plan, self.decision = await select_plan(
-            sc.memory, self.src, ram_bytes=sc.vm.ram_mib * 2**20, link=self._link_facts(),
-            accel=self.accel or "tcg", workdir=self.registry.run_dir, tls=tls,
-            preempt=await self._has_capability("postcopy-preempt"))
-        if self.decision is not None and "chosen" in self.decision:
-            self.ui.step(f"auto chose {plan.strategy}: {self.decision.get('reason')}")
-        self.migration = QemuMigration(self.src, self.dst, uri, plan,
-                                       on_progress=self.ui.progress)
-        await self.migration.prepare()
+        self.state.destination_created()  # before it exists: a fence covers a half-started one
+        ctx.dst = QemuVm(ctx.vm_config("b", storage.disk_for("b")), ctx.registry)
+        await ctx.dst.start()
+        for part in (storage, memory, network):
+            await part.prepare(ctx)
+        self._enter(Stage.DESTINATION_PREPARED)
 
-        self._begin("storage")  # shared image: nothing to copy in this version
-
-        if plan.strategy != "precopy":
-            # Keep the migration socket's unsent backlog short, so the last delta
-            # (or a postcopy page) is not queued behind seconds of earlier data.
-            lowat = Calibration().notsent_lowat_bytes  # what the model assumes
-            await testbed.site_a.sysctl("net.ipv4.tcp_notsent_lowat", str(lowat))
-            self.notes["site_a_tcp_notsent_lowat"] = lowat
+        self._begin("storage")
+        await storage.copy(ctx)
 
         self._begin("memory")
+        self._enter(Stage.COPYING)
         await self.probe.mark("migration-start")
-        self._wire0 = await tx_bytes(testbed.site_a, "isl0")
-        await self.migration.iterate(
-            sc.memory.timeout_s,
-            on_first_progress=self._kill_destination if sc.fault.kill_destination == "memory"
-            else None)
-        if sc.fault.kill_destination == "pre-switchover":
-            await self._kill_destination()
+        await memory.copy(ctx)
+        self._enter(Stage.SOURCE_PAUSED)
+        await ctx.faults.at("pre-switchover")
 
         self._begin("switchover")
-        # The guest is stopped at A from here on: while QEMU sends the last bytes,
-        # send its frames to B, so the client's requests wait at B's tap while the
-        # destination loads (answered the moment it runs) instead of dying at A's
-        # stopped tap until an announcement crosses the WAN.  Rollback points them back.
-        self.mac_at = "b"
-        move = asyncio.ensure_future(testbed.move_vm_mac("b"))
-        try:
-            await self.migration.switchover()
-        finally:
-            await move  # settled before any rollback points the frames back
+        await ctx.faults.at("switchover")
+        # the network part moves the frames while the memory part sends the last bytes
+        await _together(memory.switchover(ctx), storage.switchover(ctx),
+                        network.switchover(ctx))
+        # The point of no return: from the next line on the destination may run.
+        self._enter(Stage.DESTINATION_RUNNING)
+        await ctx.dst.execute("cont")
+        await self._until_running(ctx.dst)
         await self.probe.mark("switchover-done")
 
         self._begin("redirect")
-        await self.dst.execute("announce-self", {"initial": 50, "max": 550, "rounds": 5,
-                                                 "step": 100})
+        await ctx.faults.at("after-resume")
+        await network.redirect(ctx)
 
         self._begin("finish")
-        if sc.fault.kill_destination == "postcopy" and self.migration.postcopy_started:
-            await asyncio.sleep(0.5)  # let the guest run at B on borrowed pages a moment
-            await self._kill_destination()
-        await self.migration.finish(sc.memory.timeout_s)
-        self.wire_bytes = await tx_bytes(testbed.site_a, "isl0") - self._wire0
-        await self.src.stop()
+        if memory.migration is not None and memory.migration.postcopy_started:
+            await ctx.faults.at("postcopy")
+        for part in (memory, storage, network):
+            await part.finish(ctx)
+        # The probes keep watching a while after the move: a late outage (a stale
+        # forwarding entry, say) must show up in the client's figures.
+        await asyncio.sleep(self.scenario.probe.settle_s)
+        self.integrity = self.integrity.model_copy(
+            update={"destination_disk_writes": await ctx.dst.disk_writes()})
+        await ctx.src.stop()
+        self._enter(Stage.SOURCE_STOPPED)
         self.clock.end()
-        # The probes keep watching a while after the move: a late outage (a
-        # stale forwarding entry, say) must show up in the client's figures.
-        await asyncio.sleep(sc.probe.settle_s)
         self.new_conn_ms = await self.probe.new_connection_ms()
         if self.new_conn_ms is None:
             # QEMU may call a migration complete while the guest it resumed is
             # useless (hung, say): the client's view decides.
             self.notes["guest_unresponsive"] = True
-            self.notes["guest_console_tail"] = self.dst.console_tail()
+            self.notes["guest_console_tail"] = ctx.dst.console_tail()
             raise MigrationError("QEMU completed the migration, but the guest does not answer "
                                  "at site B: no new connection after the move")
 
-    async def _install_tls(self, dest_ip: str) -> TlsSettings:
-        """Certificates for this migration from the deployment's CA, loaded into both QEMUs."""
-        assert self.registry and self.src and self.dst
-        ca = await asyncio.to_thread(DeploymentCa.load_or_create, self.pki_dir)
-        foreign = self.scenario.fault.destination_cert == "foreign-ca"
-        if foreign:
-            self.ui.step("fault injection: the destination presents a certificate of another CA")
-        material = await asyncio.to_thread(MigrationTls.create, self.registry.run_dir / "tls",
-                                           ca, dest_ip, rogue=foreign)
-        await add_tls_creds(self.src, material.source_dir, "client")
-        await add_tls_creds(self.dst, material.dest_dir, "server")
-        return TlsSettings(hostname=material.hostname)
+    async def _until_running(self, vm: QemuVm) -> None:
+        deadline = time.monotonic() + RESUME_TIMEOUT_S
+        while (state := await vm.run_state()) != "running":
+            if time.monotonic() > deadline:
+                raise MigrationError(f"the destination is {state!r}, not running, "
+                                     f"{RESUME_TIMEOUT_S:g} s after cont")
+            await asyncio.sleep(0.002)
 
-    async def _has_capability(self, name: str) -> bool:
-        assert self.src is not None
-        caps = await self.src.execute("query-migrate-capabilities")
-        return any(c["capability"] == name for c in caps)
+    # -- ends -------------------------------------------------------------------
 
-    def _link_facts(self) -> LinkFacts:
-        """The link as set and as measured, for tuning and for auto's model."""
-        w = self.wan_info
-        return LinkFacts(rate_bit_s=(w.rate_mbit or UNSHAPED_MBIT) * 1e6,
-                         rtt_ms=w.rtt_measured_ms or w.rtt_ms or 0.1, queue_ms=w.queue_ms or 0.0,
-                         loss_pct=w.loss_pct,
-                         goodput_bit_s=w.goodput_mbit * 1e6 if w.goodput_mbit else None)
+    async def _end_before_switch(self, cause: WanmigError) -> tuple[str, str | None]:
+        """A failure while the destination has never run: fence it, then ask the rule."""
+        self.clock.end()
+        ctx = self.ctx
+        if ctx is not None and ctx.dst is not None:
+            await ctx.dst.kill()        # fenced: killed and reaped
+        if ctx is None or ctx.dst is None or ctx.dst.returncode is not None:
+            self.state.destination_dead()
+        if not self.state.may_resume_source():
+            # the rule decides, and without a fenced destination it says no
+            self._enter_end(Stage.FAILED)
+            return "failed", f"{cause}; the destination could not be fenced: source not resumed"
+        if ctx is None or ctx.src is None:
+            self._enter_end(Stage.ROLLED_BACK)   # interrupted before anything was started
+            return "rolled_back", str(cause)
+        try:
+            await self._rollback(ctx, cause)
+        except WanmigError as exc:
+            self._enter_end(Stage.FAILED)
+            return "failed", f"{cause}; rollback failed, source not resumed: {exc}"
+        return "rolled_back", str(cause)
+
+    async def _rollback(self, ctx: RunContext, cause: WanmigError) -> None:
+        assert ctx.src is not None and self.probe is not None
+        self.ui.step(f"rolling back: {cause}")
+        # the frames go back to A before the memory part resumes the source there
+        for part in (self.network, self.storage, self.memory):
+            await part.rollback(ctx)
+        self._enter_end(Stage.ROLLED_BACK)
+        self.notes["source_state_after_rollback"] = await ctx.src.run_state()
+        await self.probe.mark("rolled-back")
+        await asyncio.sleep(self.scenario.probe.settle_s)
+        self.new_conn_ms = await self.probe.new_connection_ms()
+
+    def _end_after_switch(self, cause: WanmigError) -> tuple[str, str | None]:
+        """Past the point of no return: the source is never resumed."""
+        self.clock.end()
+        dst = self.ctx.dst if self.ctx else None
+        lost = dst is None or dst.returncode is not None
+        if lost:
+            self.notes["vm_lost"] = True
+            self.notes["lost"] = ("the destination died after it ran; the source holds the "
+                                  "guest as it was before the switchover and is not resumed "
+                                  "(a stale copy): the VM is lost")
+        self._enter_end(Stage.VM_LOST if lost else Stage.FAILED)
+        return "failed", str(cause)
+
+    def _judge_integrity(self, status: str, error: str | None) -> tuple[str, str | None]:
+        """A run whose guest lost, reordered or did not make writes has failed, whatever
+        else went right."""
+        i = self.integrity
+        problems = []
+        if i.ok is False:
+            problems.append(f"guest log: {i.guest_log_gaps} gaps, {i.guest_log_bad_checksums} "
+                            f"bad, {i.guest_log_malformed} malformed, "
+                            f"{i.guest_log_out_of_order} out of order")
+        if status == "completed" and not i.destination_disk_writes:
+            problems.append("the guest made no disk writes at B after the switchover")
+        if not problems:
+            return status, error
+        if not self.state.ended:
+            self._enter_end(Stage.FAILED)
+        message = "integrity check failed: " + "; ".join(problems)
+        return "failed", f"{error}; {message}" if error else message
 
     def _begin(self, name: str) -> None:
         self.clock.begin(name)
         self.ui.phase(name)
 
-    async def _kill_destination(self) -> None:
-        """Fault injection: the destination QEMU dies before switchover."""
-        assert self.dst is not None
-        self.ui.step("fault injection: killing the destination QEMU")
-        await self.dst.kill()
+    def _enter(self, stage: Stage) -> None:
+        self.state.enter(stage)
+        if self.registry is not None:
+            self.registry.note_stage(stage.value)
+        log.info("run state %s", stage.value)
 
-    async def _rollback(self, cause: WanmigError) -> None:
-        """Undo a migration that failed before the destination ran."""
-        self.clock.end()
-        self.ui.step(f"rolling back: {cause}")
-        assert self.src is not None and self.probe is not None
-        if self.migration is not None:
-            try:
-                await self.migration.cancel()
-            except QemuError as exc:
-                raise MigrationError(f"rollback failed, source not resumed: {exc}") from exc
-        elif await self.src.run_state() != "running":
-            await self.src.execute("cont")
-        if self.mac_at == "b" and self.testbed is not None:
-            await self.testbed.move_vm_mac("a")
-            self.mac_at = "a"
-        if self.dst is not None:
-            await self.dst.kill()
-        self.notes["source_state_after_rollback"] = await self.src.run_state()
-        await self.probe.mark("rolled-back")
-        await asyncio.sleep(self.scenario.probe.settle_s)
-        self.new_conn_ms = await self.probe.new_connection_ms()
+    def _enter_end(self, stage: Stage) -> None:
+        if not self.state.ended:
+            self._enter(stage)
 
-    async def _teardown(self, testbed: Testbed | None) -> list[str]:
+    # -- teardown and record ---------------------------------------------------
+
+    async def _teardown(self) -> list[str]:
         """Stop probes and VMs, read the guest's disk log, remove the sites.
 
         Every step runs even if an earlier one failed; the failures are returned.
         """
         errors: list[str] = []
+        ctx = self.ctx
 
         async def attempt(what: str, step: Awaitable[object]) -> None:
             try:
@@ -403,17 +411,20 @@ class Orchestrator:
                 log.warning("%s failed: %s", what, exc)
                 errors.append(f"{what}: {exc}")
 
+        if ctx is not None:
+            await attempt("ending the injected faults", ctx.faults.close())
         if self.probe is not None and self.probe_report is None:
             await attempt("probe report", self._stop_probe())
         if self.web is not None and self.web.state.value == "running":
             await attempt("web workload report", self._stop_web())
-        for vm in (self.dst, self.src):
+        for vm in (ctx.dst, ctx.src) if ctx else ():
             if vm is not None:
                 await attempt(f"stopping {vm.name}", vm.stop())
-        if self.registry is not None and (self.registry.run_dir / "disk.raw").exists():
-            await attempt("integrity check", self._check_integrity(self.registry.run_dir / "disk.raw"))
-        if testbed is not None:
-            await attempt("removing the testbed", testbed.down())
+        disk = self.storage.log_disk
+        if disk is not None and disk.exists():
+            await attempt("integrity check", self._check_integrity(disk))
+        if self.testbed is not None:
+            await attempt("removing the testbed", self.testbed.down())
         if self.registry is not None:
             self.registry.close(keep_run_dir=bool(errors))
         return errors
@@ -428,10 +439,11 @@ class Orchestrator:
 
     async def _check_integrity(self, disk: Path) -> None:
         report = check_log(await asyncio.to_thread(read_integrity_log, disk))
-        self.integrity = IntegrityResult(
-            disk_match=None, guest_log_gaps=report.gaps, guest_log_records=report.records,
-            guest_log_bad_checksums=report.bad_checksums,
-            guest_max_write_gap_ms=report.max_write_gap_ms)
+        self.integrity = self.integrity.model_copy(update=dict(
+            ok=report.ok, guest_log_gaps=report.gaps, guest_log_records=report.records,
+            guest_log_bad_checksums=report.bad_checksums, guest_log_malformed=report.malformed,
+            guest_log_out_of_order=report.out_of_order,
+            guest_max_write_gap_ms=report.max_write_gap_ms))
 
     def _workload(self) -> dict[str, object] | None:
         """The workload's settings and, for ``web``, what the HTTP clients saw."""
@@ -443,25 +455,34 @@ class Orchestrator:
                     "report": self.web_report.to_dict() if self.web_report else None}
         return None
 
+    def _events(self, vm: QemuVm | None) -> list[RunEvent] | None:
+        if vm is None:
+            return None
+        return [RunEvent(name=name, at_ms=round((at - self.state.t0) * 1000, 1))
+                for name, at in vm.run_events]
+
     def _record(self, status: str, error: str | None, started: str) -> ResultRecord:
-        sc = self.scenario
-        probe = self.probe_report
-        memory = (self.migration.result() if self.migration
+        sc, ctx, probe = self.scenario, self.ctx, self.probe_report
+        memory = (MemoryResult.model_validate(self.memory.record(ctx)) if ctx
                   else MemoryResult(strategy=sc.memory.strategy, converged=False))
-        memory = memory.model_copy(update={"decision": self.decision,
-                                           "wire_bytes": self.wire_bytes})
+        storage = (StorageResult.model_validate(self.storage.record(ctx)) if ctx
+                   else StorageResult(strategy=sc.storage.strategy))
+        network = self.network.record(ctx) if ctx else {"mode": sc.network.mode}
+        if ctx is not None and ctx.faults.fired:
+            self.notes["faults"] = ctx.faults.fired
+        if self.interrupted:
+            self.notes["interrupted"] = self.interrupted
         phases = self.clock.phases
         return ResultRecord(
             status=status, error=error, run_id=self.registry.run_id if self.registry else None,
-            started_at=started, scenario=sc.model_dump(),
-            wan=self.wan_info,
+            started_at=started, scenario=sc.model_dump(), wan=self.wan_info,
             vm=VmInfo(ram_mib=sc.vm.ram_mib, disk_mib=sc.vm.disk_mib, workload=sc.vm.workload,
-                      accel=self.accel, boot_ms=self.boot_ms, workload_detail=self._workload()),
-            memory=memory,
-            storage=StorageResult(strategy="none",
-                                  note="both sites open the same disk image (shared storage)"),
+                      accel=self.accel, boot_ms=self.boot_ms, workload_detail=self._workload(),
+                      source_events=self._events(ctx.src if ctx else None),
+                      destination_events=self._events(ctx.dst if ctx else None)),
+            memory=memory, storage=storage,
             network=NetworkResult(
-                mode=sc.network.mode,
+                **network,
                 client_outage_ms=probe.udp_max_gap_ms if probe else None,
                 tcp_survived=probe.tcp_survived if probe else None,
                 new_conn_ms=self.new_conn_ms,
@@ -469,5 +490,6 @@ class Orchestrator:
             integrity=self.integrity,
             phases=phases,
             total_ms=phases[-1].end_ms - phases[0].start_ms if phases else 0.0,
+            states=[RunEvent.model_validate(s) for s in self.state.to_list()],
             **self.notes,
         )

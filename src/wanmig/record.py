@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from .fileio import atomic_write
+from .wan.profiles import LinkProfile
+
 Status = Literal["completed", "rolled_back", "failed"]
 PHASES = ("prepare", "storage", "memory", "switchover", "redirect", "finish")
 
@@ -20,19 +23,30 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class RunEvent(_Model):
+    name: str
+    at_ms: float
+
+
 class WanInfo(_Model):
-    """The inter-site link as configured, and its RTT measured before the migration."""
+    """The inter-site link as set (the scenario's ``LinkProfile``, resolved once) and as
+    measured just before the migration."""
 
     profile: str = "none"
-    backend: str | None = None
-    rtt_ms: float | None = None
-    rate_mbit: float | None = None
-    loss_pct: float = 0.0
-    jitter_ms: float = 0.0
-    queue_ms: float | None = None
+    backend: str | None = None           # the emulator that ran: forwarder or netem
+    link: LinkProfile | None = None      # None: a plain veth between the sites
+    client_link: LinkProfile | None = None
     rtt_measured_ms: float | None = None
-    goodput_mbit: float | None = None   # one TCP stream, measured (tuned strategies)
-    client_profile: str | None = None
+    goodput_mbit: float | None = None    # one TCP stream, measured (paced strategies)
+
+    @property
+    def rtt_ms(self) -> float | None:
+        """The RTT the link is set to."""
+        return self.link.rtt_ms if self.link else None
+
+    @property
+    def rate_mbit(self) -> float | None:
+        return self.link.rate_mbit if self.link else None
 
 
 class VmInfo(_Model):
@@ -42,6 +56,10 @@ class VmInfo(_Model):
     accel: str | None = None
     boot_ms: float | None = None
     workload_detail: dict[str, Any] | None = None  # dirty: size/rate; web: the load's report
+    #: STOP / RESUME as each QEMU announced them, ms on the run state's clock: when
+    #: each copy ran, from QEMU's own word.
+    source_events: list[RunEvent] | None = None
+    destination_events: list[RunEvent] | None = None
 
 
 class MemoryResult(_Model):
@@ -94,11 +112,19 @@ class NetworkResult(_Model):
 
 
 class IntegrityResult(_Model):
+    """What the guest's integrity log (and the destination's disk counters) showed."""
+
+    ok: bool | None = None                   # no gap, bad, malformed or reordered record
     disk_match: bool | None = None
     guest_log_gaps: int | None = None
     guest_log_records: int | None = None
     guest_log_bad_checksums: int | None = None
+    guest_log_malformed: int | None = None
+    guest_log_out_of_order: int | None = None   # what a stale copy resumed leaves
     guest_max_write_gap_ms: float | None = None
+    #: Write requests the guest made to its disk at B (QEMU's blockstats before B
+    #: stopped): the guest kept writing after the switchover.
+    destination_disk_writes: int | None = None
 
 
 class Phase(_Model):
@@ -119,12 +145,17 @@ class ResultRecord(_Model):
     integrity: IntegrityResult
     phases: list[Phase]
     total_ms: float
+    #: The run state as it moved (``wanmig.runstate``): ``[{name, at_ms}]``.
+    states: list[RunEvent] = []
     run_id: str | None = None
     started_at: str | None = None
 
     def write(self, path: Path) -> None:
+        """Write the record by rename (``fileio.atomic_write``): a reader, or a crash
+        half-way, never sees part of it; an earlier record at ``path`` stays whole
+        until the new one replaces it.  Raises ``OSError``."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(indent=2) + "\n")
+        atomic_write(path, (self.model_dump_json(indent=2) + "\n").encode())
 
     @classmethod
     def read(cls, path: Path) -> "ResultRecord":

@@ -6,6 +6,11 @@ and processes it made, with the PID of the wanmig process that owns them.
 Resources are registered *before* they are created and unregistered after
 they are removed, so the file is always a superset of what exists.
 
+The run directory holds the guest's disk, its QMP sockets (a monitor is full
+control of the VM) and, for the memory survey, ``pmemsave`` dumps of guest
+RAM: it is created mode 0700, as is the state directory when wanmig creates
+it, whatever the umask.
+
 ``wanmig clean`` reads these files and removes everything whose owner is no
 longer alive (or everything, with ``force``).  Processes are only killed when
 their command line still names the run's directory, so a recycled PID of
@@ -28,6 +33,7 @@ from pathlib import Path
 from .fileio import atomic_write
 
 STATE_DIR = Path(os.environ.get("WANMIG_STATE_DIR", "/run/wanmig"))
+DIR_MODE = 0o700
 
 log = logging.getLogger("wanmig.registry")
 
@@ -45,9 +51,13 @@ class Registry:
     owner_pid: int = field(default_factory=os.getpid)
     namespaces: list[str] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
+    #: The run state (``wanmig.runstate``) as last entered: after a crash ``wanmig
+    #: clean`` says where the run was.
+    stage: str | None = None
 
     def __post_init__(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(STATE_DIR)
+        private_dir(self.run_dir, tighten=True)  # ours even if a crashed run left it
         self._save()
 
     def __repr__(self) -> str:
@@ -80,6 +90,10 @@ class Registry:
             self.pids.remove(pid)
             self._save()
 
+    def note_stage(self, stage: str) -> None:
+        self.stage = stage
+        self._save()
+
     def close(self, *, keep_run_dir: bool = False) -> None:
         """Forget the run: called once everything it made has been removed."""
         self.path.unlink(missing_ok=True)
@@ -87,10 +101,25 @@ class Registry:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _save(self) -> None:
-        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        private_dir(STATE_DIR)
         atomic_write(self.path, json.dumps({"run_id": self.run_id, "owner_pid": self.owner_pid,
                                             "namespaces": self.namespaces,
-                                            "pids": self.pids}).encode())
+                                            "pids": self.pids, "stage": self.stage}).encode())
+
+
+def private_dir(path: Path, *, tighten: bool = False) -> None:
+    """Create ``path`` (and missing parents) with mode 0700, not what the umask leaves.
+
+    An existing directory is left as it is unless ``tighten``: ``WANMIG_STATE_DIR``
+    may name a directory wanmig does not own (``/tmp``, say), which must not be
+    chmodded; a run directory is always wanmig's.
+    """
+    try:
+        path.mkdir(mode=DIR_MODE, parents=True)
+    except FileExistsError:
+        if not (tighten and path.is_dir()):
+            return
+    os.chmod(path, DIR_MODE)  # mkdir's mode is masked by the umask; chmod's is not
 
 
 def _alive(pid: int) -> bool:
@@ -161,5 +190,6 @@ def clean_leftovers(*, force: bool = False) -> list[str]:
                 removed.append(f"netns {name}")
         shutil.rmtree(run_dir, ignore_errors=True)
         path.unlink(missing_ok=True)
-        removed.append(f"run {data['run_id']}")
+        stage = data.get("stage")
+        removed.append(f"run {data['run_id']}" + (f" (it was {stage})" if stage else ""))
     return removed

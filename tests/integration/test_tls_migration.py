@@ -26,7 +26,14 @@ from qemu.qmp.qmp_client import ExecuteError
 
 from wanmig.children import reap, sigkill
 from wanmig.errors import QemuError, QmpTimeout
-from wanmig.memory.tls import DeploymentCa, MigrationTls, add_tls_creds, issue_endpoint
+from wanmig.memory.plan import TLS_AUTHZ_ID
+from wanmig.memory.tls import (
+    DeploymentCa,
+    MigrationTls,
+    add_tls_creds,
+    endpoint_identity,
+    issue_endpoint,
+)
 
 pytestmark = [
     pytest.mark.qemu,
@@ -48,6 +55,9 @@ DEST_GAVE_UP = "load of migration failed"
 NO_CLIENT_CERT = "Verify failed: No certificate was found."
 # ... a client certificate from an impostor CA carrying the deployment CA's name:
 #     UNKNOWN_ISSUER, as above.
+# ... a client certificate the deployment CA signed for another identity than
+#     the one tls-authz names (the name as gnutls_x509_crt_get_dn prints it):
+AUTHZ_DENIED = "TLS x509 authz check for {} is denied"
 # What the source sees then (error-desc; its stderr adds "failed to save
 # SaveStateEntry with id(name): 2(ram): -5"):
 SOURCE_SEES_REFUSAL = "Cannot write to TLS channel: Input/output error"
@@ -191,10 +201,12 @@ def ca(tmp_path: Path) -> DeploymentCa:
 # -- the QMP sequence ------------------------------------------------------------
 
 
-async def listen(dst: BareQemu, creds: Path) -> int:
-    """Destination: credentials, tls-creds, migrate-incoming on a free port; the port."""
-    await add_tls_creds(dst, creds, "server")
-    await dst.execute("migrate-set-parameters", {"tls-creds": "wanmig-tls"})
+async def listen(dst: BareQemu, creds: Path, client_identity: str) -> int:
+    """Destination: credentials, tls-creds, tls-authz letting in ``client_identity``,
+    migrate-incoming on a free port; the port."""
+    await add_tls_creds(dst, creds, "server", client_identity=client_identity)
+    await dst.execute("migrate-set-parameters",
+                      {"tls-creds": "wanmig-tls", "tls-authz": TLS_AUTHZ_ID})
     await dst.execute("migrate-incoming", {"uri": f"tcp:{LOOPBACK}:0"})
     info = await dst.execute("query-migrate")
     return int(info["socket-address"][0]["port"])
@@ -232,7 +244,8 @@ async def test_migration_with_mutual_tls_completes(start_qemu: StartQemu, ca: De
                                                    tmp_path: Path) -> None:
     tls = MigrationTls.create(tmp_path / "run", ca, LOOPBACK)
     src, dst = await pair(start_qemu)
-    port = await listen(dst, tls.dest_dir)
+    port = await listen(dst, tls.dest_dir, tls.source_identity)
+    assert (await dst.execute("query-migrate-parameters"))["tls-authz"] == TLS_AUTHZ_ID
     info = await migrate(src, tls.source_dir, port, tls.hostname)
     assert info["status"] == "completed", info
     assert info["ram"]["transferred"] > 0
@@ -249,7 +262,7 @@ async def test_source_refuses_a_destination_from_another_ca(
         start_qemu: StartQemu, ca: DeploymentCa, tmp_path: Path) -> None:
     tls = MigrationTls.create(tmp_path / "run", ca, LOOPBACK, rogue=True)
     src, dst = await pair(start_qemu)
-    port = await listen(dst, tls.dest_dir)  # QEMU loads the impostor's credentials
+    port = await listen(dst, tls.dest_dir, tls.source_identity)  # the impostor's credentials
     info = await migrate(src, tls.source_dir, port, tls.hostname)
     assert info["status"] == "failed", info
     assert info["error-desc"] == UNKNOWN_ISSUER
@@ -265,7 +278,7 @@ async def test_source_checks_the_destination_address(
     # genuinely signed, but for another address than the one the source dials
     elsewhere = issue_endpoint(ca, tmp_path / "elsewhere", "server", ips=["127.0.0.2"])
     src, dst = await pair(start_qemu)
-    port = await listen(dst, elsewhere)
+    port = await listen(dst, elsewhere, tls.source_identity)
     info = await migrate(src, tls.source_dir, port, LOOPBACK)
     assert info["status"] == "failed", info
     assert info["error-desc"] == WRONG_HOST
@@ -303,7 +316,7 @@ async def test_destination_refuses_a_source_it_cannot_verify(
     tls = MigrationTls.create(tmp_path / "run", ca, LOOPBACK)
     bad_source = make_source(ca, tmp_path / "bad-source")
     src, dst = await pair(start_qemu)
-    port = await listen(dst, tls.dest_dir)
+    port = await listen(dst, tls.dest_dir, tls.source_identity)
     info = await migrate(src, bad_source, port, tls.hostname)
     assert info["status"] == "failed", info
     assert info["error-desc"] == SOURCE_SEES_REFUSAL
@@ -315,6 +328,32 @@ async def test_destination_refuses_a_source_it_cannot_verify(
     assert (await dst.execute("query-status"))["status"] == "inmigrate"
 
     # so the same source, given its real credentials (object replaced), gets through
+    info = await migrate(src, tls.source_dir, port, tls.hostname)
+    assert info["status"] == "completed", info
+    assert (await dst.execute("query-status"))["status"] == "running"
+
+
+async def test_destination_refuses_another_identity_the_ca_signed(
+        start_qemu: StartQemu, ca: DeploymentCa, tmp_path: Path) -> None:
+    """tls-authz: a genuine client certificate of the deployment, but not this source's."""
+    tls = MigrationTls.create(tmp_path / "run", ca, LOOPBACK)
+    assert tls.source_identity == "O=wanmig,CN=wanmig-source"
+    other = issue_endpoint(ca, tmp_path / "other-source", "client", name="wanmig-other")
+    other_identity = endpoint_identity(other, "client")
+    assert other_identity == "O=wanmig,CN=wanmig-other"
+    src, dst = await pair(start_qemu)
+    port = await listen(dst, tls.dest_dir, tls.source_identity)
+    info = await migrate(src, other, port, tls.hostname)
+    assert info["status"] == "failed", info
+    assert info["error-desc"] == SOURCE_SEES_REFUSAL
+    assert (await src.execute("query-status"))["status"] == "running"
+    # QEMU prints the refused peer's DN: the very format certificate_identity produces
+    denied = AUTHZ_DENIED.format(other_identity)
+    stderr = await dst.wait_stderr(denied)
+    assert stderr.strip().splitlines() == [f"qemu-system-x86_64: {denied}"]
+    assert (await dst.execute("query-status"))["status"] == "inmigrate"
+
+    # the source the destination was told about still gets through
     info = await migrate(src, tls.source_dir, port, tls.hostname)
     assert info["status"] == "completed", info
     assert (await dst.execute("query-status"))["status"] == "running"

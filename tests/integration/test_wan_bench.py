@@ -9,17 +9,20 @@ gone when it ends, also when the bench is cancelled half-way.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from pyroute2 import AsyncIPRoute
 
+from wanmig.bench.wan import CEILING, ENTRY_KEYS, run_wan_bench
+from wanmig.children import ChildState
 from wanmig.registry import STATE_DIR, Registry, new_run_id
 from wanmig.testbed.netns import Namespace
 from wanmig.wan import measure
-from wanmig.wan.bench import ENTRY_KEYS, run_wan_bench
 
 from ..conftest import netns_names
 
@@ -91,36 +94,46 @@ async def test_a_failing_endpoint_is_reported_and_reaped(
     ping = measure.ToolProcess(a.name, "udp-ping", "--target", IP_B, "--port", "9",
                                "--seconds", "1", "--warmup-timeout", "0.5", registry=registry)
     async with ping:
-        await ping.start()
+        await ping.spawn()
         with pytest.raises(measure.MeasurementError, match="no echo"):
             await ping.result(10.0)
-    assert ping.state is measure.ToolState.DONE and not registry.pids
+    assert ping.state is ChildState.STOPPED and not registry.pids
 
 
-async def test_bench_entry_on_a_custom_profile() -> None:
+async def test_bench_runs_on_a_custom_profile(tmp_path: Path) -> None:
     messages: list[str] = []
+    out = tmp_path / "wan.json"
     result = await run_wan_bench([{"name": "ci", "rtt_ms": 20, "rate_mbit": 50}], seconds=2.0,
-                                 on_progress=messages.append)
-    assert result["kind"] == "wan" and len(result["results"]) == 1
-    entry = result["results"][0]
-    assert tuple(entry) == (*ENTRY_KEYS, "checks")
-    assert entry["profile"] == "ci" and entry["backend"] in ("forwarder", "netem")
-    for key in ("rtt_idle_p50_ms", "rtt_loaded_p50_ms"):
-        assert entry[key] == pytest.approx(20, rel=0.2), key
-    assert entry["rtt_saturated_p50_ms"] <= entry["rtt_saturated_bound_ms"] * 1.2
-    assert entry["goodput_mbit"] == pytest.approx(50, rel=0.2)
-    assert entry["loss_measured_pct"] == 0.0
-    if entry["backend"] == "forwarder":
-        assert entry["cpu_pct"] is not None and entry["cpu_pct"] > 0
-    assert set(entry["checks"]) == {"rtt_saturated_p50"}
-    assert result["ceiling"]["goodput_mbit"] > 100
+                                 repeat=2, out=out, say=messages.append)
+    assert json.loads(out.read_text()) == result
+    assert result["kind"] == "wan" and result["settings"]["repeat"] == 2
+    assert [r["bench"] for r in result["results"]] == [
+        {"case": "ci", "repeat": 0}, {"case": "ci", "repeat": 1},
+        {"case": CEILING, "repeat": 0, "ceiling": True},
+        {"case": CEILING, "repeat": 1, "ceiling": True}]
+    for entry in result["results"][:2]:
+        assert tuple(entry) == (*ENTRY_KEYS, "bench")
+        assert entry["profile"] == "ci" and entry["backend"] in ("forwarder", "netem")
+        for key in ("rtt_idle_p50_ms", "rtt_loaded_p50_ms"):
+            assert entry[key] == pytest.approx(20, rel=0.2), key
+        assert entry["rtt_saturated_p50_ms"] <= entry["rtt_saturated_bound_ms"] * 1.2
+        assert entry["goodput_mbit"] == pytest.approx(50, rel=0.2)
+        assert entry["loss_measured_pct"] == 0.0
+        if entry["backend"] == "forwarder":
+            assert entry["cpu_pct"] is not None and entry["cpu_pct"] > 0
+    ci, ceiling = result["summary"]
+    goodput = ci["figures"]["goodput_mbit"]
+    assert ci["runs"] == 2 and goodput["n"] == 2
+    assert goodput["min"] <= goodput["median"] <= goodput["max"]
+    assert [(c["case"], c["check"]) for c in result["checks"]] == [("ci", "rtt_saturated_p50")]
+    assert ceiling["case"] == CEILING and ceiling["figures"]["goodput_mbit"]["median"] > 100
     _assert_nothing_left(messages)
 
 
 async def test_cancelled_bench_leaves_nothing_behind() -> None:
     messages: list[str] = []
-    task = asyncio.create_task(run_wan_bench(["continental"], seconds=2.0,
-                                             on_progress=messages.append, ceiling=False))
+    task = asyncio.create_task(run_wan_bench(["continental"], seconds=2.0, repeat=1,
+                                             say=messages.append, ceiling=False))
     for _ in range(200):  # until the loaded-RTT step runs: tools and forwarder alive
         await asyncio.sleep(0.05)
         if any("paced UDP" in m for m in messages):

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from wanmig.agent_handle import AgentHandle, AgentState
-from wanmig.children import strip_event
+from wanmig.agent_handle import AgentHandle
+from wanmig.children import ChildState, strip_event
 from wanmig.errors import ProbeError
 from wanmig.probe import ClientProbe, ProbeState
 from wanmig.workload import WebLoad, WebLoadState
@@ -62,11 +62,11 @@ class FakeAgent(AgentHandle[FakeReport]):
 
 async def test_start_mark_stop_and_the_report_is_kept() -> None:
     async with FakeAgent("ok") as agent:
-        assert agent.state is AgentState.RUNNING and agent.ready_info["mode"] == "ok"
+        assert agent.state is ChildState.RUNNING and agent.ready_info["mode"] == "ok"
         assert repr(agent) == f"FakeAgent(mode='ok', state=running, pid={agent.pid})"
         assert await agent.mark("switchover") == 12.5
         report = await agent.stop()
-    assert report == FakeReport(3) and agent.state is AgentState.STOPPED
+    assert report == FakeReport(3) and agent.state is ChildState.STOPPED
     assert await agent.stop() is report  # stopped: the same report again
 
 
@@ -74,7 +74,7 @@ async def test_an_agent_that_dies_before_ready_is_reaped() -> None:
     agent = FakeAgent("die")
     with pytest.raises(ProbeError, match=r"fake agent exited \(code 2\).*no target"):
         await agent.start(timeout=10.0)
-    assert agent.state is AgentState.STOPPED and agent._agent is not None
+    assert agent.state is ChildState.STOPPED and agent._agent is not None
     assert agent._agent.returncode == 2
     with pytest.raises(ProbeError, match="cannot start a fake in state stopped"):
         await agent.start()
@@ -86,7 +86,7 @@ async def test_an_unreadable_report_names_the_agent_and_it_is_still_reaped() -> 
     with pytest.raises(ProbeError, match="unreadable fake report") as info:
         await agent.stop()
     assert isinstance(info.value.cause, TypeError)
-    assert agent.state is AgentState.STOPPED and agent._agent is not None
+    assert agent.state is ChildState.STOPPED and agent._agent is not None
     assert agent._agent.returncode == 0
 
 
@@ -99,7 +99,7 @@ async def test_commands_are_refused_unless_running() -> None:
 
 
 def test_both_handles_share_one_state_machine_with_their_own_defaults() -> None:
-    assert ProbeState is AgentState and WebLoadState is AgentState
+    assert ProbeState is ChildState and WebLoadState is ChildState
     assert (ClientProbe.noun, ClientProbe.stop_timeout) == ("probe", 15.0)
     assert (WebLoad.noun, WebLoad.stop_timeout) == ("web load", 10.0)
     assert repr(WebLoad("10.77.0.10", netns="c", rate=5)) == (

@@ -85,17 +85,17 @@ def test_shipped_scenarios_validate() -> None:
 
 def test_wan_defaults_to_continental() -> None:
     wan = parse_scenario({}).wan
-    profile = wan.link_profile()
+    profile = wan.link
     assert wan.profile == "continental" and profile is not None
     assert profile.rtt_ms == 50 and profile.rate_mbit == 100
-    assert wan.client_link_profile() is None
+    assert wan.client_link is None
 
 
 def test_wan_overrides_and_none() -> None:
     wan = parse_scenario({"wan": {"profile": "continental", "rtt_ms": 20, "loss_pct": 1}}).wan
-    profile = wan.link_profile()
+    profile = wan.link
     assert profile is not None and (profile.rtt_ms, profile.loss_pct) == (20, 1)
-    assert parse_scenario({"wan": {"profile": "none"}}).wan.link_profile() is None
+    assert parse_scenario({"wan": {"profile": "none"}}).wan.link is None
 
 
 @pytest.mark.parametrize("wan, field", [
@@ -117,3 +117,138 @@ def test_cli_unknown_wan_profile_exits_2() -> None:
     result = CliRunner().invoke(app, ["demo", "--wan", "moon"])
     assert result.exit_code == 2
     assert "moon" in result.output and "wan" in result.output
+
+
+# -- input that must be refused in one line, before anything starts ----------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from tests.conftest import RUN_NETNS, run_netns_names  # noqa: E402
+from wanmig import registry  # noqa: E402
+
+LONG_NAME = "x" * 300
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/b", "a\x00b", ".hidden", "", " x",
+                                  "x\n", LONG_NAME])
+def test_name_must_be_a_file_name_component(name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_scenario({"name": name})
+    assert info.value.field == "name"
+    assert "\n" not in str(info.value) and len(str(info.value)) < 120  # not quoted back whole
+
+
+@pytest.mark.parametrize("name", ["demo", "auto-dirty", "run_2.b", "A1", "x" * 64])
+def test_plain_names_are_accepted(name: str) -> None:
+    assert parse_scenario({"name": name}).name == name
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"memory": {"tls": "no"}}, "memory.tls"),       # lax pydantic would read False
+    ({"memory": {"tls": 0}}, "memory.tls"),
+    ({"vm": {"ram_mib": "512"}}, "vm.ram_mib"),
+    ({"vm": {"ram_mib": 512.0}}, "vm.ram_mib"),
+    ({"vm": {"accel": 1}}, "vm.accel"),
+    ({"name": 7}, "name"),
+    ({"vm": 3}, "vm"),
+])
+def test_values_must_have_their_type(data: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_scenario(data)
+    assert info.value.field == field and "\n" not in str(info.value)
+
+
+def test_an_integer_is_still_a_float() -> None:
+    assert parse_scenario({"vm": {"dirty_rate_mbps": 20}}).vm.dirty_rate_mbps == 20.0
+
+
+def test_unreadable_scenario_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_scenario(tmp_path)
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('name = "demo"\n[vm]\nworkload = "\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(line 3\)"):
+        load_scenario(latin1)
+
+
+def test_a_section_that_is_not_a_table(tmp_path: Path) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text("vm = 3\n")
+    for overrides in (None, {"vm": {"workload": "web"}}):
+        with pytest.raises(ConfigError) as info:
+            load_scenario(f, overrides=overrides)
+        assert info.value.field == "vm" and "must be a table ([vm]), got 3" in str(info.value)
+
+
+# One subprocess per case: the installed command, as a user runs it.
+WANMIG = Path(sys.executable).parent / "wanmig"
+SHIPPED_DEMO = Path(__file__).resolve().parents[2] / "scenarios" / "demo.toml"
+
+
+def _case_files(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    """Case id -> (arguments, text the one stderr line must contain)."""
+    def scenario(name: str, content: str | bytes) -> str:
+        f = tmp_path / f"{name}.toml"
+        f.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return str(f)
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    mig = ["migrate", "--scenario"]
+    return {
+        "name-traversal": (mig + [scenario("trav", 'name = "../../x"\n')], "name:"),
+        "name-absolute": (mig + [scenario("abs", 'name = "/tmp/evil"\n')], "name:"),
+        "name-long": (mig + [scenario("long", f'name = "{LONG_NAME}"\n')],
+                      "name: 300 characters long"),
+        "name-nul": (mig + [scenario("nul", 'name = "a\\u0000b"\n')], "name:"),
+        "directory": (mig + [str(tmp_path)], "is not a regular file"),
+        "not-utf8": (mig + [scenario("latin1", 'name = "d\xe9mo"\n'.encode("latin-1"))],
+                     "not UTF-8"),
+        "non-table-plus-override": (mig + [scenario("vm3", "vm = 3\n"), "--workload", "web"],
+                                    "vm: must be a table"),
+        "strict-bool": (mig + [scenario("tls", '[memory]\ntls = "no"\n')], "memory.tls:"),
+        "json-dir-uncreatable": (mig + [str(SHIPPED_DEMO), "--json",
+                                        str(blocker / "sub" / "r.json")],
+                                 "--json: cannot create"),
+        "json-is-a-directory": (["demo", "--json", str(tmp_path)], "is a directory"),
+    }
+
+
+def _new_run_netns(before: set[str]) -> set[str]:
+    """Run namespaces (``wm<run id>-<role>``) that appeared since ``before`` and that no
+    run registered in the shared state dir: other tests on this machine make theirs
+    meanwhile, each registered first; the CLI under test would have registered its
+    own in the test's private ``WANMIG_STATE_DIR``."""
+    assert all(RUN_NETNS.match(n) for n in before)
+    return {n for n in run_netns_names() - before
+            if not (registry.STATE_DIR / f"{n[2:8]}.json").exists()}
+
+
+CLI_CASES = ["name-traversal", "name-absolute", "name-long", "name-nul", "directory",
+             "not-utf8", "non-table-plus-override", "strict-bool", "json-dir-uncreatable",
+             "json-is-a-directory"]
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_cli_refuses_bad_input_in_one_line_before_starting(case: str, tmp_path: Path) -> None:
+    cases = _case_files(tmp_path)
+    assert sorted(cases) == sorted(CLI_CASES)
+    args, says = cases[case]
+    state = tmp_path / "state"  # the run registry: it must never be created
+    env = {**os.environ, "WANMIG_STATE_DIR": str(state), "COLUMNS": "80"}
+    before = run_netns_names()
+    start = time.monotonic()
+    proc = subprocess.run([str(WANMIG), *args], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=60)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and says in lines[0], proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stdout == ""  # no step, no phase: nothing started
+    assert not state.exists() and not (tmp_path / "results").exists()
+    assert _new_run_netns(before) == set()
+    assert elapsed < 10, f"took {elapsed:.1f} s: something was started"

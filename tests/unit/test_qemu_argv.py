@@ -25,7 +25,8 @@ def test_destination_argv() -> None:
     argv = qemu_argv(_cfg(), Path("/run/x"))
     assert argv[:4] == ["ip", "netns", "exec", "wmx-b"]
     assert argv[argv.index("-accel") + 1] == "tcg" and argv[argv.index("-cpu") + 1] == "max"
-    assert argv[-2:] == ["-incoming", "defer"]
+    # -S: the destination stays paused after the stream until the engine sends cont
+    assert argv[-3:] == ["-incoming", "defer", "-S"]
     assert "unix:/run/x/vm-b.qmp,server=on,wait=off" in argv
     assert any("ifname=tap0" in a for a in argv)
     assert any("mac=52:54:00:77:00:10" in a for a in argv)

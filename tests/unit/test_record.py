@@ -15,11 +15,13 @@ from wanmig.record import (
     WanInfo,
 )
 from wanmig.report import render_record
+from wanmig.wan.profiles import LinkProfile
 
 
 def _record() -> ResultRecord:
     return ResultRecord(
-        status="completed", scenario={"name": "demo"}, wan=WanInfo(profile="continental", backend="forwarder", rtt_ms=50, rate_mbit=100,
+        status="completed", scenario={"name": "demo"}, wan=WanInfo(profile="continental", backend="forwarder",
+                    link=LinkProfile(name="continental", rtt_ms=50, rate_mbit=100),
                     rtt_measured_ms=50.4),
         vm=VmInfo(ram_mib=256, disk_mib=64, workload="idle", accel="tcg"),
         memory=MemoryResult(strategy="precopy", total_ms=1234, downtime_ms=87, bytes=3 << 20,
@@ -85,3 +87,34 @@ def test_cli_report_reads_a_saved_record(tmp_path: Path) -> None:
     path.write_text('{"status": "completed"}')
     bad = CliRunner().invoke(app, ["report", str(path)])
     assert bad.exit_code == 2 and "not a result record" in bad.output
+
+
+def test_write_replaces_the_file_by_rename(tmp_path: Path, monkeypatch) -> None:
+    import os
+    import stat
+
+    from wanmig import fileio
+
+    path = tmp_path / "results" / "r.json"
+    _record().write(path)
+    first = path.read_text()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    os.link(path, tmp_path / "reader.json")  # a reader holding the old file
+    rec = _record().model_copy(update={"status": "failed"})
+    rec.write(path)
+    assert ResultRecord.read(path) == rec
+    assert (tmp_path / "reader.json").read_text() == first  # not rewritten in place
+
+    # a write that fails before the rename leaves the previous record whole, no debris
+    def fail(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "replace", fail)
+    try:
+        _record().write(path)
+    except OSError as exc:
+        assert exc.errno == 28
+    else:
+        raise AssertionError("the failed write was not reported")
+    assert ResultRecord.read(path) == rec
+    assert sorted(p.name for p in path.parent.iterdir()) == ["r.json"]

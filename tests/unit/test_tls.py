@@ -343,10 +343,12 @@ class FakeVm:
 
 async def test_add_tls_creds_sends_object_add(tmp_path: Path) -> None:
     vm = FakeVm(objects=["other"])
-    obj = await add_tls_creds(vm, tmp_path / "dest", "server", timeout=7.0)
+    obj = await add_tls_creds(vm, tmp_path / "dest", "server", timeout=7.0,
+                              client_identity="O=wanmig,CN=wanmig-source")
     assert obj == "wanmig-tls"
-    assert [c[0] for c in vm.calls] == ["qom-list", "object-add"]
-    _, args, timeout = vm.calls[-1]
+    assert [c[0] for c in vm.calls] == ["qom-list", "object-add", "qom-list", "object-add"]
+    assert all(c[2] == 7.0 for c in vm.calls)
+    _, args, timeout = vm.calls[1]
     assert args == {"qom-type": "tls-creds-x509", "id": "wanmig-tls",
                     "dir": str((tmp_path / "dest").absolute()), "endpoint": "server",
                     "verify-peer": True}
@@ -377,11 +379,77 @@ async def test_remove_tls_creds_only_when_present() -> None:
 async def test_qmp_failures_map_to_wanmig_errors(tmp_path: Path) -> None:
     low = RuntimeError("Unable to access credentials /x/ca-cert.pem")
     with pytest.raises(MigrationError, match="object-add failed: Unable to access") as info:
-        await add_tls_creds(FakeVm(fail=low), tmp_path, "server")
+        await add_tls_creds(FakeVm(fail=low), tmp_path, "server", client_identity="O=x")
     assert info.value.cause is low
     own = QemuError("object-add failed: nope", vm="dst")
     with pytest.raises(QemuError) as raised:  # already one of ours: passed on unchanged
-        await add_tls_creds(FakeVm(fail=own), tmp_path, "server")
+        await add_tls_creds(FakeVm(fail=own), tmp_path, "server", client_identity="O=x")
     assert raised.value is own
     with pytest.raises(ConfigError):
         await add_tls_creds(FakeVm(), tmp_path, "both")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- tls-authz
+
+
+def test_source_identity_is_the_dn_as_qemu_prints_it(ca: DeploymentCa, tmp_path: Path) -> None:
+    # gnutls_x509_crt_get_dn keeps the certificate's order (not RFC 4514's reverse);
+    # tests/integration/test_tls_migration.py checks it against QEMU's own message
+    pair = MigrationTls.create(tmp_path / "run", ca, "127.0.0.1")
+    assert pair.source_identity == "O=wanmig,CN=wanmig-source"
+    assert tls.endpoint_identity(pair.source_dir, "client") == pair.source_identity
+    assert tls.endpoint_identity(pair.dest_dir, "server") == "O=wanmig,CN=127.0.0.1"
+    assert load(pair.source_dir / "client-cert.pem").subject.rfc4514_string() == \
+        "CN=wanmig-source,O=wanmig"
+
+
+def _cert_named(ca: DeploymentCa, *attrs: x509.NameAttribute) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    return (x509.CertificateBuilder().subject_name(x509.Name(list(attrs)))
+            .issuer_name(ca.cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(ca.key, tls.hashes.SHA256()))
+
+
+def test_identity_refuses_names_it_cannot_give_exactly(ca: DeploymentCa) -> None:
+    plain = _cert_named(ca, x509.NameAttribute(NameOID.COUNTRY_NAME, "DE"),
+                        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "site a"),
+                        x509.NameAttribute(NameOID.COMMON_NAME, "src-1.a"))
+    assert tls.certificate_identity(plain) == "C=DE,OU=site a,CN=src-1.a"
+    for attr in (x509.NameAttribute(NameOID.COMMON_NAME, "a,b"),
+                 x509.NameAttribute(NameOID.COMMON_NAME, " lead"),
+                 x509.NameAttribute(NameOID.COMMON_NAME, "x=y"),
+                 x509.NameAttribute(NameOID.EMAIL_ADDRESS, "a@b.c")):
+        with pytest.raises(ConfigError, match="tls-authz"):
+            tls.certificate_identity(_cert_named(ca, attr))
+
+
+def test_endpoint_identity_of_a_missing_or_broken_certificate(tmp_path: Path) -> None:
+    with pytest.raises(MigrationError, match="cannot read"):
+        tls.endpoint_identity(tmp_path, "client")
+    (tmp_path / "client-cert.pem").write_text("not a certificate")
+    with pytest.raises(MigrationError, match="unreadable certificate"):
+        tls.endpoint_identity(tmp_path, "client")
+
+
+async def test_server_gets_an_authz_object_for_its_client(tmp_path: Path) -> None:
+    vm = FakeVm(objects=["wanmig-tls", "wanmig-tls-authz"])
+    await add_tls_creds(vm, tmp_path / "dest", "server",
+                        client_identity="O=wanmig,CN=wanmig-source")
+    assert [(c[0], c[1]) for c in vm.calls if c[0] != "qom-list"] == [
+        ("object-del", {"id": "wanmig-tls"}),
+        ("object-add", {"qom-type": "tls-creds-x509", "id": "wanmig-tls",
+                        "dir": str((tmp_path / "dest").absolute()), "endpoint": "server",
+                        "verify-peer": True}),
+        ("object-del", {"id": "wanmig-tls-authz"}),
+        ("object-add", {"qom-type": "authz-simple", "id": "wanmig-tls-authz",
+                        "identity": "O=wanmig,CN=wanmig-source"})]
+    # a client has no client to check; a server without one would take any certificate
+    with pytest.raises(ConfigError, match="only a server"):
+        await add_tls_creds(FakeVm(), tmp_path, "client", client_identity="O=x")
+    vm = FakeVm()
+    with pytest.raises(ConfigError, match="client_identity"):
+        await add_tls_creds(vm, tmp_path, "server")
+    assert vm.calls == []

@@ -1,25 +1,16 @@
-"""The pure parts of the WAN measurements: statistics, pacing, sizing, checks."""
+"""The pure parts of the WAN measurements: statistics, pacing, sizing, results."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 
 import pytest
 
+from wanmig import registry as registry_module
+from wanmig.registry import Registry
 from wanmig.wan import measure, tools
-from wanmig.wan.bench import (
-    ENTRY_KEYS,
-    LOSS_PROBE_MAX_MBIT,
-    cpu_pct,
-    evaluate_checks,
-    loss_plan,
-    make_entry,
-    plan_profiles,
-    rate_point,
-    saturated_bound_ms,
-)
-from wanmig.wan.profiles import PROFILES, LinkProfile
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -152,11 +143,23 @@ def test_tcp_warmup_grows_with_rtt_within_bounds() -> None:
 # -------------------------------------------------------------- tool plumbing
 
 def test_tool_command_line() -> None:
-    argv = measure.tool_argv("wm1-a", "udp-ping", ["--target", "10.0.0.2"], python="py",
-                             owner="/run/wanmig/x")
-    assert argv == ["ip", "netns", "exec", "wm1-a", "py", "-m", "wanmig.wan.tools",
-                    "--owner", "/run/wanmig/x", "udp-ping", "--target", "10.0.0.2"]
-    assert measure.tool_argv(None, "udp-echo", [], python="py")[:1] == ["py"]
+    ping = measure.ToolProcess("wm1-a", "udp-ping", "--target", "10.0.0.2", "--port", 7001,
+                               python="py")
+    assert ping.argv == ["ip", "netns", "exec", "wm1-a", "py", "-m", "wanmig.wan.tools",
+                         "udp-ping", "--target", "10.0.0.2", "--port", "7001"]
+    assert repr(ping) == ("ToolProcess('udp-ping in wm1-a', state=idle, pid=None, "
+                          "returncode=None)")
+    assert measure.ToolProcess(None, "udp-echo", python="py").argv[:1] == ["py"]
+
+
+def test_a_tool_names_its_run_before_its_mode(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry_module, "STATE_DIR", tmp_path)
+    reg = Registry("t1")
+    argv = measure.ToolProcess(None, "udp-echo", "--port", 7, registry=reg, python="py").argv
+    assert argv[3:5] == ["--owner", str(reg.run_dir)]
+    args = tools.parse_args(argv[3:])  # a sub-command's parser would refuse it after the mode
+    assert args.mode == "udp-echo" and args.owner == str(reg.run_dir)
 
 
 def test_tool_arguments_are_checked() -> None:
@@ -206,98 +209,6 @@ def test_loss_result_refuses_another_senders_count() -> None:
         measure.LossResult.from_tools({"nonce": 1, "received": 5},
                                       {"nonce": 2, "sent": 5, "rate_set_mbit": 1,
                                        "rate_mbit": 1, "payload": 64})
-
-
-# ---------------------------------------------------------------- bench plan
-
-def test_default_plan_is_every_profile_then_rate_points() -> None:
-    plan = plan_profiles(None, None)
-    assert [p.name for p in plan[:5]] == list(PROFILES)
-    assert [(p.rtt_ms, p.rate_mbit) for p in plan[5:]] == [(50, 10), (50, 100), (50, 200)]
-
-
-def test_plan_with_chosen_profiles_has_no_rate_points_unless_asked() -> None:
-    assert [p.name for p in plan_profiles(["lossy"], None)] == ["lossy"]
-    custom = {"name": "t", "rtt_ms": 20, "rate_mbit": 50}
-    plan = plan_profiles([custom], [10])
-    assert plan[0].rtt_ms == 20 and plan[1] == rate_point(10)
-
-
-def test_saturated_bound_is_rtt_plus_queue_plus_2ms() -> None:
-    assert saturated_bound_ms(PROFILES["continental"]) == 50 + 20 + 2
-    assert saturated_bound_ms(LinkProfile(rtt_ms=0, rate_mbit=None)) is None
-
-
-def test_loss_plan_is_sized_for_the_target() -> None:
-    lossy = loss_plan(PROFILES["lossy"], seconds=5)
-    assert lossy.packets == 44_775 and lossy.rate_mbit == LOSS_PROBE_MAX_MBIT
-    pps = tools.packets_per_second(lossy.rate_mbit, measure.LOSS_PAYLOAD)
-    assert lossy.seconds == pytest.approx(lossy.packets / pps, abs=0.01)  # ~7.6 s
-    slow = loss_plan(rate_point(10), seconds=5)
-    assert slow.rate_mbit == pytest.approx(1.0)  # a tenth of a slow link
-    assert slow.packets == round(tools.packets_per_second(1.0, measure.LOSS_PAYLOAD) * 5)
-
-
-# ---------------------------------------------------------------------- checks
-
-def _entry(p: LinkProfile, **figures: float | None) -> dict:
-    base = {"rtt_idle_p50_ms": p.rtt_ms, "rtt_loaded_p50_ms": p.rtt_ms,
-            "rtt_loaded_p99_ms": p.rtt_ms + 1, "rtt_saturated_p50_ms": p.rtt_ms + p.queue_ms,
-            "rtt_saturated_bound_ms": saturated_bound_ms(p),
-            "goodput_mbit": (p.rate_mbit or 0) * 0.95, "loss_measured_pct": p.loss_pct}
-    return {**base, **figures}
-
-
-def test_checks_that_apply_per_profile() -> None:
-    assert set(evaluate_checks(_entry(PROFILES["continental"]), PROFILES["continental"])) == {
-        "rtt_idle_p50", "rtt_loaded_p50", "rtt_loaded_p99", "rtt_saturated_p50", "goodput"}
-    assert set(evaluate_checks(_entry(PROFILES["lossy"]), PROFILES["lossy"])) == {
-        "rtt_saturated_p50", "loss"}
-    assert set(evaluate_checks(_entry(PROFILES["lan"]), PROFILES["lan"])) == {
-        "rtt_saturated_p50"}
-    assert set(evaluate_checks(_entry(rate_point(200)), rate_point(200))) == {
-        "rtt_saturated_p50", "goodput"}
-
-
-def test_checks_pass_and_fail_at_their_limits() -> None:
-    cont = PROFILES["continental"]
-    ok = evaluate_checks(_entry(cont, rtt_idle_p50_ms=51.0, rtt_loaded_p99_ms=52.0,
-                                rtt_saturated_p50_ms=72.0, goodput_mbit=90.0), cont)
-    assert all(ok.values())
-    bad = evaluate_checks(_entry(cont, rtt_idle_p50_ms=51.2, rtt_loaded_p99_ms=52.5,
-                                 rtt_saturated_p50_ms=72.5, goodput_mbit=89.9), cont)
-    assert bad == {"rtt_idle_p50": False, "rtt_loaded_p50": True, "rtt_loaded_p99": False,
-                   "rtt_saturated_p50": False, "goodput": False}
-    lossy = PROFILES["lossy"]
-    assert evaluate_checks(_entry(lossy, loss_measured_pct=0.59), lossy)["loss"]
-    assert not evaluate_checks(_entry(lossy, loss_measured_pct=0.61), lossy)["loss"]
-    assert not evaluate_checks(_entry(lossy, loss_measured_pct=0.39), lossy)["loss"]
-
-
-def test_a_missing_figure_fails_its_check() -> None:
-    cont = PROFILES["continental"]
-    checks = evaluate_checks(_entry(cont, rtt_loaded_p99_ms=None, goodput_mbit=None), cont)
-    assert checks["rtt_loaded_p99"] is False and checks["goodput"] is False
-
-
-def test_entry_has_exactly_the_documented_keys() -> None:
-    p = PROFILES["lossy"]
-    rtt = measure.RttResult.from_tool(PING_RESULT)
-    put = measure.GoodputResult(goodput_mbit=2.5, mean_mbit=2.4, bytes=1, seconds=5,
-                                skip_s=1)
-    entry = make_entry(p, backend="forwarder", idle=rtt,
-                       loaded=measure.LoadedRtt(rtt, _loss_result()),
-                       saturated=measure.SaturatedRtt(rtt, put), lost=_loss_result(),
-                       cpu_pct=12.5)
-    assert tuple(entry) == (*ENTRY_KEYS, "checks")
-    assert entry["loss_measured_pct"] == pytest.approx(0.5) and entry["checks"]["loss"]
-    assert entry["rtt_saturated_bound_ms"] == 102.0
-
-
-def test_cpu_percentage_of_one_core() -> None:
-    assert cpu_pct(1.0, 3.5, 5.0) == 50.0
-    assert cpu_pct(None, 3.5, 5.0) is None
-    assert cpu_pct(1.0, 1.0, 0.0) is None
 
 
 async def test_together_cancels_the_rest_on_a_failure() -> None:

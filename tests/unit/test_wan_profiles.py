@@ -18,9 +18,10 @@ import time
 
 import pytest
 
+from wanmig.children import Completed
 from wanmig.errors import ConfigError
 from wanmig.wan import link as link_module
-from wanmig.wan.forwarder import VNET_HDR, Forwarder, is_tunnelled, split_gso
+from wanmig.wan.forwarder import VNET_HDR, Forwarder, is_tunnelled, parse_args, split_gso
 from wanmig.wan.link import WanLink, WanLinkState, forwarder_argv
 from wanmig.wan.profiles import (
     DEFAULT_QUEUE_MS,
@@ -132,10 +133,12 @@ def test_netem_args_jitter_keeps_order_and_no_rate_means_no_tbf() -> None:
 def test_forwarder_argv_names_the_run() -> None:
     argv = forwarder_argv("wm1-w", "wa", "wb", LinkProfile(rtt_ms=5), python="/py",
                           owner="/run/wanmig/abc", rt_priority=7)
-    assert argv[:7] == ["ip", "netns", "exec", "wm1-w", "/py", "-m", "wanmig.wan.forwarder"]
+    assert argv[:9] == ["ip", "netns", "exec", "wm1-w", "/py", "-m", "wanmig.wan.forwarder",
+                        "--owner", "/run/wanmig/abc"]
     assert argv[argv.index("--left") + 1] == "wa" and argv[argv.index("--right") + 1] == "wb"
     assert LinkProfile.model_validate_json(argv[argv.index("--profile") + 1]).rtt_ms == 5
-    assert argv[-2:] == ["--owner", "/run/wanmig/abc"] and "7" in argv
+    assert argv[argv.index("--rt-priority") + 1] == "7" and "--seed" not in argv
+    assert parse_args(argv[7:]).owner == "/run/wanmig/abc"  # the forwarder takes it
 
 
 # ------------------------------------------------- GSO segmentation (forwarder)
@@ -371,14 +374,10 @@ async def test_netem_backend_runs_its_rendered_commands(monkeypatch: pytest.Monk
         {"kind": "tbf", "handle": "10:", "parent": "1:1", "packets": 9, "bytes": 900,
          "drops": 3}])
 
-    async def fake_tc(netns: str, args: list[str], timeout: float = 10.0) -> str:
-        assert netns == "wm1-w"
-        calls.append(args)
-        return qdisc_json if "-j" in args else ""
-
-    async def fake_run(argv: list[str], timeout: float = 10.0) -> tuple[int, str, str]:
-        calls.append(argv)
-        return 0, "", ""
+    async def fake_run(argv: list[str], **kw: object) -> Completed:
+        assert argv[:3] == ["tc", "-n", "wm1-w"]  # every command: tc in the link's namespace
+        calls.append(argv[3:])
+        return Completed(0, qdisc_json if "-j" in argv else "", "")
 
     async def has_netem(netns: str) -> bool:
         return True
@@ -386,8 +385,7 @@ async def test_netem_backend_runs_its_rendered_commands(monkeypatch: pytest.Monk
     async def frame_size(self: WanLink) -> int:
         return 1614
 
-    monkeypatch.setattr(link_module, "_tc", fake_tc)
-    monkeypatch.setattr(link_module, "_run", fake_run)
+    monkeypatch.setattr(link_module, "run_command", fake_run)
     monkeypatch.setattr(link_module, "netem_available", has_netem)
     monkeypatch.setattr(WanLink, "_check_interfaces", frame_size)
 
@@ -417,6 +415,5 @@ async def test_netem_backend_runs_its_rendered_commands(monkeypatch: pytest.Monk
 
     calls.clear()
     await link.stop()
-    assert calls == [["tc", "-n", "wm1-w", "qdisc", "del", "dev", dev, "root"]
-                     for dev in ("wa", "wb")]
+    assert calls == [["qdisc", "del", "dev", dev, "root"] for dev in ("wa", "wb")]
     assert link.state is WanLinkState.STOPPED

@@ -93,12 +93,12 @@ def test_agent_argv_in_a_namespace_names_its_owner() -> None:
     argv = web_agent_argv(spec, netns="wm1234-c", python="/venv/python", ready_timeout=29,
                           owner="/run/wanmig/abc123")
     assert argv[:5] == ["ip", "netns", "exec", "wm1234-c", "/venv/python"]
-    assert argv[5:7] == ["-m", "wanmig.workload.agent"]
+    # what `wanmig clean` looks for, right after the module
+    assert argv[5:9] == ["-m", "wanmig.workload.agent", "--owner", "/run/wanmig/abc123"]
     assert argv[argv.index("--target") + 1] == "10.77.0.10"
     assert argv[argv.index("--rate") + 1] == "20.0"
     assert argv.count("--path") == 4
     assert argv[argv.index("--ready-timeout") + 1] == "29"
-    assert argv[-2:] == ["--owner", "/run/wanmig/abc123"]  # what `wanmig clean` looks for
     local = web_agent_argv(spec, netns=None, python="py", ready_timeout=1)
     assert local[0] == "py" and "--owner" not in local
 

@@ -14,13 +14,12 @@ States::
                                                                          └─> POSTCOPY ─finish()─> COMPLETED
       any step that fails ──> FAILED;  cancel() ──> CANCELLED (source running again)
 
-Postcopy is the one-way door: once the destination runs in ``postcopy-active``
-the guest's memory is split between the two sites, the destination fetching
-pages it has not got yet from the source.  From then on neither side alone
-holds the guest: if the destination dies, the guest is lost
-(``POSTCOPY_LOSS``), and if the source dies, the destination stalls on its
-next missing page.  ``source_resumable`` says whether rollback is still
-possible.
+``switchover()`` returns when the destination has loaded what it needs and
+waits, paused (it runs with ``-S``), for the engine's ``cont``.  Whether the
+source may still be resumed is not this object's call: the engine's run
+state decides (``wanmig.runstate``).  Postcopy is the one-way door once the
+destination runs: the guest's memory is then split between the two sites,
+and if the destination dies the guest is lost (``POSTCOPY_LOSS``).
 
 Capabilities persist inside a QEMU process, so every capability QEMU knows is
 set explicitly on both sides (off unless the plan wants it).  State changes
@@ -119,8 +118,8 @@ class QemuMigration:
         self.trace: list[tuple[float, int, int, int, int]] = []
         self.final_info: dict[str, Any] | None = None  # query-migrate once completed
         self.last_info: dict[str, Any] = {}             # latest query-migrate seen
-        self.handed_over = False      # the destination may run (QEMU said so)
         self.postcopy_started = False  # migrate-start-postcopy was sent
+        self.continued = False         # migrate-continue was sent: the last bytes may be stuck
         self.postcopy_reason: str | None = None
         self._t0 = 0.0
         self._stall = StallDetector()
@@ -132,17 +131,6 @@ class QemuMigration:
     def __repr__(self) -> str:
         return (f"QemuMigration({self.strategy}, state={self.state.value}, "
                 f"{self.src.name} -> {self.dst.name}, uri={self.uri!r})")
-
-    @property
-    def source_resumable(self) -> bool:
-        """Can rollback still resume the guest at the source?
-
-        Not once postcopy runs (the state is split), nor once a precopy
-        handed over to a destination that is alive (no two running copies).
-        """
-        if self.handed_over and self.postcopy_started:
-            return False
-        return not (self.handed_over and self.dst.returncode is None)
 
     async def _set_capabilities(self, vm: QemuVm, enabled: Iterable[str]) -> None:
         caps = await vm.execute("query-migrate-capabilities")
@@ -216,17 +204,24 @@ class QemuMigration:
             self.postcopy_started = True
             self.postcopy_reason = reason
 
-    async def switchover(self, timeout: float = 60.0) -> None:
-        """Let QEMU send the last delta (or the device state); return once the destination runs."""
+    async def switchover(self, timeout: float) -> None:
+        """Let QEMU send the last delta (or the device state); return once the
+        destination has loaded it and waits, paused, for ``cont``.
+
+        The destination runs with ``-S``, so it does not run on its own: a
+        switchover that fails or times out here leaves a destination that has
+        never run, and the engine may fence it and resume the source.
+        ``timeout`` is the engine's switchover bound (``model.switchover_timeout_s``).
+        """
         if self.state is not MigrationState.PRE_SWITCHOVER:
             raise MigrationError(f"switchover() in state {self.state.value}")
         deadline = time.monotonic() + timeout
         done = {"completed"} | ({"postcopy-active"} if self.postcopy_started else set())
         with self.src.qmp.listener("MIGRATION") as events:
+            self.continued = True
             await self.src.execute("migrate-continue", {"state": "pre-switchover"})
-            status = await self._wait_status(events, done, deadline, "switchover")
-        self.handed_over = True
-        await self._wait_destination_running(deadline)
+            status = await self._wait_status(events, done, deadline, "switchover", timeout)
+        await self._wait_destination_loaded(deadline, timeout)
         if status == "postcopy-active":
             self.state = MigrationState.POSTCOPY
         else:
@@ -259,12 +254,13 @@ class QemuMigration:
         self.state = MigrationState.COMPLETED
 
     async def _wait_status(self, events: Any, done: set[str], deadline: float,
-                           what: str) -> str:
+                           what: str, timeout: float) -> str:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.state = MigrationState.FAILED
-                raise MigrationError(f"{what} did not complete in time")
+                raise MigrationError(f"{what} did not complete within {timeout:.1f} s "
+                                     f"(QEMU status {self.last_info.get('status', 'unknown')})")
             try:
                 event = await asyncio.wait_for(events.get(), timeout=remaining)
             except asyncio.TimeoutError:
@@ -276,23 +272,31 @@ class QemuMigration:
                 self.state = MigrationState.FAILED
                 raise MigrationError(f"{what} {status}: {await self._error_desc()}")
 
-    async def _wait_destination_running(self, deadline: float) -> None:
+    async def _wait_destination_loaded(self, deadline: float, timeout: float) -> None:
+        """Until the destination left ``inmigrate``: loaded and paused (it has ``-S``)."""
         while True:
             try:
-                if await self.dst.run_state() == "running":
-                    return
+                state = await self.dst.run_state(timeout=max(1.0, deadline - time.monotonic()))
             except QemuError as exc:
                 self.state = MigrationState.FAILED
                 raise MigrationError(f"destination lost at switchover: {exc}") from exc
+            if state == "paused":
+                return
+            if state != "inmigrate":
+                self.state = MigrationState.FAILED
+                raise MigrationError(f"destination in state {state!r} after switchover")
             if time.monotonic() > deadline:
                 self.state = MigrationState.FAILED
-                raise MigrationError("destination did not start running after switchover")
-            await asyncio.sleep(0.005)
+                raise MigrationError(f"destination did not load the migration within "
+                                     f"{timeout:.1f} s")
+            await asyncio.sleep(0.002)
 
     async def cancel(self) -> None:
-        """Stop an unfinished migration and make sure the source guest runs."""
-        if not self.source_resumable:
-            raise MigrationError("the source cannot be resumed any more (postcopy ran)")
+        """Stop an unfinished migration and make sure the source guest runs.
+
+        Only the engine's rule (``RunState.may_resume_source``) may call this:
+        the destination must have been fenced first.
+        """
         try:
             info = await self.src.execute("query-migrate", timeout=5)
             if info.get("status") not in (None, "completed", "failed", "cancelled", "none"):

@@ -9,8 +9,9 @@ into the source's and the destination's share:
   rollback point);
 * the destination's mirror of what must match: postcopy and multifd
   capabilities, multifd's channels and compression;
-* unless insecure, the TLS credentials on both sides and the name the source
-  checks the destination's certificate against.
+* unless insecure, the TLS credentials on both sides, the name the source
+  checks the destination's certificate against, and the destination's
+  ``tls-authz``: the one source identity it lets in (``wanmig.memory.tls``).
 
 ==============  ==========================================================  ===============
 strategy        source capabilities / parameters (model/settings.py)        postcopy
@@ -49,14 +50,21 @@ BASE_CAPABILITIES = frozenset({"events", "pause-before-switchover"})
 BASE_DEST_CAPABILITIES = frozenset({"events"})
 MIRRORED_CAPABILITIES = frozenset({"multifd", "postcopy-ram", "postcopy-preempt"})
 TLS_OBJECT_ID = "wanmig-tls"
+TLS_AUTHZ_ID = "wanmig-tls-authz"
 
 
 @dataclass(frozen=True)
 class TlsSettings:
-    """Names QEMU needs once the tls-creds-x509 objects exist on both sides."""
+    """Names QEMU needs once the tls-creds-x509 objects exist on both sides.
+
+    ``authz_id`` is the destination's ``authz-simple`` object (made by
+    ``tls.add_tls_creds(client_identity=...)``): without it the destination
+    would take any client certificate the deployment CA ever signed.
+    """
 
     hostname: str  # what the source checks the destination's certificate against
     object_id: str = TLS_OBJECT_ID
+    authz_id: str = TLS_AUTHZ_ID
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,7 @@ def plan_from(settings: MigrationSettings, *, tls: TlsSettings | None = None) ->
     dest_params = {k: v for k, v in params.items() if k.startswith("multifd-")}
     if tls is not None:
         params.update({"tls-creds": tls.object_id, "tls-hostname": tls.hostname})
-        dest_params["tls-creds"] = tls.object_id
+        dest_params.update({"tls-creds": tls.object_id, "tls-authz": tls.authz_id})
     return MigrationPlan(
         strategy=settings.strategy, capabilities=frozenset(caps),
         dest_capabilities=BASE_DEST_CAPABILITIES | (caps & MIRRORED_CAPABILITIES),

@@ -6,7 +6,10 @@ authentication is mutual:
 
 * the destination (TLS server, ``endpoint=server``) presents ``server-cert.pem``
   and refuses a source whose client certificate is missing or not signed by
-  the deployment CA;
+  the deployment CA, and (``tls-authz``) one the CA signed for anybody but
+  this migration's source: a signature alone would let any holder of any
+  certificate of the deployment (another migration's source, a server's
+  certificate used as a client one) feed it a guest;
 * the source (TLS client, ``endpoint=client``) presents ``client-cert.pem`` and
   refuses a destination whose server certificate is not signed by the
   deployment CA or does not name ``tls-hostname`` (the destination's IP here).
@@ -52,6 +55,11 @@ crypto/tlssession.c after the handshake) and how these certificates meet it:
   the CAs the server asks for: a client certificate from a differently named
   CA is not even sent ("No certificate was found" on the destination), one
   from an impostor CA with the deployment CA's name is sent and refused.
+* ``tls-authz`` (checked after the chain, in
+  ``qcrypto_tls_session_check_certificate``): the peer certificate's subject
+  as ``gnutls_x509_crt_get_dn`` prints it (the certificate's order, first
+  RDN first: ``O=wanmig,CN=wanmig-source``; not RFC 4514's reverse) must equal an ``authz-simple`` object's
+  ``identity`` exactly; ``certificate_identity`` gives that string.
 
 QMP, in this order (``add_tls_creds`` does the ``object-add``; the plan's
 parameters, ``wanmig.memory.plan``, carry the rest)::
@@ -59,7 +67,10 @@ parameters, ``wanmig.memory.plan``, carry the rest)::
     destination: object-add {"qom-type": "tls-creds-x509", "id": "wanmig-tls",
                              "dir": "<dest_dir>", "endpoint": "server",
                              "verify-peer": true}
-                 migrate-set-parameters {"tls-creds": "wanmig-tls"}
+                 object-add {"qom-type": "authz-simple", "id": "wanmig-tls-authz",
+                             "identity": "<MigrationTls.source_identity>"}
+                 migrate-set-parameters {"tls-creds": "wanmig-tls",
+                                         "tls-authz": "wanmig-tls-authz"}
                  migrate-incoming {"uri": "tcp:<ip>:<port>"}
     source:      object-add {... "dir": "<source_dir>", "endpoint": "client", ...}
                  migrate-set-parameters {"tls-creds": "wanmig-tls",
@@ -79,9 +90,9 @@ are recorded in tests/integration/test_tls_migration.py):
   reason ("The certificate hasn't got a known issuer", "Certificate does not
   match the hostname ..."); the destination then fails to load the stream and
   *exits* (status 1, "load of migration failed");
-* the destination refuses the source: the source only sees "Cannot write to
-  TLS channel: Input/output error"; the reason is on the destination's
-  stderr alone (no MIGRATION event, ``query-migrate`` has no status), and the
+* the destination refuses the source (chain or ``tls-authz``): the source
+  only sees "Cannot write to TLS channel: Input/output error"; the reason
+  is on the destination's stderr alone (no MIGRATION event, ``query-migrate`` has no status), and the
   destination stays ``inmigrate`` and keeps listening, so a retry with good
   credentials succeeds.
 
@@ -113,7 +124,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ..errors import ConfigError, MigrationError, WanmigError
 from ..fileio import atomic_write, locked
 from ..qemu.image import default_build_dir
-from .plan import TLS_OBJECT_ID
+from .plan import TLS_AUTHZ_ID, TLS_OBJECT_ID
 
 __all__ = [
     "CA_VALIDITY",
@@ -126,6 +137,8 @@ __all__ = [
     "default_pki_dir",
     "endpoint_files",
     "issue_endpoint",
+    "certificate_identity",
+    "endpoint_identity",
     "add_tls_creds",
     "remove_tls_creds",
 ]
@@ -436,18 +449,59 @@ def issue_endpoint(ca: DeploymentCa, out_dir: Path, role: Endpoint, *,
     return out_dir
 
 
+#: Attribute types GnuTLS and cryptography both print by the same short name.
+_PLAIN_DN_TYPES = frozenset({NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME,
+                             NameOID.ORGANIZATIONAL_UNIT_NAME, NameOID.COUNTRY_NAME,
+                             NameOID.LOCALITY_NAME, NameOID.STATE_OR_PROVINCE_NAME})
+#: A value RFC 4514 prints as it is (no escapes, no leading or trailing space).
+_PLAIN_DN_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9 ._-]*[A-Za-z0-9._-])?$")
+
+
+def certificate_identity(cert: x509.Certificate) -> str:
+    """``cert``'s subject as QEMU's ``tls-authz`` compares it: ``O=wanmig,CN=wanmig-source``.
+
+    QEMU 7.2 takes the peer's name from ``gnutls_x509_crt_get_dn``, which
+    (unlike ``gnutls_x509_crt_get_dn2``/RFC 4514, and cryptography's
+    ``rfc4514_string``) keeps the certificate's order: the *first* RDN first,
+    ``,`` between them, ``CN``/``O``/... for the usual attribute types.  Only
+    names both libraries print alike are given (single-valued RDNs of plain
+    text, nothing to escape); anything else is refused rather than guessed at.
+    """
+    for rdn in cert.subject.rdns:
+        attrs = list(rdn)
+        if len(attrs) != 1 or attrs[0].oid not in _PLAIN_DN_TYPES or \
+                not _PLAIN_DN_VALUE.match(str(attrs[0].value)):
+            raise ConfigError(f"certificate subject {cert.subject.rfc4514_string()!r} is not "
+                              f"a plain name that tls-authz can be given exactly", field="tls")
+    return ",".join(rdn.rfc4514_string() for rdn in cert.subject.rdns)
+
+
+def endpoint_identity(creds_dir: Path, role: Endpoint) -> str:
+    """``certificate_identity`` of ``<creds_dir>/<role>-cert.pem``."""
+    cert_file = creds_dir / endpoint_files(role)[1]
+    try:
+        cert = x509.load_pem_x509_certificate(_read(cert_file))
+    except ValueError as exc:
+        raise MigrationError(f"unreadable certificate {cert_file}: {exc}", cause=exc) from exc
+    return certificate_identity(cert)
+
+
 @dataclass(frozen=True)
 class MigrationTls:
     """The two credential directories of one migration.
 
     ``source_dir`` is for the source QEMU (``endpoint=client``), ``dest_dir``
     for the destination (``endpoint=server``); ``hostname`` is the source's
-    ``tls-hostname``: the destination's IP, which its certificate names.
+    ``tls-hostname``: the destination's IP, which its certificate names;
+    ``source_identity`` is the source certificate's subject
+    (``certificate_identity``), the only client the destination's
+    ``tls-authz`` lets in (``add_tls_creds(client_identity=...)``).
     """
 
     source_dir: Path
     dest_dir: Path
     hostname: str
+    source_identity: str
     rogue: bool = False
 
     @classmethod
@@ -470,7 +524,8 @@ class MigrationTls:
         else:
             dest = issue_endpoint(ca, run_dir / "tls-dest", "server", ips=[ip],
                                   validity=validity)
-        return cls(source_dir=source, dest_dir=dest, hostname=ip, rogue=rogue)
+        return cls(source_dir=source, dest_dir=dest, hostname=ip,
+                   source_identity=endpoint_identity(source, "client"), rogue=rogue)
 
 
 # --------------------------------------------------------------------------- QMP
@@ -500,30 +555,46 @@ async def _execute(vm: QmpExecutor, cmd: str, args: dict[str, Any] | None,
 
 
 async def add_tls_creds(vm: QmpExecutor, creds_dir: Path, endpoint: Endpoint,
-                        obj_id: str = TLS_OBJECT_ID, *, replace: bool = True,
+                        obj_id: str = TLS_OBJECT_ID, *, client_identity: str | None = None,
+                        authz_id: str = TLS_AUTHZ_ID, replace: bool = True,
                         timeout: float = 30.0) -> str:
     """``object-add`` a ``tls-creds-x509`` with ``verify-peer=true``; returns its id.
 
     ``creds_dir`` is what ``issue_endpoint``/``MigrationTls`` wrote for
-    ``endpoint``. With ``replace`` an object of the same id (from an earlier
-    attempt on this QEMU) is deleted first. QEMU checks the files here, so a
-    bad directory fails now rather than at the handshake.
+    ``endpoint``. A server needs ``client_identity`` (``MigrationTls.source_identity``):
+    it also gets an ``authz-simple`` object ``authz_id`` naming it, the one
+    client the migration parameter ``tls-authz`` (``TlsSettings.authz_id``)
+    lets in; a server without it would take any certificate the CA signed.
+    With ``replace`` objects of the same ids (from an earlier attempt on this
+    QEMU) are deleted first. QEMU checks the files here, so a bad directory
+    fails now rather than at the handshake.
     """
     endpoint_files(endpoint)  # validates the role
-    if replace:
-        await remove_tls_creds(vm, obj_id, timeout=timeout)
-    await _execute(vm, "object-add", {
-        "qom-type": "tls-creds-x509", "id": obj_id, "dir": str(creds_dir.absolute()),
-        "endpoint": endpoint, "verify-peer": True}, timeout)
+    if (client_identity is not None) != (endpoint == "server"):
+        raise ConfigError("a server, and only a server, is given its client's identity "
+                          "(client_identity)", field="tls")
+    await _add_object(vm, {"qom-type": "tls-creds-x509", "id": obj_id,
+                           "dir": str(creds_dir.absolute()), "endpoint": endpoint,
+                           "verify-peer": True}, replace=replace, timeout=timeout)
+    if client_identity is not None:
+        await _add_object(vm, {"qom-type": "authz-simple", "id": authz_id,
+                               "identity": client_identity}, replace=replace, timeout=timeout)
     return obj_id
+
+
+async def _add_object(vm: QmpExecutor, props: dict[str, Any], *, replace: bool,
+                      timeout: float) -> None:
+    if replace:
+        await remove_tls_creds(vm, props["id"], timeout=timeout)
+    await _execute(vm, "object-add", props, timeout)
 
 
 async def remove_tls_creds(vm: QmpExecutor, obj_id: str = TLS_OBJECT_ID, *,
                            timeout: float = 30.0) -> bool:
-    """``object-del`` the credentials if they exist; whether there were any.
+    """``object-del`` the credentials (or authz object) if they exist; whether there were any.
 
-    Set the migration parameter ``tls-creds`` to ``""`` first if it names them
-    and a migration could still be using them.
+    Set the migration parameter ``tls-creds`` (``tls-authz``) to ``""`` first
+    if it names them and a migration could still be using them.
     """
     children = await _execute(vm, "qom-list", {"path": "/objects"}, timeout)
     if not any(child.get("name") == obj_id for child in children or []):

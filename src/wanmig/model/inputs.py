@@ -21,11 +21,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-#: The memory strategies the model predicts ("auto" is the act of choosing one).
-Strategy = Literal["precopy", "precopy-tuned", "postcopy", "hybrid"]
-STRATEGIES: tuple[Strategy, ...] = ("precopy", "precopy-tuned", "postcopy", "hybrid")
+from ..parts import MEMORY
+
+#: The memory strategies the model predicts ("auto" is the act of choosing one): the
+#: parts table's ``modelled`` entries.
+Strategy = str
+STRATEGIES: tuple[Strategy, ...] = MEMORY.names("modelled")
 #: Strategies after whose switchover the source no longer holds a runnable VM.
-POSTCOPY_FAMILY: frozenset[str] = frozenset({"postcopy", "hybrid"})
+POSTCOPY_FAMILY: frozenset[str] = frozenset(MEMORY.names("postcopy"))
 
 PAGE = 4096  # x86 target page: the unit of QEMU's dirty bitmap and migration stream
 

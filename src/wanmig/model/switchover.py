@@ -20,6 +20,7 @@ counted in the relearn term.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .inputs import Calibration, Measurements
@@ -78,3 +79,38 @@ def switchover(m: Measurements, cal: Calibration, pipe: Pipe, *,
                       one_way_ms=one_way,
                       resume_ms=cal.resume_overhead_ms(m.accel),
                       relearn_ms=cal.l2_relearn_one_way * one_way)
+
+
+#: The longest WAN outage a switchover rides out before the engine gives up on it.
+SWITCHOVER_RIDE_OUT_S = 3.0
+#: Linux's smallest retransmission timeout (TCP_RTO_MIN).
+TCP_RTO_MIN_S = 0.2
+#: A switchover is never given less than this.
+SWITCHOVER_FLOOR_S = 10.0
+#: Ethernet-sized TCP segment payload, for slow start's round count.
+MSS_BYTES = 1448
+
+
+def switchover_timeout_s(*, target_outage_ms: float, rtt_ms: float, rate_bit_s: float,
+                         backlog_bytes: int) -> float:
+    """How long the engine waits for the destination to load the last bytes.
+
+    Long enough to ride out a ``SWITCHOVER_RIDE_OUT_S`` outage of the link:
+    TCP retransmits after RTO, 3 RTO, 7 RTO, ... so the first retransmission
+    after an outage of D seconds comes at most 2 D + RTO after it began; then
+    the congestion window restarts from one segment, and slow start needs
+    log2(backlog / MSS) round trips before what was queued (``backlog_bytes``:
+    the send buffer and what is in flight) has left at the link's rate; and
+    the outage QEMU itself is allowed (the target), twice over.  Never less
+    than ``SWITCHOVER_FLOOR_S``: of the order of ten seconds on every profile
+    here, so a VM whose last bytes are stuck behind a long outage is not left
+    paused for a minute -- the engine fences the destination and resumes the
+    source instead.
+    """
+    rtt_s = rtt_ms / 1000.0
+    rto_s = max(TCP_RTO_MIN_S, rtt_s + TCP_RTO_MIN_S)
+    retransmit_s = 2 * SWITCHOVER_RIDE_OUT_S + rto_s
+    slow_start_s = math.log2(max(2.0, backlog_bytes / MSS_BYTES)) * rtt_s
+    drain_s = backlog_bytes * 8 / max(rate_bit_s, 1.0)
+    bound = retransmit_s + slow_start_s + drain_s + 2 * target_outage_ms / 1000.0
+    return max(SWITCHOVER_FLOOR_S, round(bound, 1))

@@ -30,11 +30,12 @@ from __future__ import annotations
 import logging
 import sys
 
-from ..agent_handle import AgentHandle, AgentState, agent_command
+from ..agent_handle import AgentHandle
+from ..children import ChildState, module_argv
 from ..registry import Registry
 from .report import ProbeReport
 
-ProbeState = AgentState  # the name this package has always exported
+ProbeState = ChildState  # the name this package has always exported
 
 
 def agent_argv(target: str, *, netns: str | None, udp_port: int, tcp_port: int,
@@ -44,7 +45,7 @@ def agent_argv(target: str, *, netns: str | None, udp_port: int, tcp_port: int,
     args = ["--target", target, "--udp-port", str(udp_port), "--tcp-port", str(tcp_port),
             "--http-port", str(http_port), "--interval-ms", f"{interval_ms:g}",
             "--ready-timeout", f"{ready_timeout:g}", "--rt-priority", str(rt_priority)]
-    return agent_command(python, "wanmig.probe.agent", args, netns=netns, owner=owner)
+    return module_argv("wanmig.probe.agent", args, python=python, netns=netns, owner=owner)
 
 
 class ClientProbe(AgentHandle[ProbeReport]):

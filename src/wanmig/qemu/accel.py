@@ -58,7 +58,13 @@ async def resolve_accel(setting: str, image: GuestImage, cache_dir: Path) -> str
 
 
 async def _kvm_boots(image: GuestImage) -> bool:
-    """Boot the guest under KVM with no network peer and wait for its ready line."""
+    """Boot the guest under KVM with no network peer and wait for its ready line.
+
+    No QMP: the probe only reads the console, and where KVM does not work QEMU
+    often aborts while it sets up the vCPU, after binding its QMP socket, so a
+    connection would be dropped mid-handshake (qemu.qmp logs that as ERROR
+    lines a user reads as wanmig failing).  That exit is the verdict.
+    """
     registry = Registry(run_id="kvmprobe")
     disk = registry.run_dir / "probe-disk.raw"
     try:
@@ -68,7 +74,7 @@ async def _kvm_boots(image: GuestImage) -> bool:
                        accel="kvm")
         vm = QemuVm(cfg, registry)
         try:
-            await vm.start()
+            await vm.start(qmp=False)
             await vm.wait_console(READY_MARKER, PROBE_TIMEOUT_S)
             return True
         except QemuError as exc:

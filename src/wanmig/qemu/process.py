@@ -69,6 +69,9 @@ def qemu_argv(cfg: VmConfig, run_dir: Path) -> list[str]:
         "-m", str(cfg.ram_mib), "-smp", str(cfg.smp),
         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
         "-qmp", f"unix:{run_dir / (cfg.name + '.qmp')},server=on,wait=off",
+        # a second monitor for observers (tests, an operator's watch): the
+        # engine's own connection is never shared
+        "-qmp", f"unix:{observer_socket(run_dir, cfg.name)},server=on,wait=off",
         "-serial", f"file:{run_dir / (cfg.name + '.console.log')}",
         "-kernel", str(cfg.image.kernel), "-initrd", str(cfg.image.initrd),
         "-append", cfg.image.cmdline(ip_cidr=cfg.ip_cidr, name="vm", dirty=cfg.dirty),
@@ -81,10 +84,18 @@ def qemu_argv(cfg: VmConfig, run_dir: Path) -> list[str]:
         "-device", f"virtio-net-pci,netdev=net0,mac={cfg.mac}",
     ]
     if cfg.incoming:
-        argv += ["-incoming", "defer"]
+        # -S: when the stream ends the destination stays paused until the engine
+        # sends ``cont`` -- so whether it may have run is the engine's decision
+        # (runstate.py), never a guess from events that may arrive late.
+        argv += ["-incoming", "defer", "-S"]
     if cfg.netns:
         argv = ["ip", "netns", "exec", cfg.netns, *argv]
     return argv
+
+
+def observer_socket(run_dir: Path, name: str) -> Path:
+    """The QMP socket left for observers of VM ``name``."""
+    return run_dir / f"{name}.observer.qmp"
 
 
 class VmState(enum.Enum):
@@ -105,6 +116,10 @@ class QemuVm:
         self._proc: asyncio.subprocess.Process | None = None
         self._qmp = QMPClient(cfg.name)
         self.started_at: float | None = None
+        #: STOP and RESUME as QEMU announced them, with their monotonic arrival time:
+        #: the record shows from these when each copy ran.
+        self.run_events: list[tuple[str, float]] = []
+        self._event_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         pid = self._proc.pid if self._proc else None
@@ -143,8 +158,14 @@ class QemuVm:
 
     # -- lifetime ---------------------------------------------------------
 
-    async def start(self, timeout: float = 30.0) -> None:
-        """Launch QEMU and connect QMP; raises QemuError if either fails in time."""
+    async def start(self, timeout: float = 30.0, *, qmp: bool = True) -> None:
+        """Launch QEMU and connect QMP; raises QemuError if either fails in time.
+
+        ``qmp=False`` launches the process only, for a probe that just reads the
+        console (``qemu.accel``): there a QEMU that dies as it starts is the
+        answer, and connecting to it would only have qemu.qmp log the dropped
+        handshake as an ERROR.
+        """
         if self.state is not VmState.CREATED:
             raise QemuError(f"cannot start a VM in state {self.state.value}", vm=self.name)
         argv = qemu_argv(self.cfg, self.run_dir)
@@ -157,11 +178,19 @@ class QemuVm:
         self.registry.add_pid(self._proc.pid)
         self.started_at = time.monotonic()
         self.state = VmState.RUNNING
+        if not qmp:
+            return
         try:
             await self._connect_qmp(timeout)
         except BaseException:
             await self.kill()
             raise
+        self._event_task = asyncio.create_task(self._record_run_events())
+
+    async def _record_run_events(self) -> None:
+        with self._qmp.listener(("STOP", "RESUME")) as events:
+            async for event in events:
+                self.run_events.append((str(event["event"]), time.monotonic()))
 
     async def _connect_qmp(self, timeout: float) -> None:
         sock = str(self.run_dir / f"{self.name}.qmp")
@@ -232,6 +261,9 @@ class QemuVm:
         if self._proc is None:
             return
         await reap(self._proc, timeout)
+        if self._event_task is not None:
+            self._event_task.cancel()
+            await asyncio.gather(self._event_task, return_exceptions=True)
         try:
             await asyncio.wait_for(self._qmp.disconnect(), timeout=2.0)
         except (QMPError, asyncio.TimeoutError, OSError, EOFError):
@@ -267,6 +299,11 @@ class QemuVm:
         """QEMU's run state: 'running', 'paused', 'inmigrate', 'postmigrate', ..."""
         status = await self.execute("query-status", timeout=timeout)
         return str(status["status"])
+
+    async def disk_writes(self, drive: str = "disk0") -> int:
+        """Write requests the guest has made to ``drive`` in this QEMU process."""
+        stats = await self.execute("query-blockstats")
+        return sum(int(s["stats"]["wr_operations"]) for s in stats if s.get("device") == drive)
 
 
 def tail_lines(path: Path, lines: int) -> list[str]:

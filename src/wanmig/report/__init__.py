@@ -1,7 +1,26 @@
 """Reports built from saved results (never from live objects)."""
 
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+
 from .memory import render_memory_bench
 from .text import render_record
 from .wan import render_wan_bench
 
-__all__ = ["render_memory_bench", "render_record", "render_wan_bench"]
+BENCH_RENDERERS = {"memory": render_memory_bench, "wan": render_wan_bench}
+
+
+def render_bench(doc: dict[str, Any]) -> Group:
+    """The table of a ``wanmig bench`` document, whichever its kind."""
+    try:
+        render = BENCH_RENDERERS[doc["kind"]]
+    except KeyError:
+        raise ValueError(f"not a bench document of a known kind: {doc.get('kind')!r}") from None
+    return render(doc)
+
+
+__all__ = ["BENCH_RENDERERS", "render_bench", "render_memory_bench", "render_record",
+           "render_wan_bench"]

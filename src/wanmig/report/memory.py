@@ -1,39 +1,40 @@
-"""The ``wanmig bench memory`` results as a table: one row per migration, then the checks."""
+"""The ``wanmig bench memory`` results as a table: one row per case, then the checks."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from rich.console import Group
 from rich.table import Table
-from rich.text import Text
 
-from .wan import _num
+from .bench import figure, runs_of, runs_note, verdict
 
 
-def render_memory_bench(result: dict[str, Any]) -> Group:
-    table = Table(title="memory strategies × workloads", header_style="bold")
+def render_memory_bench(doc: dict[str, Any]) -> Group:
+    table = Table(title=f"memory strategies × workloads{runs_note(doc)}", header_style="bold")
     for col in ("case", "ran", "status", "converged", "total s", "downtime ms", "outage ms",
                 "MiB (QEMU)", "MiB on wire", "rounds", "postcopy faults", "predicted s"):
         table.add_column(col, justify="left" if col in ("case", "ran", "status") else "right")
-    for r in result.get("results", []):
-        mem, net = r.get("memory") or {}, r.get("network") or {}
-        predicted = ((mem.get("decision") or {}).get("predicted") or {}).get("total_ms")
+    for row in doc.get("summary", []):
+        runs = runs_of(doc, row["case"])
+        ran = dict.fromkeys(str((r.get("memory") or {}).get("strategy")) for r in runs)
+        statuses = Counter(r.get("status", "?") for r in runs)
+        converged = sum(1 for r in runs if (r.get("memory") or {}).get("converged"))
         table.add_row(
-            r.get("bench", {}).get("case", "?"), str(mem.get("strategy")), r.get("status", "?"),
-            "yes" if mem.get("converged") else "no",
-            _num(mem.get("total_ms") and mem["total_ms"] / 1000),
-            _num(mem.get("downtime_ms"), "{:.0f}"), _num(net.get("client_outage_ms"), "{:.0f}"),
-            _num(mem.get("bytes") and mem["bytes"] / 2**20),
-            _num(mem.get("wire_bytes") and mem["wire_bytes"] / 2**20),
-            _num(mem.get("rounds"), "{:d}"), _num(mem.get("postcopy_requests"), "{:d}"),
-            _num(predicted and predicted / 1000))
+            row["case"], "/".join(ran),
+            ", ".join(s if len(statuses) == 1 else f"{s} ×{n}" for s, n in statuses.items()),
+            "yes" if converged == len(runs) else ("no" if not converged
+                                                  else f"{converged}/{len(runs)}"),
+            figure(row, "total_ms", scale=1000, ranged=True),
+            figure(row, "downtime_ms", "{:.0f}", ranged=True),
+            figure(row, "outage_ms", "{:.0f}", ranged=True),
+            figure(row, "bytes", scale=2**20), figure(row, "wire_bytes", scale=2**20),
+            figure(row, "rounds", "{:g}"), figure(row, "postcopy_requests", "{:g}"),
+            figure(row, "predicted_total_ms", scale=1000))
     checks = Table(title="targets", header_style="bold")
     for col in ("check", "result", "detail"):
         checks.add_column(col)
-    for c in result.get("checks", []):
-        ok = c.get("ok")
-        checks.add_row(c["check"], Text("–" if ok is None else ("✓" if ok else "✗"),
-                                        style="green" if ok else ("red" if ok is False else "")),
-                       c.get("detail", ""))
+    for c in doc.get("checks", []):
+        checks.add_row(c["check"], verdict(c.get("ok")), c.get("detail", ""))
     return Group(table, checks)

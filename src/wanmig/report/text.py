@@ -31,16 +31,21 @@ def _flag(value: bool | None) -> str:
     return "–" if value is None else ("yes" if value else "NO")
 
 
+def _count(value: int | None) -> str:
+    return "–" if value is None else str(value)
+
+
 def _wan_line(wan: WanInfo) -> str:
-    if wan.rtt_ms is None:
+    link = wan.link
+    if link is None:
         return wan.profile
-    parts = [wan.profile, f"RTT {wan.rtt_ms:g} ms"]
-    if wan.rate_mbit:
-        parts.append(f"{wan.rate_mbit:g} Mbit/s")
-    if wan.loss_pct:
-        parts.append(f"{wan.loss_pct:g}% loss")
-    if wan.jitter_ms:
-        parts.append(f"±{wan.jitter_ms:g} ms jitter")
+    parts = [wan.profile, f"RTT {link.rtt_ms:g} ms"]
+    if link.rate_mbit:
+        parts.append(f"{link.rate_mbit:g} Mbit/s")
+    if link.loss_pct:
+        parts.append(f"{link.loss_pct:g}% loss")
+    if link.jitter_ms:
+        parts.append(f"±{link.jitter_ms:g} ms jitter")
     return ", ".join(parts)
 
 
@@ -100,10 +105,21 @@ def render_record(rec: ResultRecord) -> Group:
         ("long-lived TCP connection survived", _flag(rec.network.tcp_survived), "client"),
         ("new connection after the move", _ms(rec.network.new_conn_ms), "client"),
         ("guest disk log records", str(rec.integrity.guest_log_records or "–"), "host, after run"),
-        ("guest disk log gaps", str(rec.integrity.guest_log_gaps
-                                    if rec.integrity.guest_log_gaps is not None else "–"),
-         "host, after run"),
+        ("guest disk log gaps / out of order / malformed",
+         " / ".join(_count(v) for v in (rec.integrity.guest_log_gaps,
+                                        rec.integrity.guest_log_out_of_order,
+                                        rec.integrity.guest_log_malformed)), "host, after run"),
+        ("guest disk writes at B", _count(rec.integrity.destination_disk_writes),
+         "QEMU at B (blockstats)"),
+        ("run states", " → ".join(s.name for s in rec.states) or "–", "wanmig (run state)"),
     ]
+    extra = rec.model_extra or {}
+    if extra.get("vm_lost"):
+        rows.append(("VM LOST", str(extra.get("lost", "the destination died after it ran")),
+                     "wanmig (run state)"))
+    for fault in extra.get("faults") or []:
+        rows.append((f"fault injected: {fault.get('fault')}",
+                     f"at {fault.get('point')}, {_ms(fault.get('at_ms'))}", "scenario"))
     probe = rec.network.probe or {}
     if probe:
         rows.append(("UDP echoes sent / answered",

@@ -4,18 +4,24 @@ A ``Namespace`` is registered with the run's ``Registry`` before it is created
 and unregistered after it is deleted.  Deleting a namespace deletes every
 interface inside it (and the far end of its veth pairs), so teardown is
 "stop the processes, delete the namespaces".
+
+The helpers below are the building blocks of every topology (the testbed's,
+the WAN bench's): ``owned_namespaces`` for the lifetime, ``add_veth`` and
+``join_through`` for the wires, ``link_up`` and ``configure_host`` for the ends.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
 from pyroute2 import netns as _netns
+from pyroute2.netlink.exceptions import NetlinkError
 
+from ..children import run_command
 from ..errors import NetworkError
 from ..registry import Registry, netns_exists, remove_netns
 
@@ -64,29 +70,18 @@ class Namespace:
         await self.run("sysctl", "-qw", f"{key}={value}")
 
     async def run(self, *argv: str, timeout: float = 10.0) -> str:
-        """Run a command inside the namespace; NetworkError if it fails."""
-        return await _exec(("ip", "netns", "exec", self.name, *argv),
-                           f"{' '.join(argv)} in {self.name}", timeout)
+        """Run a command inside the namespace; its stdout, or NetworkError if it fails."""
+        done = await run_command(("ip", "netns", "exec", self.name, *argv), timeout=timeout,
+                                 error=NetworkError, what=f"{' '.join(argv)} in {self.name}")
+        return done.out
 
     async def bridge(self, *argv: str, timeout: float = 10.0) -> str:
         """``bridge ARGV`` on this namespace's devices, in one exec rather than the two of
         ``run`` (the switchover's redirect waits for it)."""
-        return await _exec(("bridge", "-netns", self.name, *argv),
-                           f"bridge {' '.join(argv)} in {self.name}", timeout)
-
-
-async def _exec(argv: tuple[str, ...], what: str, timeout: float) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
-    except asyncio.TimeoutError as exc:
-        proc.kill()
-        await proc.wait()
-        raise NetworkError(f"{what} timed out") from exc
-    if proc.returncode != 0:
-        raise NetworkError(f"{what} failed: {err.decode(errors='replace').strip()}")
-    return out.decode(errors="replace")
+        done = await run_command(("bridge", "-netns", self.name, *argv), timeout=timeout,
+                                 error=NetworkError,
+                                 what=f"bridge {' '.join(argv)} in {self.name}")
+        return done.out
 
 
 async def tx_bytes(ns: Namespace, ifname: str) -> int:
@@ -125,3 +120,53 @@ async def link_up(ipr: AsyncIPRoute, ifname: str, **extra: Any) -> int:
         raise NetworkError(f"interface {ifname} missing")
     await ipr.link("set", index=found[0], state="up", **extra)
     return int(found[0])
+
+
+@contextlib.asynccontextmanager
+async def owned_namespaces(namespaces: Sequence[Namespace]) -> AsyncIterator[None]:
+    """Create ``namespaces`` for the block; remove every one when it ends, however it ends.
+
+    A failure to remove is raised as ``NetworkError`` after a clean block, and
+    only logged when the block itself raised (its error is the one to see).
+    """
+    clean = False
+    try:
+        await create_namespaces(namespaces)
+        yield
+        clean = True
+    finally:
+        errors = await remove_namespaces(namespaces)
+        if errors and clean:
+            raise NetworkError("; ".join(errors))
+        for error in errors:
+            log.warning("%s", error)
+
+
+async def join_through(left: Namespace, left_if: str, middle: Namespace,
+                       middle_ifs: tuple[str, str], right: Namespace, right_if: str, *,
+                       mtu: int) -> None:
+    """Two veth pairs meeting in ``middle``: ``left_if`` to ``middle_ifs[0]``, ``middle_ifs[1]``
+    to ``right_if``.  The middle ends are up without addresses: a ``WanLink`` joins them."""
+    try:
+        await add_veth(left, left_if, middle, middle_ifs[0])
+        await add_veth(middle, middle_ifs[1], right, right_if)
+        async with AsyncIPRoute(netns=middle.name) as ipr:
+            await link_up(ipr, "lo")
+            for ifname in middle_ifs:
+                await link_up(ipr, ifname, mtu=mtu)
+    except NetlinkError as exc:
+        raise NetworkError(f"cannot join {left.name} and {right.name} through {middle.name}: {exc}",
+                           cause=exc) from exc
+
+
+async def configure_host(ns: Namespace, ifname: str, address: str, prefixlen: int, *,
+                         mtu: int = 1500) -> int:
+    """``lo`` and ``ifname`` up in ``ns``, ``address/prefixlen`` on ``ifname``; its index."""
+    try:
+        async with AsyncIPRoute(netns=ns.name) as ipr:
+            await link_up(ipr, "lo")
+            index = await link_up(ipr, ifname, mtu=mtu)
+            await ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+    except NetlinkError as exc:
+        raise NetworkError(f"cannot address {ifname} in {ns.name}: {exc}", cause=exc) from exc
+    return index

@@ -25,8 +25,6 @@ emulated link the same way (``ca``/``cb`` in the middle namespace).
 
 from __future__ import annotations
 
-import asyncio
-
 import enum
 import logging
 from dataclasses import dataclass
@@ -132,24 +130,6 @@ class Testbed:
         self.state = TestbedState.DOWN
         if errors:
             raise NetworkError("; ".join(errors))
-
-    async def move_vm_mac(self, to_site: str) -> None:
-        """Point both bridges at the VM's port in ``to_site`` at once.
-
-        Without this, site A's bridge keeps sending the VM's frames to the old
-        tap until a frame from the VM crosses the WAN (its announcement), and
-        site B's keeps sending them back into the tunnel: one WAN one-way delay
-        plus the time the resumed guest takes to announce itself.  Frames that
-        reach a tap whose QEMU is not running yet wait in the tap's queue.
-        """
-        other = "b" if to_site == "a" else "a"
-        mac = self.addr.vm_mac
-        # "dynamic": an ordinary learned entry (the default, "permanent", would
-        # make the bridge keep the VM's frames for itself); both at once
-        await asyncio.gather(
-            self.site(to_site).bridge("fdb", "replace", mac, "dev", self.addr.tap, "master",
-                                      "dynamic"),
-            self.site(other).bridge("fdb", "replace", mac, "dev", "vx0", "master", "dynamic"))
 
     async def __aenter__(self) -> "Testbed":
         await self.up()

@@ -41,7 +41,7 @@ from typing import Any
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ..children import JsonLinesChild, sigkill, strip_event
+from ..children import JsonLinesChild, module_argv, owner_of, run_command, strip_event
 from ..errors import ConfigError, NetworkError
 from ..registry import Registry
 from .profiles import ETH_HLEN, LinkProfile, netem_args, resolve_profile, tbf_args
@@ -62,37 +62,19 @@ class WanLinkState(enum.Enum):
 def forwarder_argv(netns: str, left: str, right: str, profile: LinkProfile, *,
                    python: str = sys.executable, rt_priority: int = 20,
                    seed: int | None = None, owner: str | None = None) -> list[str]:
-    """The forwarder's command line; pure so that unit tests can check it."""
-    argv = ["ip", "netns", "exec", netns, python, "-m", "wanmig.wan.forwarder",
-            "--left", left, "--right", right, "--profile", profile.model_dump_json(),
+    """The forwarder's command line (its options, in ``module_argv``); pure."""
+    args = ["--left", left, "--right", right, "--profile", profile.model_dump_json(),
             "--rt-priority", str(rt_priority)]
     if seed is not None:
-        argv += ["--seed", str(seed)]
-    if owner:
-        argv += ["--owner", owner]
-    return argv
-
-
-async def _run(argv: list[str], timeout: float = 10.0) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
-    except asyncio.TimeoutError as exc:
-        sigkill(proc)
-        await proc.wait()
-        raise NetworkError(f"{' '.join(argv[:6])} ... timed out after {timeout:g} s",
-                           cause=exc) from exc
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace").strip()
+        args += ["--seed", str(seed)]
+    return module_argv("wanmig.wan.forwarder", args, python=python, netns=netns, owner=owner)
 
 
 async def _tc(netns: str, args: list[str], timeout: float = 10.0) -> str:
     """Run ``tc`` in ``netns``; NetworkError with tc's own message if it fails."""
-    code, out, err = await _run(["tc", "-n", netns, *args], timeout)
-    if code != 0:
-        raise NetworkError(f"tc {' '.join(args)} in {netns} failed: {err or f'code {code}'}")
-    return out
+    done = await run_command(["tc", "-n", netns, *args], timeout=timeout, error=NetworkError,
+                             what=f"tc {' '.join(args)} in {netns}")
+    return done.out
 
 
 async def netem_available(netns: str) -> bool:
@@ -101,18 +83,20 @@ async def netem_available(netns: str) -> bool:
     if _netem_verdict is not None:
         return _netem_verdict
     probe = f"wmnp{secrets.token_hex(3)}"
-    code, _, err = await _run(["ip", "-n", netns, "link", "add", probe, "type", "veth",
-                               "peer", "name", probe + "p"])
-    if code != 0:
-        raise NetworkError(f"cannot probe for netem in {netns}: {err}")
+    await run_command(["ip", "-n", netns, "link", "add", probe, "type", "veth", "peer", "name",
+                       probe + "p"], timeout=10.0, error=NetworkError,
+                      what=f"netem probe in {netns}: ip link add")
     try:
-        code, _, err = await _run(["tc", "-n", netns, "qdisc", "add", "dev", probe, "root",
-                                   "netem", "delay", "1ms"])
+        tried = await run_command(["tc", "-n", netns, "qdisc", "add", "dev", probe, "root",
+                                   "netem", "delay", "1ms"], timeout=10.0, error=NetworkError,
+                                  check=False)
     finally:
-        await _run(["ip", "-n", netns, "link", "del", probe])
-    if code != 0 and "unknown" not in err.lower() and "no such file" not in err.lower():
-        raise NetworkError(f"cannot probe for netem in {netns}: {err}")
-    _netem_verdict = code == 0
+        await run_command(["ip", "-n", netns, "link", "del", probe], timeout=10.0,
+                          error=NetworkError, check=False)
+    missing = "unknown" in tried.err.lower() or "no such file" in tried.err.lower()
+    if tried.code != 0 and not missing:
+        raise NetworkError(f"cannot probe for netem in {netns}: {tried.err}")
+    _netem_verdict = tried.code == 0
     return _netem_verdict
 
 
@@ -195,7 +179,7 @@ class WanLink:
             return
         if self._forwarder is not None and self.state in (WanLinkState.UP, WanLinkState.DOWN):
             try:
-                event = await self._command("stop", "stopped", min(timeout, 5.0))
+                event = await self._forwarder.finish("stopped", min(timeout, 5.0))
                 self.final_stats = strip_event(event)
             except NetworkError as exc:
                 self.log.warning("forwarder did not stop cleanly: %s", exc)
@@ -301,11 +285,12 @@ class WanLink:
 
     async def _del_root(self, ifname: str) -> None:
         """Remove ``ifname``'s root qdisc; already gone (or the interface) is fine."""
-        code, _, err = await _run(["tc", "-n", self.netns, "qdisc", "del", "dev", ifname,
-                                   "root"])
+        done = await run_command(["tc", "-n", self.netns, "qdisc", "del", "dev", ifname, "root"],
+                                 timeout=10.0, error=NetworkError, check=False)
         gone = ("cannot find", "no such", "invalid handle", "handle of zero")
-        if code != 0 and not any(words in err.lower() for words in gone):
-            raise NetworkError(f"cannot remove the qdisc of {ifname} in {self.netns}: {err}")
+        if done.code != 0 and not any(words in done.err.lower() for words in gone):
+            raise NetworkError(f"cannot remove the qdisc of {ifname} in {self.netns}: "
+                               f"{done.err}")
 
     async def _qdisc_stats(self, ifname: str) -> list[dict[str, Any]]:
         out = await _tc(self.netns, ["-s", "-j", "qdisc", "show", "dev", ifname])
@@ -321,12 +306,10 @@ class WanLink:
     async def _spawn(self, timeout: float) -> None:
         argv = forwarder_argv(self.netns, self.left, self.right, self.profile,
                               python=self.python, rt_priority=self.rt_priority,
-                              seed=self.seed,
-                              owner=str(self.registry.run_dir) if self.registry else None)
+                              seed=self.seed, owner=owner_of(self.registry))
         self._forwarder = JsonLinesChild(argv, name="WAN forwarder", error=NetworkError,
                                          registry=self.registry, log=self.log)
-        await self._forwarder.spawn()
-        self.ready_info = await self._forwarder.next_event("ready", timeout)
+        self.ready_info = await self._forwarder.start(timeout)
         if not self.ready_info.get("realtime") and self.rt_priority > 0:
             self.log.warning("forwarder runs without real-time priority: "
                              "delays may stretch under load")

@@ -28,17 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 import logging
 import math
 import sys
 import typing
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Self
 
-from ..children import JsonLinesChild, strip_event
+from ..children import JsonLinesChild, module_argv, owner_of, strip_event
 from ..errors import MeasurementError
 from ..registry import Registry
 
@@ -255,107 +253,30 @@ class SaturatedRtt(_Result):
 
 # ------------------------------------------------------------- tool processes
 
-class ToolState(enum.Enum):
-    IDLE = "idle"
-    RUNNING = "running"
-    DONE = "done"
+class ToolProcess(JsonLinesChild):
+    """One ``tools.py`` endpoint process: a ``JsonLinesChild`` named by its mode.
 
-
-def tool_argv(netns: str | None, mode: str, args: list[str], *, python: str = sys.executable,
-              owner: str | None = None) -> list[str]:
-    """The command line of one endpoint; pure so that unit tests can check it."""
-    argv = [python, "-m", "wanmig.wan.tools"]
-    if owner:
-        argv += ["--owner", owner]
-    argv += [mode, *args]
-    return ["ip", "netns", "exec", netns, *argv] if netns else argv
-
-
-class ToolProcess:
-    """One ``tools.py`` endpoint process: IDLE -> RUNNING -> DONE, always reaped.
-
-    ``start()`` spawns it (and for a server waits for its ``ready`` line);
-    ``result()`` waits for a client's result; ``stop()`` asks a server for
-    its result.  Leaving ``async with`` kills whatever still runs.
+    A server is started with ``start(READY_TIMEOUT_S)`` (it announces
+    ``ready``), a client with ``spawn()``.  ``result()`` waits for the
+    process's one result and reaps it; ``stop()`` asks a server for its
+    result first.  Leaving ``async with`` kills whatever still runs.
     """
 
     def __init__(self, netns: str | None, mode: str, *args: Any,
                  registry: Registry | None = None, python: str = sys.executable) -> None:
-        self.netns = netns
-        self.mode = mode
-        self.args = [str(a) for a in args]
-        self.registry = registry
-        self.python = python
-        self.state = ToolState.IDLE
-        self.ready: dict[str, Any] = {}
-        self._child: JsonLinesChild | None = None
-
-    def __repr__(self) -> str:
-        return (f"ToolProcess({self.mode!r}, netns={self.netns!r}, state={self.state.value}, "
-                f"pid={self.pid})")
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid if self._child else None
-
-    async def start(self, *, server: bool = False, timeout: float = READY_TIMEOUT_S) -> None:
-        if self.state is not ToolState.IDLE:
-            raise MeasurementError(f"{self.mode}: cannot start in state {self.state.value}")
-        owner = str(self.registry.run_dir) if self.registry else None
-        argv = tool_argv(self.netns, self.mode, self.args, python=self.python, owner=owner)
-        where = f"{self.mode} in {self.netns}" if self.netns else self.mode
-        self._child = JsonLinesChild(argv, name=where, error=MeasurementError,
-                                     registry=self.registry, log=log)
-        try:
-            await self._child.spawn()
-        except MeasurementError:
-            self.state = ToolState.DONE
-            raise
-        self.state = ToolState.RUNNING
-        if server:
-            try:
-                self.ready = await self._event("ready", timeout)
-            except BaseException:
-                await self.kill()
-                raise
+        self.netns, self.mode = netns, mode
+        argv = module_argv("wanmig.wan.tools", [mode, *map(str, args)], python=python,
+                           netns=netns, owner=owner_of(registry))
+        super().__init__(argv, name=f"{mode} in {netns}" if netns else mode,
+                         error=MeasurementError, registry=registry, log=log)
 
     async def result(self, timeout: float) -> dict[str, Any]:
         """The process's result line; it is reaped whatever happens."""
-        try:
-            return await self._event("result", timeout)
-        finally:
-            await self._reap(5.0)
+        return strip_event(await self.finish("result", timeout, last_line=None))
 
     async def stop(self, timeout: float = 10.0) -> dict[str, Any]:
         """Ask a server to finish (``stop`` + EOF on stdin) and return its result."""
-        if self.state is not ToolState.RUNNING:
-            raise MeasurementError(f"{self.mode}: cannot stop in state {self.state.value}")
-        assert self._child is not None
-        self._child.end_input("stop")
-        return await self.result(timeout)
-
-    async def kill(self) -> None:
-        """SIGKILL and reap if still running; idempotent."""
-        if self._child is not None:
-            await self._child.kill()
-        self.state = ToolState.DONE
-
-    async def __aenter__(self) -> ToolProcess:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self.state is not ToolState.DONE:
-            await self.kill()
-
-    async def _event(self, name: str, timeout: float) -> dict[str, Any]:
-        assert self._child is not None
-        return strip_event(await self._child.next_event(name, timeout))
-
-    async def _reap(self, timeout: float) -> None:
-        if self._child is not None:
-            await self._child.close(timeout)
-        self.state = ToolState.DONE
+        return strip_event(await self.finish("result", timeout))
 
 
 # ---------------------------------------------------------------- measurements
@@ -387,8 +308,8 @@ async def rtt(ns_a: str | None, ns_b: str | None, ip_b: str, *, rate_hz: float =
     async with ToolProcess(ns_b, "udp-echo", "--port", ECHO_PORT, registry=registry) as echo, \
             ToolProcess(ns_a, "udp-ping", *_ping_args(ip_b, rate_hz, seconds),
                         registry=registry) as ping:
-        await echo.start(server=True)
-        await ping.start()
+        await echo.start(READY_TIMEOUT_S)
+        await ping.spawn()
         result = await ping.result(_ping_timeout(seconds))
         await echo.stop()
     return RttResult.from_tool(result)
@@ -417,8 +338,8 @@ class _ToolPair:
 
     async def __aenter__(self) -> Self:
         try:
-            await self.sink.start(server=True)
-            await self.sender.start()
+            await self.sink.start(READY_TIMEOUT_S)
+            await self.sender.spawn()
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -500,12 +421,12 @@ async def loaded_rtt(ns_a: str | None, ns_b: str | None, ip_b: str, *, load_mbit
     async with ToolProcess(ns_b, "udp-echo", "--port", ECHO_PORT, registry=registry) as echo, \
             ToolProcess(ns_a, "udp-ping", *_ping_args(ip_b, rate_hz, seconds),
                         registry=registry) as ping:
-        await echo.start(server=True)
+        await echo.start(READY_TIMEOUT_S)
         async with _UdpLoad(ns_a, ns_b, ip_b, rate_mbit=load_mbit, seconds=load_seconds,
                             payload=1472, count=None, drain_s=drain_s,
                             registry=registry) as load:
             await asyncio.sleep(LOAD_LEAD_S)
-            await ping.start()
+            await ping.spawn()
             ping_result, load_result = await _together(ping.result(_ping_timeout(seconds)),
                                                        load.result())
         await echo.stop()
@@ -527,11 +448,11 @@ async def saturated_rtt(ns_a: str | None, ns_b: str | None, ip_b: str, *,
     async with ToolProcess(ns_b, "udp-echo", "--port", ECHO_PORT, registry=registry) as echo, \
             ToolProcess(ns_a, "udp-ping", *_ping_args(ip_b, rate_hz, seconds),
                         registry=registry) as ping:
-        await echo.start(server=True)
+        await echo.start(READY_TIMEOUT_S)
         async with _TcpStream(ns_a, ns_b, ip_b, skip + seconds + 1.0, skip, buf, cc,
                               registry) as stream:
             await asyncio.sleep(skip)
-            await ping.start()
+            await ping.spawn()
             ping_result, put = await _together(ping.result(_ping_timeout(seconds)),
                                                stream.result())
         await echo.stop()

@@ -36,19 +36,20 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ..agent_handle import AgentHandle, AgentState, agent_command
+from ..agent_handle import AgentHandle
+from ..children import ChildState, module_argv
 from ..registry import Registry
 from .report import WebLoadReport
 from .spec import DEFAULT_PATHS, WebLoadSpec
 
-WebLoadState = AgentState  # the name this package has always exported
+WebLoadState = ChildState  # the name this package has always exported
 
 
 def web_agent_argv(spec: WebLoadSpec, *, netns: str | None, python: str,
                    ready_timeout: float, owner: str | None = None) -> list[str]:
     """The agent's command line; pure so that unit tests can check it."""
     args = [*spec.to_args(), "--ready-timeout", f"{ready_timeout:g}"]
-    return agent_command(python, "wanmig.workload.agent", args, netns=netns, owner=owner)
+    return module_argv("wanmig.workload.agent", args, python=python, netns=netns, owner=owner)
 
 
 class WebLoad(AgentHandle[WebLoadReport]):

@@ -1,12 +1,16 @@
-"""``wanmig bench wan``: set against measured, for every WAN profile, in one run.
+"""``wanmig bench wan``: set against measured, for every WAN profile.
 
-The bench builds its own three namespaces and runs a ``WanLink`` between them::
+The bench joins two sites through a middle namespace, from the testbed's
+building blocks (``wanmig.testbed.netns``), and runs a ``WanLink`` there::
 
     site A (wm<id>-a)              middle (wm<id>-w)              site B (wm<id>-b)
     eth0 10.99.0.1/24 ──veth── left ┐  WanLink  ┌ right ──veth── eth0 10.99.0.2/24
 
-For each profile (the named ones, then 50 ms RTT at each ``extra_rates_mbit``)
-it starts a link, measures A -> B with ``measure.py`` and stops the link::
+Each profile (the named ones, then 50 ms RTT at each ``extra_rates_mbit``) is
+a case of the runner (``wanmig.bench.runner``), run ``repeat`` times (3 by
+default: one TCP stream's goodput varies by 15 % from one stream to the next
+on the same link).  A run starts a link, measures A -> B with ``measure.py``
+and stops the link::
 
     idle RTT          200 pings/s for ``seconds``
     loaded RTT        the same while paced UDP at half the set rate runs A -> B
@@ -19,14 +23,17 @@ it starts a link, measures A -> B with ``measure.py`` and stops the link::
                       figure needs: 44 775 at 0.5 % (``measure.loss_packets_needed``);
                       ``seconds`` of them on a loss-free link
 
-Then the ceiling: one TCP stream through a link with no delay and no rate.
-With the default ``seconds`` (5) the whole run takes about 4 minutes on 2 cores
-(``seconds`` = 2: under 2 minutes, noisier p99s).
+Then the ceiling case: one TCP stream through a link with no delay and no
+rate.  With the defaults (``seconds`` 5, ``repeat`` 3) the whole run takes
+about 12 minutes on 2 cores (``repeat`` 1: about 4; ``seconds`` 2 halves it,
+with noisier p99s).
 
-Each entry has exactly the keys of ``ENTRY_KEYS`` plus ``checks``: the
-targets that apply to it (``evaluate_checks``, pure), each True or False.
-``cpu_pct`` is the forwarder's CPU (% of one core) while the bulk TCP stream
-ran: the link at its busiest; None for netem, which has no process.
+Each result entry has exactly the keys of ``ENTRY_KEYS`` (the ceiling's:
+profile, backend, goodput, CPU) plus the runner's ``bench`` label.  The
+targets (``evaluate_checks``, pure) are checked on the medians of each
+profile's runs.  ``cpu_pct`` is the forwarder's CPU (% of one core) while the
+bulk TCP stream ran: the link at its busiest; None for netem, which has no
+process.
 
 TCP uses ``cc``: cubic by default, Linux's stock default and the one that
 fills queues, so that "saturated" means a full queue and results do not
@@ -38,32 +45,28 @@ that is TCP, not the link, and no goodput target applies there.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
-from ..errors import NetworkError
+from ..errors import ConfigError, NetworkError
 from ..registry import Registry, new_run_id
-from ..testbed.netns import (
-    Namespace,
-    add_veth,
-    create_namespaces,
-    link_up,
-    remove_namespaces,
-)
-from . import measure
-from .link import WanLink
-from .profiles import PROFILES, LinkProfile, resolve_profile
-from .tools import packets_per_second
+from ..testbed.netns import Namespace, configure_host, join_through, owned_namespaces
+from ..wan import measure
+from ..wan.link import WanLink
+from ..wan.profiles import PROFILES, LinkProfile, resolve_profile
+from ..wan.tools import packets_per_second
+from .runner import BenchRun, Entry, Figures, Say, medians, quiet
 
-log = logging.getLogger("wanmig.wan.bench")
+log = logging.getLogger("wanmig.bench.wan")
 
 DEFAULT_SECONDS = 5.0
+DEFAULT_REPEAT = 3
 PING_HZ = 200.0                 # 1000 samples in 5 s: a p99 from 10 samples above it
 DEFAULT_EXTRA_RATES = (10.0, 100.0, 200.0)
 RATE_POINT_RTT_MS = 50.0
@@ -77,17 +80,49 @@ RTT_P99_TOLERANCE_MS = 2.0
 SATURATED_MARGIN_MS = 2.0
 GOODPUT_SHARE = 0.9
 LOSS_REL_TOLERANCE = 0.2
+CEILING = "ceiling"
 
 ENTRY_KEYS = (
     "profile", "backend", "rtt_set_ms", "rtt_idle_p50_ms", "rtt_loaded_p50_ms",
     "rtt_loaded_p99_ms", "rtt_saturated_p50_ms", "queue_ms", "rtt_saturated_bound_ms",
     "rate_set_mbit", "goodput_mbit", "loss_set_pct", "loss_measured_pct", "cpu_pct",
 )
-
-Progress = Callable[[str], None]
+#: the check of each target, and the figure it reads
+CHECK_FIGURES = {
+    "rtt_idle_p50": "rtt_idle_p50_ms", "rtt_loaded_p50": "rtt_loaded_p50_ms",
+    "rtt_loaded_p99": "rtt_loaded_p99_ms", "rtt_saturated_p50": "rtt_saturated_p50_ms",
+    "goodput": "goodput_mbit", "loss": "loss_measured_pct",
+}
+#: what varies from run to run: every measured figure (None where a case has none)
+FIGURES: Figures = {key: (lambda entry, key=key: entry.get(key))
+                    for key in (*CHECK_FIGURES.values(), "cpu_pct")}
 
 
 # ------------------------------------------------------------------ pure parts
+
+@dataclass(frozen=True)
+class WanCase:
+    """One case of the matrix: a profile measured in full, or the forwarder's ceiling."""
+
+    profile: LinkProfile
+    ceiling: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    @property
+    def labels(self) -> dict[str, Any]:
+        return {"ceiling": True} if self.ceiling else {}
+
+
+def check_seconds(seconds: float) -> float:
+    """``seconds`` if it is a positive, finite length; ConfigError otherwise."""
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"must be a positive number (got {seconds!r})",
+                          field="seconds")
+    return float(seconds)
+
 
 def plan_profiles(profiles: Sequence[str | dict[str, Any] | LinkProfile] | None,
                   extra_rates_mbit: Sequence[float] | None) -> list[LinkProfile]:
@@ -106,6 +141,21 @@ def plan_profiles(profiles: Sequence[str | dict[str, Any] | LinkProfile] | None,
     return chosen
 
 
+def plan_cases(profiles: Sequence[str | dict[str, Any] | LinkProfile] | None,
+               extra_rates_mbit: Sequence[float] | None, *, ceiling: bool = True
+               ) -> list[WanCase]:
+    """``plan_profiles``' profiles, then the ceiling; ConfigError if two share a name."""
+    cases = [WanCase(p) for p in plan_profiles(profiles, extra_rates_mbit)]
+    if ceiling:
+        cases.append(WanCase(ceiling_profile(), ceiling=True))
+    names = [c.name for c in cases]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"{name!r} is measured twice: give each profile its own name",
+                              field="profile")
+    return cases
+
+
 def rate_point(rate_mbit: float) -> LinkProfile:
     """The custom profile of one extra rate point: 50 ms RTT at ``rate_mbit``."""
     return LinkProfile(name=f"rtt{RATE_POINT_RTT_MS:g}-{rate_mbit:g}mbit",
@@ -113,7 +163,7 @@ def rate_point(rate_mbit: float) -> LinkProfile:
 
 
 def ceiling_profile() -> LinkProfile:
-    return LinkProfile(name="ceiling", rtt_ms=0.0, rate_mbit=None)
+    return LinkProfile(name=CEILING, rtt_ms=0.0, rate_mbit=None)
 
 
 def saturated_bound_ms(p: LinkProfile) -> float | None:
@@ -146,8 +196,8 @@ def loss_plan(p: LinkProfile, seconds: float) -> LossPlan:
     return LossPlan(rate, max(1, round(pps * seconds)), seconds)
 
 
-def evaluate_checks(entry: dict[str, Any], p: LinkProfile) -> dict[str, bool]:
-    """The targets that apply to ``entry`` (measured for ``p``), each met or not.
+def evaluate_checks(figures: Mapping[str, Any], p: LinkProfile) -> dict[str, bool]:
+    """The targets that apply to ``figures`` (one entry, or medians) measured for ``p``.
 
     rtt_idle_p50 / rtt_loaded_p50 / rtt_loaded_p99   p50 within 1 ms and p99
         within 2 ms of the set RTT (profiles in RTT_TARGET_PROFILES)
@@ -166,28 +216,45 @@ def evaluate_checks(entry: dict[str, Any], p: LinkProfile) -> dict[str, bool]:
         return value is not None and abs(value - set_rtt) <= tolerance
 
     if p.name in RTT_TARGET_PROFILES:
-        checks["rtt_idle_p50"] = near(entry["rtt_idle_p50_ms"], RTT_P50_TOLERANCE_MS)
-        checks["rtt_loaded_p50"] = near(entry["rtt_loaded_p50_ms"], RTT_P50_TOLERANCE_MS)
-        checks["rtt_loaded_p99"] = near(entry["rtt_loaded_p99_ms"], RTT_P99_TOLERANCE_MS)
-    bound = entry["rtt_saturated_bound_ms"]
+        checks["rtt_idle_p50"] = near(figures["rtt_idle_p50_ms"], RTT_P50_TOLERANCE_MS)
+        checks["rtt_loaded_p50"] = near(figures["rtt_loaded_p50_ms"], RTT_P50_TOLERANCE_MS)
+        checks["rtt_loaded_p99"] = near(figures["rtt_loaded_p99_ms"], RTT_P99_TOLERANCE_MS)
+    bound = saturated_bound_ms(p)
     if bound is not None:
-        sat = entry["rtt_saturated_p50_ms"]
+        sat = figures["rtt_saturated_p50_ms"]
         checks["rtt_saturated_p50"] = sat is not None and sat <= bound
     if p.rate_mbit is not None and p.rtt_ms == RATE_POINT_RTT_MS and p.loss_pct == 0:
-        put = entry["goodput_mbit"]
+        put = figures["goodput_mbit"]
         checks["goodput"] = put is not None and put >= GOODPUT_SHARE * p.rate_mbit
     if p.loss_pct > 0:
-        measured = entry["loss_measured_pct"]
+        measured = figures["loss_measured_pct"]
         checks["loss"] = (measured is not None
                           and abs(measured - p.loss_pct) <= LOSS_REL_TOLERANCE * p.loss_pct)
+    return checks
+
+
+def summary_checks(summary: Sequence[dict[str, Any]],
+                   profiles: Mapping[str, LinkProfile]) -> list[dict[str, Any]]:
+    """``evaluate_checks`` on each measured profile's medians, as the runner's check entries."""
+    checks: list[dict[str, Any]] = []
+    for row in summary:
+        p = profiles.get(row["case"])
+        if p is None:           # the ceiling: no target
+            continue
+        for name, ok in evaluate_checks(medians(row), p).items():
+            fig = row["figures"][CHECK_FIGURES[name]]
+            detail = f"{CHECK_FIGURES[name]} {fig['median']}"
+            if fig["n"] > 1:
+                detail += f" (median of {fig['n']}, {fig['min']}–{fig['max']})"
+            checks.append({"case": row["case"], "check": name, "ok": ok, "detail": detail})
     return checks
 
 
 def make_entry(p: LinkProfile, *, backend: str, idle: measure.RttResult,
                loaded: measure.LoadedRtt, saturated: measure.SaturatedRtt,
                lost: measure.LossResult, cpu_pct: float | None) -> dict[str, Any]:
-    """One result entry: ``ENTRY_KEYS`` from the measurements, then its ``checks``."""
-    entry: dict[str, Any] = {
+    """One result entry: ``ENTRY_KEYS`` from the measurements."""
+    return {
         "profile": p.name,
         "backend": backend,
         "rtt_set_ms": p.rtt_ms,
@@ -203,8 +270,6 @@ def make_entry(p: LinkProfile, *, backend: str, idle: measure.RttResult,
         "loss_measured_pct": lost.loss_pct,
         "cpu_pct": cpu_pct,
     }
-    entry["checks"] = evaluate_checks(entry, p)
-    return entry
 
 
 def cpu_pct(cpu_s_before: float | None, cpu_s_after: float | None, wall_s: float) -> float | None:
@@ -220,8 +285,14 @@ def _round(x: float | None, digits: int) -> float | None:
 
 # ------------------------------------------------------------------- topology
 
-class BenchTopology:
-    """Site A, middle, site B joined by two veth pairs; ``async with`` builds and removes it."""
+@dataclass(frozen=True)
+class BenchSites:
+    """Site A, the middle and site B of the diagram above (``bench_sites`` builds them)."""
+
+    site_a: Namespace
+    middle: Namespace
+    site_b: Namespace
+    registry: Registry
 
     ip_a = "10.99.0.1"
     ip_b = "10.99.0.2"
@@ -229,57 +300,24 @@ class BenchTopology:
     left, right = "left", "right"   # the middle namespace's interfaces (no addresses)
     mtu = 1500
 
-    def __init__(self, registry: Registry) -> None:
-        rid = registry.run_id
-        self.registry = registry
-        self.site_a = Namespace(f"wm{rid}-a", registry)
-        self.middle = Namespace(f"wm{rid}-w", registry)
-        self.site_b = Namespace(f"wm{rid}-b", registry)
-        self.up = False
-
-    def __repr__(self) -> str:
-        return (f"BenchTopology(a={self.site_a.name}, middle={self.middle.name}, "
-                f"b={self.site_b.name}, up={self.up})")
-
     @property
     def namespaces(self) -> tuple[Namespace, ...]:
         return (self.site_a, self.middle, self.site_b)
 
-    async def __aenter__(self) -> BenchTopology:
-        try:
-            await create_namespaces(self.namespaces)
-            await self._build()
-        except BaseException:
-            await self.remove()
-            raise
-        self.up = True
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.remove()
-
-    async def remove(self) -> None:
-        errors = await remove_namespaces(self.namespaces)
-        self.up = False
-        if errors:
-            raise NetworkError("; ".join(errors))
-
-    async def _build(self) -> None:
-        try:
-            for ifname, site in ((self.left, self.site_a), (self.right, self.site_b)):
-                await add_veth(self.middle, ifname, site, "eth0")
-            async with AsyncIPRoute(netns=self.middle.name) as ipr:
-                for ifname in (self.left, self.right):
-                    await link_up(ipr, ifname, mtu=self.mtu)
-            for site, ip in ((self.site_a, self.ip_a), (self.site_b, self.ip_b)):
-                async with AsyncIPRoute(netns=site.name) as ipr:
-                    await link_up(ipr, "lo")
-                    idx = await link_up(ipr, "eth0", mtu=self.mtu)
-                    await ipr.addr("add", index=idx, address=ip, prefixlen=self.prefixlen)
-        except NetlinkError as exc:
-            raise NetworkError(f"bench topology set-up failed: {exc}", cause=exc) from exc
-        for site in (self.site_a, self.site_b):
+@contextlib.asynccontextmanager
+async def bench_sites(registry: Registry) -> AsyncIterator[BenchSites]:
+    """The bench's three namespaces for the block; all removed when it ends, however."""
+    rid = registry.run_id
+    sites = BenchSites(Namespace(f"wm{rid}-a", registry), Namespace(f"wm{rid}-w", registry),
+                       Namespace(f"wm{rid}-b", registry), registry)
+    async with owned_namespaces(sites.namespaces):
+        await join_through(sites.site_a, "eth0", sites.middle, (sites.left, sites.right),
+                           sites.site_b, "eth0", mtu=sites.mtu)
+        for site, ip in ((sites.site_a, sites.ip_a), (sites.site_b, sites.ip_b)):
+            await configure_host(site, "eth0", ip, sites.prefixlen, mtu=sites.mtu)
             await _tune_buffers(site)
+        yield sites
 
 
 async def _tune_buffers(ns: Namespace) -> None:
@@ -302,16 +340,20 @@ async def _tune_buffers(ns: Namespace) -> None:
 
 # ---------------------------------------------------------------------- bench
 
-async def measure_profile(topo: BenchTopology, p: LinkProfile, *, seconds: float,
+def _link(sites: BenchSites, p: LinkProfile, backend: str) -> WanLink:
+    return WanLink(sites.middle.name, sites.left, sites.right, p, registry=sites.registry,
+                   backend=backend)
+
+
+async def measure_profile(sites: BenchSites, p: LinkProfile, *, seconds: float,
                           cc: str | None, backend: str = "auto",
-                          progress: Progress | None = None) -> dict[str, Any]:
+                          say: Say | None = None) -> Entry:
     """Start a link with ``p``, measure it A -> B, stop it; one result entry."""
-    say = progress or (lambda message: None)
-    a, b, ip_b, reg = topo.site_a.name, topo.site_b.name, topo.ip_b, topo.registry
+    say = say or quiet
+    a, b, ip_b, reg = sites.site_a.name, sites.site_b.name, sites.ip_b, sites.registry
     drain_s = (p.rtt_ms / 2 + p.jitter_ms + p.queue_ms) / 1000 + 0.25
     load = UNRATED_LOAD_MBIT if p.rate_mbit is None else LOAD_SHARE * p.rate_mbit
-    async with WanLink(topo.middle.name, topo.left, topo.right, p, registry=reg,
-                       backend=backend) as link:
+    async with _link(sites, p, backend) as link:
         say(f"{p.summary()} [{link.backend}]: idle RTT")
         idle = await measure.rtt(a, b, ip_b, rate_hz=PING_HZ, seconds=seconds, registry=reg)
         say(f"{p.name}: RTT under {load:g} Mbit/s of paced UDP")
@@ -333,28 +375,30 @@ async def measure_profile(topo: BenchTopology, p: LinkProfile, *, seconds: float
               lost)
     entry = make_entry(p, backend=backend_used, idle=idle, loaded=loaded,
                        saturated=saturated, lost=lost, cpu_pct=cpu)
-    failed = [name for name, ok in entry["checks"].items() if not ok]
+    missed = [name for name, ok in evaluate_checks(entry, p).items() if not ok]
     say(f"{p.name}: RTT {entry['rtt_idle_p50_ms']} / {entry['rtt_loaded_p99_ms']} (p99 loaded) "
         f"/ {entry['rtt_saturated_p50_ms']} ms (saturated), goodput {entry['goodput_mbit']} "
         f"Mbit/s, loss {entry['loss_measured_pct']} %, CPU {cpu} %"
-        + (f"; MISSED {', '.join(failed)}" if failed else ""))
+        + (f"; this run missed {', '.join(missed)}" if missed else ""))
     return entry
 
 
-async def measure_ceiling(topo: BenchTopology, *, seconds: float, cc: str | None,
-                          backend: str = "auto") -> dict[str, Any]:
+async def measure_ceiling(sites: BenchSites, *, seconds: float, cc: str | None,
+                          backend: str = "auto", say: Say | None = None) -> Entry:
     """One TCP stream through a link with no delay and no rate: the forwarder's limit."""
-    p = ceiling_profile()
-    async with WanLink(topo.middle.name, topo.left, topo.right, p, registry=topo.registry,
-                       backend=backend) as link:
+    say = say or quiet
+    say("ceiling: one TCP stream, no delay, no rate limit")
+    async with _link(sites, ceiling_profile(), backend) as link:
         # sized as if the forwarder added 1 ms: it queues frames under load
         before, t0 = await _cpu_s(link), time.monotonic()
-        put = await measure.goodput(topo.site_a.name, topo.site_b.name, topo.ip_b,
+        put = await measure.goodput(sites.site_a.name, sites.site_b.name, sites.ip_b,
                                     seconds=seconds, rate_mbit=None, rtt_ms=1.0, cc=cc,
-                                    skip_s=0.5, registry=topo.registry)
+                                    skip_s=0.5, registry=sites.registry)
         cpu = cpu_pct(before, await _cpu_s(link), time.monotonic() - t0)
-        return {"backend": link.backend, "goodput_mbit": _round(put.goodput_mbit, 1),
-                "cpu_pct": cpu}
+        entry = {"profile": CEILING, "backend": link.backend,
+                 "goodput_mbit": _round(put.goodput_mbit, 1), "cpu_pct": cpu}
+    say(f"ceiling: {entry['goodput_mbit']} Mbit/s at {cpu} % CPU")
+    return entry
 
 
 async def _cpu_s(link: WanLink) -> float | None:
@@ -365,40 +409,44 @@ async def _cpu_s(link: WanLink) -> float | None:
 
 async def run_wan_bench(profiles: Sequence[str | dict[str, Any] | LinkProfile] | None = None,
                         *, extra_rates_mbit: Sequence[float] | None = None,
-                        seconds: float = DEFAULT_SECONDS, on_progress: Progress | None = None,
-                        ceiling: bool = True, cc: str | None = "cubic",
-                        backend: str = "auto") -> dict[str, Any]:
-    """Measure every profile (see the module docstring); ``{"kind": "wan", ...}``.
+                        seconds: float = DEFAULT_SECONDS, repeat: int = DEFAULT_REPEAT,
+                        ceiling: bool = True, cc: str | None = "cubic", backend: str = "auto",
+                        out: Path | None = None, say: Say | None = None) -> dict[str, Any]:
+    """Measure every case ``repeat`` times (see the module docstring); kind ``wan``.
 
     ``profiles`` None: all named profiles plus 50 ms RTT at ``extra_rates_mbit``
     (default 10, 100, 200 Mbit/s; with explicit ``profiles`` none unless
     given).  ``seconds`` is the length of each RTT measurement and of the
-    steady part of the TCP stream.  Everything the bench creates is removed
+    steady part of each TCP stream.  Every option is checked (ConfigError)
+    before a namespace exists; everything the bench creates is removed
     before it returns or raises.
     """
-    if seconds <= 0:
-        raise ValueError("seconds must be positive")
-    plan = plan_profiles(profiles, extra_rates_mbit)
-    say = on_progress or (lambda message: None)
+    seconds = check_seconds(seconds)
+    cases = plan_cases(profiles, extra_rates_mbit, ceiling=ceiling)
+    measured = {c.name: c.profile for c in cases if not c.ceiling}
+    bench = BenchRun("wan", cases, figures=FIGURES,
+                     checks=lambda summary: summary_checks(summary, measured),
+                     settings={"seconds": seconds, "ping_hz": PING_HZ, "cc": cc or "default",
+                               "backend": backend},
+                     repeat=repeat, out=out, say=say)
+    bench.begin()
+    tell = bench.say
     registry = Registry(new_run_id())
-    results: list[dict[str, Any]] = []
-    top: dict[str, Any] | None = None
-    started = time.monotonic()
     try:
-        async with BenchTopology(registry) as topo:
-            say(f"namespaces {', '.join(ns.name for ns in topo.namespaces)}; "
-                f"{len(plan)} profiles, {seconds:g} s per measurement")
-            for p in plan:
-                results.append(await measure_profile(topo, p, seconds=seconds, cc=cc,
-                                                     backend=backend, progress=say))
-            if ceiling:
-                say("ceiling: one TCP stream, no delay, no rate limit")
-                top = await measure_ceiling(topo, seconds=seconds, cc=cc, backend=backend)
-                say(f"ceiling: {top['goodput_mbit']} Mbit/s at {top['cpu_pct']} % CPU")
+        async with bench_sites(registry) as sites:
+            tell(f"namespaces {', '.join(ns.name for ns in sites.namespaces)}; "
+                 f"{len(cases)} cases, {repeat} run(s) each, {seconds:g} s per measurement")
+
+            async def run(case: WanCase, index: int) -> Entry:
+                if case.ceiling:
+                    return await measure_ceiling(sites, seconds=seconds, cc=cc,
+                                                 backend=backend, say=tell)
+                return await measure_profile(sites, case.profile, seconds=seconds, cc=cc,
+                                             backend=backend, say=tell)
+
+            doc = await bench.run(run)
     finally:
         if not registry.namespaces and not registry.pids:
             registry.close()  # else `wanmig clean` finds what is left
-    say(f"done in {time.monotonic() - started:.0f} s")
-    return {"kind": "wan", "results": results, "ceiling": top,
-            "settings": {"seconds": seconds, "ping_hz": PING_HZ, "cc": cc or "default"}}
-
+    tell(f"done in {doc['seconds']:.0f} s")
+    return doc

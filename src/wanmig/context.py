@@ -1,0 +1,145 @@
+"""What the parts of a migration see, and the hooks they offer the engine.
+
+A run is put together from a memory strategy, a storage strategy and a
+network mode (the tables in ``wanmig.parts``).  Each is a ``Part``: a small
+object with the phase hooks it needs.  The engine (``orchestrator.py``) calls
+them in this order and knows nothing of what they do inside::
+
+    phase        memory                 storage             network
+    prepare      prepare                prepare             prepare
+    storage      -                      copy                -
+    memory       copy (until paused)    -                   -
+    switchover   switchover  ────────── switchover ──────── switchover   (concurrently)
+                 (then the engine sends the destination ``cont``)
+    redirect     -                      -                   redirect
+    finish       finish                 finish              finish
+    on failure   rollback               rollback            rollback     (only if the rule allows)
+
+A hook gets the ``RunContext``: the scenario, the sites, both QEMUs, the
+link as measured, the UI and the run state.  ``rollback`` is only called
+when ``RunState.may_resume_source()`` holds; ``record`` returns the part's
+block of the result record, and is called whatever happened.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from .record import Phase
+
+if TYPE_CHECKING:
+    from .config import Scenario
+    from .faults import Faults
+    from .memory.migration import MigrationProgress
+    from .memory.select import LinkFacts
+    from .qemu.image import GuestImage
+    from .qemu.process import QemuVm, VmConfig
+    from .record import WanInfo
+    from .registry import Registry
+    from .runstate import RunState
+    from .testbed import Testbed
+
+
+class Ui(Protocol):
+    """What the engine tells the person watching (the CLI renders it with rich)."""
+
+    def step(self, message: str) -> None: ...
+    def phase(self, name: str) -> None: ...
+    def progress(self, p: MigrationProgress) -> None: ...
+
+
+@dataclass
+class PhaseClock:
+    """Phase bookkeeping, in ms since the start of ``prepare``."""
+
+    t0: float = 0.0
+    phases: list[Phase] = field(default_factory=list)
+    current: tuple[str, float] | None = None
+
+    def now_ms(self) -> float:
+        return (time.monotonic() - self.t0) * 1000.0
+
+    def begin(self, name: str) -> None:
+        self.end()
+        if not self.phases and self.current is None:
+            self.t0 = time.monotonic()
+        self.current = (name, self.now_ms())
+
+    def end(self) -> None:
+        if self.current:
+            name, start = self.current
+            self.phases.append(Phase(name=name, start_ms=round(start, 3),
+                                     end_ms=round(self.now_ms(), 3)))
+            self.current = None
+
+
+@dataclass
+class RunContext:
+    """One run's shared facts; built by the engine, read (and sometimes noted in) by parts."""
+
+    scenario: Scenario
+    registry: Registry
+    testbed: Testbed
+    image: GuestImage
+    accel: str
+    ui: Ui
+    state: RunState
+    wan: WanInfo
+    link: LinkFacts
+    pki_dir: Path
+    src: QemuVm | None = None
+    dst: QemuVm | None = None
+    #: Fields the record gets at its top level (``vm_lost``, ``guest_unresponsive``, ...).
+    notes: dict[str, Any] = field(default_factory=dict)
+    faults: Faults = field(init=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.registry.run_dir
+
+    def vm_config(self, site: str, disk: Path) -> VmConfig:
+        """The QEMU settings for the guest at ``site`` (``b`` is a migration destination)."""
+        from .qemu.process import VmConfig
+
+        sc, addr = self.scenario, self.testbed.addr
+        return VmConfig(name=f"vm-{site}", image=self.image, disk=disk, ram_mib=sc.vm.ram_mib,
+                        mac=addr.vm_mac, tap=addr.tap, ip_cidr=addr.vm_cidr, accel=self.accel,
+                        netns=self.testbed.site(site).name, incoming=site == "b",
+                        dirty=((sc.vm.dirty_mib, sc.vm.dirty_rate_mbps)
+                               if sc.vm.workload == "dirty" else None))
+
+
+class Part:
+    """A memory strategy, storage strategy or network mode: every hook does nothing
+    unless the part needs it."""
+
+    kind: ClassVar[str] = "part"
+    name: ClassVar[str] = "part"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.kind} {self.name!r})"
+
+    async def prepare(self, ctx: RunContext) -> None:
+        """Before anything moves: the destination exists, channels are opened."""
+
+    async def copy(self, ctx: RunContext) -> None:
+        """The bulk copy of this part's state while the source runs."""
+
+    async def switchover(self, ctx: RunContext) -> None:
+        """The source is stopped: move what is left; the destination must not run yet."""
+
+    async def redirect(self, ctx: RunContext) -> None:
+        """The destination runs: the VM's network identity moves to it."""
+
+    async def finish(self, ctx: RunContext) -> None:
+        """Background work that ends after the move (postcopy's last pages, ...)."""
+
+    async def rollback(self, ctx: RunContext) -> None:
+        """Undo what this part did; the destination is fenced and has never run."""
+
+    def record(self, ctx: RunContext) -> dict[str, Any]:
+        """This part's block of the result record."""
+        return {}

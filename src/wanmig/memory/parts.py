@@ -1,0 +1,238 @@
+"""The memory strategies as parts: how the guest's RAM crosses the WAN.
+
+Every strategy drives QEMU's own migration stream (``QemuMigration``); they
+differ in how they arrive at the ``MigrationPlan`` (``choose_plan``):
+
+* ``precopy``, ``postcopy``, ``hybrid``: the model's settings for that
+  strategy, from the link and the target outage only;
+* ``precopy-tuned``: surveys the guest first (its throttle start needs the
+  dirty rate) and is refused where it broke guests here (``tuned_refusal``);
+* ``auto``: surveys, predicts every strategy (``wanmig.model.choose``) and
+  plans the one predicted best, within half the timeout: under heavy
+  throttling the model's rounds were up to 1.5x optimistic here.
+
+The shared life (``QemuMemory``): ``prepare`` loads the TLS certificates
+into both QEMUs and sets the plan; ``copy`` iterates until QEMU pauses the
+source at pre-switchover; ``switchover`` lets the last bytes go and returns
+with the destination loaded and paused; ``finish`` waits for postcopy's last
+pages; ``rollback`` cancels the migration and resumes the source (only ever
+called by the engine's rule).  The record gets QEMU's figures, the bytes
+site A put on the inter-site link, and the plan's decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, ClassVar
+
+from ..context import Part, RunContext
+from ..errors import MigrationError
+from ..model import Calibration, choose, predict, tuned_refusal
+from ..model.switchover import switchover_timeout_s
+from ..record import MemoryResult
+from ..testbed.netns import tx_bytes
+from .migration import QemuMigration
+from .plan import MigrationPlan, TlsSettings
+from .select import known_facts, plan_for, surveyed, targets_for, unsurveyed
+from .tls import DeploymentCa, MigrationTls, add_tls_creds
+
+log = logging.getLogger("wanmig.memory")
+
+#: auto plans to finish within this share of the timeout (see the module docstring).
+AUTO_HORIZON_SHARE = 0.5
+#: The inter-site interface whose counter gives the bytes on the WAN.
+WAN_IFACE = "isl0"
+#: Linux's default tcp_wmem maximum: what default precopy may have queued.
+DEFAULT_SNDBUF_MAX = 4 * 2**20
+
+
+class QemuMemory(Part):
+    """The life every memory strategy shares (see the module docstring)."""
+
+    kind: ClassVar[str] = "memory"
+
+    def __init__(self) -> None:
+        self.migration: QemuMigration | None = None
+        self.plan: MigrationPlan | None = None
+        self.decision: dict[str, Any] | None = None
+        self.wire_bytes: int | None = None
+        self._wire0: int | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(memory {self.name!r}, migration={self.migration!r})"
+
+    async def choose_plan(self, ctx: RunContext, tls: TlsSettings | None,
+                          preempt: bool) -> tuple[MigrationPlan, dict[str, Any] | None]:
+        """The plan to run and, for surveyed strategies, the decision for the record."""
+        m = unsurveyed(self._known(ctx, tls, preempt))
+        return plan_for(self.name, m, targets_for(ctx.scenario.memory), tls), None
+
+    def _known(self, ctx: RunContext, tls: TlsSettings | None, preempt: bool) -> dict[str, Any]:
+        return known_facts(ram_bytes=ctx.scenario.vm.ram_mib * 2**20, link=ctx.link,
+                           accel=ctx.accel, tls=tls is not None, preempt=preempt)
+
+    # -- hooks ----------------------------------------------------------------
+
+    async def prepare(self, ctx: RunContext) -> None:
+        assert ctx.src is not None and ctx.dst is not None
+        tls = await install_tls(ctx) if ctx.scenario.memory.tls else None
+        preempt = await _has_capability(ctx, "postcopy-preempt")
+        self.plan, self.decision = await self.choose_plan(ctx, tls, preempt)
+        addr = ctx.testbed.addr
+        self.migration = QemuMigration(ctx.src, ctx.dst,
+                                       f"tcp:{addr.site_b_ip}:{addr.migration_port}", self.plan,
+                                       on_progress=ctx.ui.progress)
+        await self.migration.prepare()
+        if self.plan.strategy != "precopy":
+            # Keep the migration socket's unsent backlog short, so the last delta
+            # (or a postcopy page) is not queued behind seconds of earlier data.
+            lowat = Calibration().notsent_lowat_bytes  # what the model assumes
+            await ctx.testbed.site_a.sysctl("net.ipv4.tcp_notsent_lowat", str(lowat))
+            ctx.notes["site_a_tcp_notsent_lowat"] = lowat
+
+    async def copy(self, ctx: RunContext) -> None:
+        assert self.migration is not None
+        self._wire0 = await tx_bytes(ctx.testbed.site_a, WAN_IFACE)
+        await self.migration.iterate(ctx.scenario.memory.timeout_s,
+                                     on_first_progress=lambda: ctx.faults.at("memory-progress"))
+
+    def switchover_timeout_s(self, ctx: RunContext) -> float:
+        """The engine's bound on the switchover (``model.switchover_timeout_s``)."""
+        link = ctx.link
+        bounded = "site_a_tcp_notsent_lowat" in ctx.notes
+        queued = Calibration().notsent_lowat_bytes if bounded else DEFAULT_SNDBUF_MAX
+        in_flight = int(link.rate_bit_s * link.rtt_ms / 8000)
+        return switchover_timeout_s(target_outage_ms=ctx.scenario.memory.target_outage_ms,
+                                    rtt_ms=link.rtt_ms, rate_bit_s=link.rate_bit_s,
+                                    backlog_bytes=queued + in_flight)
+
+    async def switchover(self, ctx: RunContext) -> None:
+        assert self.migration is not None
+        bound = self.switchover_timeout_s(ctx)
+        ctx.notes["switchover_timeout_s"] = bound
+        await self.migration.switchover(bound)
+
+    async def finish(self, ctx: RunContext) -> None:
+        assert self.migration is not None
+        await self.migration.finish(ctx.scenario.memory.timeout_s)
+        await self._count_wire(ctx)
+
+    async def rollback(self, ctx: RunContext) -> None:
+        assert ctx.src is not None
+        await self._count_wire(ctx)
+        if self.migration is not None and self.migration.continued:
+            await cut_stream(ctx)
+        if self.migration is not None:
+            await self.migration.cancel()
+        elif await ctx.src.run_state() != "running":
+            await ctx.src.execute("cont")
+
+    async def _count_wire(self, ctx: RunContext) -> None:
+        if self._wire0 is not None and self.wire_bytes is None:
+            self.wire_bytes = await tx_bytes(ctx.testbed.site_a, WAN_IFACE) - self._wire0
+
+    def record(self, ctx: RunContext) -> dict[str, Any]:
+        memory = (self.migration.result() if self.migration
+                  else MemoryResult(strategy=self.plan.strategy if self.plan else self.name,
+                                    converged=False))
+        return memory.model_copy(update={"decision": self.decision,
+                                         "wire_bytes": self.wire_bytes}).model_dump()
+
+
+class Precopy(QemuMemory):
+    """QEMU's defaults over one stream: the baseline every benchmark shows."""
+
+    name = "precopy"
+
+
+class Postcopy(QemuMemory):
+    """``postcopy-ram`` at once: the guest runs at B and faults pages over the WAN."""
+
+    name = "postcopy"
+
+
+class Hybrid(QemuMemory):
+    """Precopy until a round no longer shrinks or the budget is spent, then postcopy."""
+
+    name = "hybrid"
+
+
+class PrecopyTuned(QemuMemory):
+    """multifd + zstd, auto-converge from the throttle the survey says it needs."""
+
+    name = "precopy-tuned"
+
+    async def choose_plan(self, ctx: RunContext, tls: TlsSettings | None,
+                          preempt: bool) -> tuple[MigrationPlan, dict[str, Any] | None]:
+        return await _surveyed_plan(self, ctx, tls, preempt, horizon_share=1.0, auto=False)
+
+
+class Auto(QemuMemory):
+    """Measure the guest and the link, predict every strategy, run the best."""
+
+    name = "auto"
+
+    async def choose_plan(self, ctx: RunContext, tls: TlsSettings | None,
+                          preempt: bool) -> tuple[MigrationPlan, dict[str, Any] | None]:
+        return await _surveyed_plan(self, ctx, tls, preempt,
+                                    horizon_share=AUTO_HORIZON_SHARE, auto=True)
+
+
+async def _surveyed_plan(part: QemuMemory, ctx: RunContext, tls: TlsSettings | None,
+                         preempt: bool, *, horizon_share: float,
+                         auto: bool) -> tuple[MigrationPlan, dict[str, Any]]:
+    """Survey the guest, then plan ``part``'s strategy (or, ``auto``, the one chosen)."""
+    assert ctx.src is not None
+    ctx.ui.step(f"{part.name}: measuring the guest (dirty rate, memory)")
+    targets = targets_for(ctx.scenario.memory, horizon_share)
+    m, survey = await surveyed(ctx.src, part._known(ctx, tls, preempt), ctx.run_dir)
+    decision: dict[str, Any] = {"survey": survey, "measurements": m.model_dump(),
+                                "targets": targets.model_dump()}
+    strategy = part.name
+    if auto:
+        chosen = choose(m, targets, Calibration())
+        strategy = chosen.chosen
+        decision.update(chosen.model_dump())
+        ctx.ui.step(f"auto chose {strategy}: {chosen.reason}")
+    elif refusal := tuned_refusal(m):
+        raise MigrationError(refusal)
+    decision["predicted"] = predict(strategy, m, targets, Calibration()).model_dump()
+    return plan_for(strategy, m, targets, tls), decision
+
+
+async def install_tls(ctx: RunContext) -> TlsSettings:
+    """Certificates for this migration from the deployment's CA, loaded into both QEMUs."""
+    assert ctx.src is not None and ctx.dst is not None
+    ca = await asyncio.to_thread(DeploymentCa.load_or_create, ctx.pki_dir)
+    foreign = ctx.scenario.fault.destination_cert == "foreign-ca"
+    if foreign:
+        ctx.ui.step("fault injection: the destination presents a certificate of another CA")
+    material = await asyncio.to_thread(MigrationTls.create, ctx.run_dir / "tls", ca,
+                                       ctx.testbed.addr.site_b_ip, rogue=foreign)
+    await add_tls_creds(ctx.src, material.source_dir, "client")
+    # tls-authz: this migration's source, not any certificate the CA signed
+    await add_tls_creds(ctx.dst, material.dest_dir, "server",
+                        client_identity=material.source_identity)
+    return TlsSettings(hostname=material.hostname)
+
+
+async def cut_stream(ctx: RunContext) -> None:
+    """Close site A's migration sockets from the kernel side (``ss -K``).
+
+    After ``migrate-continue`` QEMU's migration thread writes the last bytes
+    holding the big QEMU lock; if they are stuck behind a WAN outage, the
+    source's monitor does not answer (not even ``migrate_cancel``) until the
+    socket moves.  The destination is fenced by then, so the stream has no
+    receiver anyway: destroying the sockets makes the write fail at once,
+    QEMU marks the migration failed and its monitor answers again.
+    """
+    addr = ctx.testbed.addr
+    await ctx.testbed.site_a.run("ss", "-K", "dst", addr.site_b_ip, "dport", "=",
+                                 str(addr.migration_port))
+
+
+async def _has_capability(ctx: RunContext, name: str) -> bool:
+    assert ctx.src is not None
+    caps = await ctx.src.execute("query-migrate-capabilities")
+    return any(c["capability"] == name for c in caps)

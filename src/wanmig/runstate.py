@@ -1,0 +1,120 @@
+"""The run state: where one migration stands, and the one rule that keeps a stale copy from running.
+
+::
+
+    source-running ─> destination-prepared ─> copying ─> source-paused ─┐
+          │                   │                  │             │         │ (switchover: the last
+          └──────── any failure, interrupt or timeout ─────────┘         │  bytes, B loaded, paused)
+                              │                                          ▼
+                              ▼                               destination-running ─> source-stopped
+                         rolled-back                                  │                    │
+                                                                      └──> failed / vm-lost <┘
+
+The destination QEMU is started with ``-S``: when the migration stream ends
+it stays paused (precopy and postcopy alike) until the engine sends it
+``cont``.  So "the destination may have run" is a fact the engine decides,
+not one it has to infer from QEMU's events: the state becomes
+``destination-running`` *before* that ``cont`` is sent, and from then on the
+destination may have run (and written to the VM's disk, answered clients).
+
+**The rule** (``RunState.may_resume_source``): the source may be resumed
+only while the destination has never run -- it was never sent ``cont`` and
+is either not started, or fenced: killed and seen dead.  Every rollback,
+signal handler and cleanup asks this one function.  Once the destination
+may have run, the source is never resumed: the run finishes with B
+authoritative, or ends ``failed`` (``vm-lost`` when B died too: neither
+copy may run, and the record says what was lost).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+
+class Stage(enum.Enum):
+    SOURCE_RUNNING = "source-running"
+    DESTINATION_PREPARED = "destination-prepared"
+    COPYING = "copying"
+    SOURCE_PAUSED = "source-paused"
+    DESTINATION_RUNNING = "destination-running"
+    SOURCE_STOPPED = "source-stopped"
+    # ends
+    ROLLED_BACK = "rolled-back"
+    FAILED = "failed"
+    VM_LOST = "vm-lost"
+
+
+ENDS = frozenset({Stage.ROLLED_BACK, Stage.FAILED, Stage.VM_LOST})
+
+#: The order a run moves forward in; an end may follow any of these.
+_FORWARD = (Stage.SOURCE_RUNNING, Stage.DESTINATION_PREPARED, Stage.COPYING,
+            Stage.SOURCE_PAUSED, Stage.DESTINATION_RUNNING, Stage.SOURCE_STOPPED)
+
+
+class StateError(RuntimeError):
+    """A transition the state machine does not allow: a bug in the engine, never input."""
+
+
+@dataclass
+class RunState:
+    """The current stage, its history (ms since the run's clock started) and the facts
+    the rule reads."""
+
+    t0: float = field(default_factory=time.monotonic)
+    stage: Stage | None = None
+    history: list[tuple[Stage, float]] = field(default_factory=list)
+    destination_started: bool = False    # a destination QEMU process exists (or existed)
+    destination_fenced: bool = False     # it was killed and seen dead
+    destination_sent_cont: bool = False  # it may have run: never cleared
+
+    def __repr__(self) -> str:
+        return (f"RunState({self.stage.value if self.stage else None}, "
+                f"may_resume_source={self.may_resume_source()})")
+
+    # -- the rule -----------------------------------------------------------
+
+    def may_resume_source(self) -> bool:
+        """True only while the destination has never run and cannot run now."""
+        if self.destination_sent_cont:
+            return False
+        return not self.destination_started or self.destination_fenced
+
+    @property
+    def destination_may_have_run(self) -> bool:
+        return self.destination_sent_cont
+
+    # -- transitions --------------------------------------------------------
+
+    def enter(self, stage: Stage) -> None:
+        """Move to ``stage``: forward only, ends only once."""
+        if self.stage in ENDS:
+            raise StateError(f"run already ended {self.stage.value}, cannot enter {stage.value}")
+        if stage not in ENDS and self.stage is not None and \
+                _FORWARD.index(stage) <= _FORWARD.index(self.stage):
+            raise StateError(f"{self.stage.value} -> {stage.value} goes backwards")
+        if stage is Stage.ROLLED_BACK and not self.may_resume_source():
+            raise StateError("rollback after the destination may have run")
+        if stage is Stage.DESTINATION_RUNNING:
+            self.destination_sent_cont = True
+        self.stage = stage
+        self.history.append((stage, round((time.monotonic() - self.t0) * 1000.0, 3)))
+
+    def destination_created(self) -> None:
+        self.destination_started = True
+
+    def destination_dead(self) -> None:
+        """The destination was killed (or died) and its process was reaped."""
+        self.destination_fenced = True
+
+    @property
+    def ended(self) -> bool:
+        return self.stage in ENDS
+
+    def reached(self, stage: Stage) -> bool:
+        return any(s is stage for s, _ in self.history)
+
+    def to_list(self) -> list[dict[str, object]]:
+        """The record's ``states``: ``[{name, at_ms}]``."""
+        return [{"name": s.value, "at_ms": at} for s, at in self.history]
