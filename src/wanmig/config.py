@@ -20,9 +20,9 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
 from .errors import ConfigError
@@ -33,12 +33,21 @@ from .wan.profiles import LinkProfile, resolve_profile
 #: ``[wan] profile = "none"``: the sites are joined by a plain veth pair (no emulator).
 NO_WAN = "none"
 
-def _known_and_implemented(value: str, table: PartTable) -> str:
-    try:
-        table.info(value)
-    except PartError as exc:
-        raise ValueError(str(exc)) from None
-    return value
+
+def _part_name(table: PartTable) -> Any:
+    """A ``str`` field holding a name from ``table``: known and implemented, or refused."""
+    def check(value: str) -> str:
+        try:
+            table.info(value)
+        except PartError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+    return Annotated[str, AfterValidator(check)]
+
+
+MemoryStrategy = _part_name(MEMORY)
+StorageStrategy = _part_name(STORAGE)
+NetworkMode = _part_name(NETWORK)
 
 
 class _Strict(BaseModel):
@@ -81,38 +90,23 @@ class MemorySpec(_Strict):
     encrypts and mutually authenticates the migration stream (``--insecure``
     turns it off to measure its cost)."""
 
-    strategy: str = "precopy"
+    strategy: MemoryStrategy = "precopy"
     timeout_s: float = Field(600.0, gt=0, le=7200)
     target_outage_ms: float = Field(300.0, ge=10, le=60000)
     postcopy_budget_s: float = Field(30.0, gt=0, le=3600)
     tls: bool = True
 
-    @field_validator("strategy")
-    @classmethod
-    def _strategy(cls, v: str) -> str:
-        return _known_and_implemented(v, MEMORY)
-
 
 class StorageSpec(_Strict):
     """How the VM's disk gets to the destination (``wanmig.parts.STORAGE``)."""
 
-    strategy: str = "shared"
-
-    @field_validator("strategy")
-    @classmethod
-    def _strategy(cls, v: str) -> str:
-        return _known_and_implemented(v, STORAGE)
+    strategy: StorageStrategy = "shared"
 
 
 class NetworkSpec(_Strict):
     """How the VM's network identity moves (``wanmig.parts.NETWORK``)."""
 
-    mode: str = "l2-extend"
-
-    @field_validator("mode")
-    @classmethod
-    def _mode(cls, v: str) -> str:
-        return _known_and_implemented(v, NETWORK)
+    mode: NetworkMode = "l2-extend"
 
 
 class WanSpec(_Strict):

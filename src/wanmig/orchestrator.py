@@ -52,7 +52,6 @@ from .record import IntegrityResult, MemoryResult, NetworkResult, ResultRecord, 
 from .registry import Registry, new_run_id
 from .runstate import RunState, Stage
 from .testbed import Testbed
-from .wan import measure
 from .workload import WebLoad, WebLoadReport
 
 __all__ = ["LogUi", "Orchestrator", "Ui"]
@@ -191,21 +190,13 @@ class Orchestrator:
         await self._boot_source(ctx, image)
 
     async def _measure_wan(self, testbed: Testbed) -> WanInfo:
-        """What the link is set to, and the RTT (and for paced strategies one TCP stream's
-        goodput) between the sites just measured."""
-        addr, link = testbed.addr, self.scenario.wan.link
-        rtt = await measure.rtt(testbed.site_a.name, testbed.site_b.name, addr.site_b_ip,
-                                rate_hz=100, seconds=1.0)
-        goodput = None
-        if MEMORY.has(self.scenario.memory.strategy, "paced") and rtt.p50_ms is not None:
-            g = await measure.goodput(testbed.site_a.name, testbed.site_b.name, addr.site_b_ip,
-                                      seconds=2.0, rate_mbit=link.rate_mbit if link else None,
-                                      rtt_ms=rtt.p50_ms, queue_ms=link.queue_ms if link else 0.0,
-                                      registry=self.registry)
-            goodput = g.goodput_mbit
+        """The link as set, and as measured just before the move (paced strategies: also
+        one TCP stream's goodput)."""
+        rtt, goodput = await testbed.measure_link(
+            goodput=MEMORY.has(self.scenario.memory.strategy, "paced"))
         info = self.wan_info.model_copy(update={
             "backend": testbed.wan.backend if testbed.wan else None,
-            "rtt_measured_ms": rtt.p50_ms, "goodput_mbit": goodput})
+            "rtt_measured_ms": rtt, "goodput_mbit": goodput})
         self.ui.step(f"WAN {info.profile}: RTT measured {info.rtt_measured_ms} ms "
                      f"(set {info.rtt_ms}), rate {info.rate_mbit} Mbit/s"
                      + (f", one TCP stream {goodput:.1f} Mbit/s" if goodput else ""))

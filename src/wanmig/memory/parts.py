@@ -208,10 +208,12 @@ async def install_tls(ctx: RunContext) -> TlsSettings:
     foreign = ctx.scenario.fault.destination_cert == "foreign-ca"
     if foreign:
         ctx.ui.step("fault injection: the destination presents a certificate of another CA")
-    material = await asyncio.to_thread(MigrationTls.create, ctx.run_dir / "tls", ca,
-                                       ctx.testbed.addr.site_b_ip, rogue=foreign)
+    material = await asyncio.to_thread(
+        MigrationTls.create, ctx.run_dir / "tls", ca, ctx.testbed.addr.site_b_ip, rogue=foreign,
+        source_name=f"wanmig-source-{ctx.registry.run_id}")
     await add_tls_creds(ctx.src, material.source_dir, "client")
-    # tls-authz: this migration's source, not any certificate the CA signed
+    # tls-authz: this migration's source, not any certificate the CA signed (nor the
+    # source certificate of another migration)
     await add_tls_creds(ctx.dst, material.dest_dir, "server",
                         client_identity=material.source_identity)
     return TlsSettings(hostname=material.hostname)

@@ -506,8 +506,13 @@ class MigrationTls:
 
     @classmethod
     def create(cls, run_dir: Path, ca: DeploymentCa, server_ip: str, *,
-               rogue: bool = False, validity: dt.timedelta = LEAF_VALIDITY) -> MigrationTls:
+               rogue: bool = False, validity: dt.timedelta = LEAF_VALIDITY,
+               source_name: str = "wanmig-source") -> MigrationTls:
         """Issue both sides' certificates under ``run_dir`` (``tls-source``, ``tls-dest``).
+
+        ``source_name`` is the source certificate's common name: one per
+        migration (the engine adds the run id), so the destination's
+        ``tls-authz`` refuses a source certificate issued for another migration.
 
         ``rogue=True`` makes a test double of an impostor destination: its
         server certificate names the right IP but is signed by a throw-away
@@ -515,7 +520,7 @@ class MigrationTls:
         QEMU loads it), so only the source's own check can refuse it.
         """
         ip = str(_parse_ips([server_ip])[0])
-        source = issue_endpoint(ca, run_dir / "tls-source", "client", name="wanmig-source",
+        source = issue_endpoint(ca, run_dir / "tls-source", "client", name=source_name,
                                 validity=validity)
         if rogue:
             impostor = DeploymentCa.ephemeral(impersonate=ca)

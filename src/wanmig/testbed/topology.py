@@ -34,6 +34,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import NetworkError
 from ..registry import Registry
+from ..wan import measure
 from ..wan.link import WanLink
 from ..wan.profiles import LinkProfile
 from .netns import Namespace, add_veth, create_namespaces, link_up, remove_namespaces
@@ -130,6 +131,19 @@ class Testbed:
         self.state = TestbedState.DOWN
         if errors:
             raise NetworkError("; ".join(errors))
+
+    async def measure_link(self, *, goodput: bool) -> tuple[float | None, float | None]:
+        """The inter-site link as it is now: RTT p50 from A to B (1 s of 100 Hz pings)
+        and, if asked, one TCP stream's goodput in Mbit/s (2 s after its warm-up)."""
+        a, b, ip_b = self.site_a.name, self.site_b.name, self.addr.site_b_ip
+        rtt = await measure.rtt(a, b, ip_b, rate_hz=100, seconds=1.0, registry=self.registry)
+        if not goodput or rtt.p50_ms is None:
+            return rtt.p50_ms, None
+        p = self.wan_profile
+        g = await measure.goodput(a, b, ip_b, seconds=2.0, rate_mbit=p.rate_mbit if p else None,
+                                  rtt_ms=rtt.p50_ms, queue_ms=p.queue_ms if p else 0.0,
+                                  registry=self.registry)
+        return rtt.p50_ms, g.goodput_mbit
 
     async def __aenter__(self) -> "Testbed":
         await self.up()

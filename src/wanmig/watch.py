@@ -1,0 +1,88 @@
+"""What the client sees during a run: the probes, and the web load when the workload is ``web``.
+
+Both agents run in the client's namespace (``probe/``, ``workload/``); this
+is the engine's one handle on them::
+
+    start()  probes on (every probe answered once), web load on, warm-up
+    mark()   a named instant on the probe's clock (migration-start, ...)
+    settle() the probes keep watching ``probe.settle_s``, then one new
+             connection is opened: ``new_conn_ms`` (None: the guest did not answer)
+    stop()   both reports read back; idempotent, and safe after a failed start
+
+``network_fields()`` and ``workload_detail()`` are the record's share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .children import ChildState
+from .config import Scenario
+from .probe import ClientProbe, ProbeReport
+from .registry import Registry
+from .testbed import Testbed
+from .workload import WebLoad, WebLoadReport
+
+
+class ClientWatch:
+    def __init__(self, scenario: Scenario, testbed: Testbed, registry: Registry) -> None:
+        self.scenario = scenario
+        addr, netns = testbed.addr, testbed.client.name
+        self.probe = ClientProbe(addr.vm_ip, netns=netns, interval_ms=scenario.probe.interval_ms,
+                                 registry=registry)
+        self.web = (WebLoad(addr.vm_ip, netns=netns, rate=scenario.vm.web_rps, registry=registry)
+                    if scenario.vm.workload == "web" else None)
+        self.probe_report: ProbeReport | None = None
+        self.web_report: WebLoadReport | None = None
+        self.new_conn_ms: float | None = None
+
+    def __repr__(self) -> str:
+        return f"ClientWatch(probe={self.probe!r}, web={self.web!r})"
+
+    async def start(self) -> None:
+        await self.probe.start()
+        if self.web is not None:
+            await self.web.start()
+        await asyncio.sleep(self.scenario.probe.warmup_s)
+
+    async def mark(self, name: str) -> None:
+        await self.probe.mark(name)
+
+    async def settle(self) -> float | None:
+        """Watch a while (a late outage must show up), then time one new connection."""
+        await asyncio.sleep(self.scenario.probe.settle_s)
+        self.new_conn_ms = await self.probe.new_connection_ms()
+        return self.new_conn_ms
+
+    async def stop(self) -> None:
+        """Read both reports back (an agent that is not running is only reaped).  The web
+        load is stopped even if the probe's report fails."""
+        try:
+            if self.probe.state is ChildState.RUNNING:
+                self.probe_report = await self.probe.stop()
+            else:
+                await self.probe.kill()
+        finally:
+            if self.web is not None and self.web.state is ChildState.RUNNING:
+                self.web_report = await self.web.stop()
+            elif self.web is not None:
+                await self.web.kill()
+
+    def network_fields(self) -> dict[str, Any]:
+        """The client's figures for the record's ``network`` block."""
+        p = self.probe_report
+        return {"client_outage_ms": p.udp_max_gap_ms if p else None,
+                "tcp_survived": p.tcp_survived if p else None,
+                "new_conn_ms": self.new_conn_ms,
+                "probe": p.to_dict() if p else None}
+
+    def workload_detail(self) -> dict[str, Any] | None:
+        """The workload's settings and, for ``web``, what the HTTP clients saw."""
+        vm = self.scenario.vm
+        if vm.workload == "dirty":
+            return {"dirty_mib": vm.dirty_mib, "dirty_rate_mbps": vm.dirty_rate_mbps}
+        if vm.workload == "web":
+            return {"web_rps": vm.web_rps,
+                    "report": self.web_report.to_dict() if self.web_report else None}
+        return None

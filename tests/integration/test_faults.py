@@ -1,0 +1,243 @@
+"""Faults end safely: no stale copy ever runs, and a VM that never left keeps running at A.
+
+Each test migrates a real guest between two namespace sites over the emulated
+continental WAN and injects one fault (``[fault]`` in the scenario, or a
+signal to ``wanmig migrate``).  What is checked is the run state's rule: the
+source is resumed only while the destination has never run, and once it may
+have, the source is never resumed (its QEMU never reports RESUME after the
+switchover started).  Every test also checks nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qemu.qmp import QMPClient
+
+from wanmig.config import parse_scenario
+from wanmig.orchestrator import Orchestrator
+from wanmig.qemu.process import observer_socket
+from wanmig.record import ResultRecord
+from wanmig.registry import STATE_DIR
+
+from ..conftest import run_netns_names
+
+pytestmark = [pytest.mark.root, pytest.mark.qemu]
+
+WANMIG = Path(sys.executable).with_name("wanmig")
+SMALL_VM = {"ram_mib": 192}
+
+
+async def _run(name: str, **tables: Any) -> ResultRecord:
+    data: dict[str, Any] = {"name": name, "vm": SMALL_VM, **tables}
+    return await Orchestrator(parse_scenario(data)).run()
+
+
+def _state_names(rec: ResultRecord) -> list[str]:
+    return [s.name for s in rec.states]
+
+
+def _at(rec: ResultRecord, state: str) -> float:
+    return next(s.at_ms for s in rec.states if s.name == state)
+
+
+def _answers_at_a(rec: ResultRecord) -> None:
+    assert rec.model_extra and rec.model_extra["source_state_after_rollback"] == "running"
+    assert rec.network.new_conn_ms is not None, "no new connection to the VM at A"
+    assert rec.network.tcp_survived is True
+    assert rec.integrity.ok and rec.integrity.guest_log_gaps == 0
+
+
+async def test_destination_dies_after_it_ran_the_source_is_never_resumed(
+        leaves_nothing_behind) -> None:
+    rec = await _run("fault-after-resume", fault={"kill_destination": "after-resume"})
+
+    assert rec.status == "failed", rec.error
+    assert rec.model_extra and rec.model_extra["vm_lost"] is True
+    assert _state_names(rec)[-2:] == ["destination-running", "vm-lost"]
+    # the source stopped at pre-switchover and QEMU never ran it again
+    assert rec.vm.source_events is not None
+    paused = _at(rec, "source-paused")
+    assert not [e for e in rec.vm.source_events if e.name == "RESUME" and e.at_ms >= paused - 50]
+    assert rec.vm.destination_events and rec.vm.destination_events[0].name == "RESUME"
+    assert rec.integrity.guest_log_out_of_order == 0 and rec.integrity.guest_log_malformed == 0
+
+
+async def test_long_outage_at_switchover_rolls_back_to_a_vm_that_never_left(
+        leaves_nothing_behind) -> None:
+    rec = await _run("fault-outage-30", fault={"link_down_phase": "switchover",
+                                               "link_down_s": 30})
+
+    assert rec.status == "rolled_back", rec.error
+    assert "switchover did not complete" in (rec.error or "")
+    assert "destination-running" not in _state_names(rec)
+    assert _state_names(rec)[-1] == "rolled-back"
+    bound = rec.model_extra["switchover_timeout_s"]
+    assert 6.5 < bound <= 20
+    # gave up after the bound, not after the outage: long before the link came back
+    assert _at(rec, "rolled-back") - _at(rec, "source-paused") < (bound + 8) * 1000
+    assert not rec.vm.destination_events, "the destination must never have run"
+    _answers_at_a(rec)
+
+
+async def test_short_outage_at_switchover_is_ridden_out(leaves_nothing_behind) -> None:
+    rec = await _run("fault-outage-3", fault={"link_down_phase": "switchover",
+                                              "link_down_s": 3})
+
+    assert rec.status == "completed", rec.error
+    assert rec.network.client_outage_ms is not None and rec.network.client_outage_ms > 2500
+    assert rec.integrity.ok and rec.integrity.destination_disk_writes
+
+
+async def test_outage_during_memory_copy_is_survived(leaves_nothing_behind) -> None:
+    rec = await _run("fault-outage-memory", fault={"link_down_phase": "memory",
+                                                   "link_down_s": 10})
+
+    assert rec.status == "completed", rec.error
+    assert rec.network.tcp_survived is True
+    assert [f["fault"] for f in rec.model_extra["faults"]] == ["link_down", "link_up"]
+    memory = next(p for p in rec.phases if p.name == "memory")
+    assert memory.end_ms - memory.start_ms > 10_000
+    assert rec.integrity.ok and rec.integrity.destination_disk_writes
+
+
+# -- signals to the controller ---------------------------------------------------------------
+
+#: A guest precopy cannot converge on (20 MB/s of fresh random writes), so the run
+#: is reliably in its memory phase when the signal comes.
+BUSY = """
+name = "{name}"
+[vm]
+ram_mib = 192
+workload = "dirty"
+dirty_mib = 64
+dirty_rate_mbps = 20
+[memory]
+timeout_s = 120
+tls = false
+"""
+
+
+def _start_controller(tmp_path: Path, name: str) -> tuple[subprocess.Popen[str], Path]:
+    scenario = tmp_path / f"{name}.toml"
+    scenario.write_text(BUSY.format(name=name))
+    out = tmp_path / "record.json"
+    proc = subprocess.Popen([str(WANMIG), "migrate", "--scenario", str(scenario), "--json",
+                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    return proc, out
+
+
+def _run_state_of(pid: int) -> tuple[Path, str | None] | None:
+    """The registry file of the run ``pid`` owns, and its recorded stage."""
+    for path in STATE_DIR.glob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("owner_pid") == pid:
+            return STATE_DIR / str(data["run_id"]), data.get("stage")
+    return None
+
+
+def _wait_for_stage(proc: subprocess.Popen[str], stage: str | None, timeout: float) -> Path:
+    """The run directory once the run's registry says ``stage`` (None: as soon as it exists)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        found = _run_state_of(proc.pid)
+        if found and (stage is None or found[1] == stage):
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"the run never reached {stage}")
+
+
+async def test_sigint_during_memory_rolls_back_and_writes_the_record(
+        tmp_path: Path, leaves_nothing_behind) -> None:
+    proc, out = _start_controller(tmp_path, "sigint")
+    try:
+        await asyncio.to_thread(_wait_for_stage, proc, "copying", 120)
+        await asyncio.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        output, _ = await asyncio.to_thread(proc.communicate, timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, output[-2000:]
+    rec = ResultRecord.read(out)
+    assert rec.status == "rolled_back" and "interrupted (SIGINT)" in (rec.error or "")
+    assert rec.model_extra and rec.model_extra["interrupted"] == "SIGINT"
+    assert _state_names(rec)[-1] == "rolled-back"
+    _answers_at_a(rec)
+
+
+async def _sample(sock: Path, seen: dict[str, list[tuple[float, str]]], name: str,
+                  stop: asyncio.Event) -> None:
+    """Poll one QEMU's run state through its observer monitor until it goes away."""
+    while not sock.exists():
+        if stop.is_set():
+            return
+        await asyncio.sleep(0.02)
+    qmp = QMPClient(f"observer-{name}")
+    await qmp.connect(str(sock))
+    try:
+        while not stop.is_set():
+            status = (await asyncio.wait_for(qmp.execute("query-status"), 5))["status"]
+            seen[name].append((time.monotonic(), status))
+            await asyncio.sleep(0.02)
+    except Exception:  # noqa: BLE001 -- the QEMU was killed: sampling ends
+        pass
+    finally:
+        await qmp.disconnect()
+
+
+def _both_running(seen: dict[str, list[tuple[float, str]]]) -> list[float]:
+    """Times at which the latest sample of each QEMU said running."""
+    events = sorted([(t, name, s) for name, rows in seen.items() for t, s in rows])
+    last: dict[str, str] = {}
+    overlaps = []
+    for t, name, status in events:
+        last[name] = status
+        if last.get("vm-a") == "running" and last.get("vm-b") == "running":
+            overlaps.append(t)
+    return overlaps
+
+
+async def test_sigkill_of_the_controller_leaves_one_copy_and_clean_removes_all(
+        tmp_path: Path, leaves_nothing_behind) -> None:
+    proc, _ = _start_controller(tmp_path, "sigkill")
+    seen: dict[str, list[tuple[float, str]]] = {"vm-a": [], "vm-b": []}
+    stop = asyncio.Event()
+    samplers: list[asyncio.Task[None]] = []
+    try:
+        run_dir = await asyncio.to_thread(_wait_for_stage, proc, None, 120)
+        samplers = [asyncio.create_task(_sample(observer_socket(run_dir, vm), seen, vm, stop))
+                    for vm in ("vm-a", "vm-b")]
+        await asyncio.to_thread(_wait_for_stage, proc, "copying", 60)
+        await asyncio.sleep(2.0)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        await asyncio.sleep(5.0)   # the QEMUs live on without their controller
+        cleaned = await asyncio.to_thread(subprocess.run, [str(WANMIG), "clean"],
+                                          capture_output=True, text=True, timeout=120)
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert "(it was copying)" in cleaned.stdout
+    finally:
+        stop.set()
+        await asyncio.gather(*samplers, return_exceptions=True)
+        if proc.poll() is None:
+            proc.kill()
+    assert seen["vm-a"] and seen["vm-b"], "both QEMUs were sampled"
+    assert any(s == "running" for _, s in seen["vm-a"])
+    assert not _both_running(seen), "two running copies were seen"
+    assert not run_dir.exists()
+    assert not {n for n in run_netns_names() if n.startswith(f"wm{run_dir.name}")}

@@ -1,0 +1,83 @@
+"""The engine's decisions that need no QEMU: parts from the tables, integrity verdicts, interrupts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from wanmig.config import parse_scenario
+from wanmig.errors import ConfigError
+from wanmig.memory.parts import Auto
+from wanmig.network.l2extend import L2Extend
+from wanmig.orchestrator import Orchestrator
+from wanmig.record import IntegrityResult
+from wanmig.runstate import Stage
+from wanmig.storage.shared import SharedStorage
+
+
+def _orch(**tables: object) -> Orchestrator:
+    return Orchestrator(parse_scenario({"name": "t", **tables}))
+
+
+def test_parts_come_from_the_scenario_through_the_tables() -> None:
+    o = _orch(memory={"strategy": "auto"})
+    assert isinstance(o.memory, Auto) and isinstance(o.storage, SharedStorage)
+    assert isinstance(o.network, L2Extend)
+    assert "may_resume_source=True" in repr(o)
+
+
+def test_a_reordered_guest_log_fails_the_run() -> None:
+    o = _orch()
+    o.integrity = IntegrityResult(ok=False, guest_log_gaps=0, guest_log_bad_checksums=0,
+                                  guest_log_malformed=1, guest_log_out_of_order=3,
+                                  destination_disk_writes=120)
+    status, error = o._judge_integrity("completed", None)
+    assert status == "failed" and "3 out of order" in (error or "")
+    assert o.state.stage is Stage.FAILED
+
+
+def test_a_completed_run_whose_guest_did_not_write_at_b_fails() -> None:
+    o = _orch()
+    o.integrity = IntegrityResult(ok=True, destination_disk_writes=0)
+    status, error = o._judge_integrity("completed", None)
+    assert status == "failed" and "no disk writes at B" in (error or "")
+    o2 = _orch()
+    o2.integrity = IntegrityResult(ok=True, destination_disk_writes=57)
+    assert o2._judge_integrity("completed", None) == ("completed", None)
+    # a rollback keeps its own error and status when the log is whole
+    assert o2._judge_integrity("rolled_back", "x") == ("rolled_back", "x")
+
+
+async def test_an_interrupt_cancels_only_while_the_source_may_resume() -> None:
+    o = _orch()
+    task = asyncio.create_task(asyncio.sleep(10))
+    o._task = task
+    o.interrupt("SIGTERM")
+    await asyncio.sleep(0)
+    assert task.cancelled() and o.interrupted == "SIGTERM"
+
+    late = _orch()
+    for stage in (Stage.SOURCE_RUNNING, Stage.DESTINATION_PREPARED, Stage.COPYING,
+                  Stage.SOURCE_PAUSED, Stage.DESTINATION_RUNNING):
+        late.state.enter(stage)
+    task = asyncio.create_task(asyncio.sleep(0.05))
+    late._task = task
+    late.interrupt("SIGINT")
+    await task   # not cancelled: the move finishes with B
+    assert late.interrupted == "SIGINT"
+
+
+@pytest.mark.parametrize("fault", [
+    {"link_down_phase": "switchover"},               # no length
+    {"link_down_s": 3},                              # no phase
+])
+def test_a_link_outage_needs_a_phase_and_a_length(fault: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match="link_down"):
+        parse_scenario({"fault": fault})
+
+
+def test_a_link_outage_needs_an_emulated_link() -> None:
+    with pytest.raises(ConfigError, match="emulated WAN"):
+        parse_scenario({"wan": {"profile": "none"},
+                        "fault": {"link_down_phase": "memory", "link_down_s": 5}})
