@@ -36,7 +36,10 @@ import re
 import zlib
 from dataclasses import asdict, dataclass
 
-__all__ = ["RECORD_SIZE", "IntegrityReport", "Record", "check_log", "format_record", "parse_record"]
+from .record import IntegrityResult
+
+__all__ = ["RECORD_SIZE", "IntegrityReport", "Record", "check_log", "format_record",
+           "integrity_problems", "parse_record"]
 
 RECORD_SIZE = 64
 _CRC_OFFSET = 31  # len("wanmig ") + 10 + 1 + 12 + 1
@@ -138,3 +141,20 @@ def check_log(data: bytes) -> IntegrityReport:
         out_of_order=out_of_order,
         span_ms=span_ms,
     )
+
+
+def integrity_problems(result: IntegrityResult, *, completed: bool) -> list[str]:
+    """Why a run's integrity fails, one clause each; empty when it holds.
+
+    The guest's log must show no lost, corrupted, malformed or reordered
+    record (a stale copy resumed leaves records out of order), and a completed
+    move must show the guest writing at B after the switchover.
+    """
+    problems = []
+    if result.ok is False:
+        problems.append(f"guest log: {result.guest_log_gaps} gaps, "
+                        f"{result.guest_log_bad_checksums} bad, {result.guest_log_malformed} "
+                        f"malformed, {result.guest_log_out_of_order} out of order")
+    if completed and not result.destination_disk_writes:
+        problems.append("the guest made no disk writes at B after the switchover")
+    return problems

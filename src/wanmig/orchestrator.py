@@ -38,21 +38,20 @@ from .config import Scenario
 from .context import Part, PhaseClock, RunContext, Ui
 from .errors import MigrationError, WanmigError
 from .faults import Faults
-from .integrity import check_log
+from .integrity import check_log, integrity_problems
 from .memory import MigrationProgress
 from .memory.parts import QemuMemory
 from .memory.select import link_facts
 from .parts import MEMORY, NETWORK, STORAGE
-from .probe import ClientProbe, ProbeReport
 from .qemu.accel import resolve_accel
-from .qemu.image import READY_MARKER, GuestImage, build_image, default_build_dir, read_integrity_log
+from .qemu.image import READY_MARKER, build_image, default_build_dir, read_integrity_log
 from .qemu.process import QemuVm
 from .record import IntegrityResult, MemoryResult, NetworkResult, ResultRecord, RunEvent, \
     StorageResult, VmInfo, WanInfo
 from .registry import Registry, new_run_id
 from .runstate import RunState, Stage
 from .testbed import Testbed
-from .workload import WebLoad, WebLoadReport
+from .watch import ClientWatch
 
 __all__ = ["LogUi", "Orchestrator", "Ui"]
 
@@ -103,11 +102,7 @@ class Orchestrator:
         self.ctx: RunContext | None = None
         self.accel: str | None = None
         self.boot_ms: float | None = None
-        self.probe: ClientProbe | None = None
-        self.probe_report: ProbeReport | None = None
-        self.web: WebLoad | None = None
-        self.web_report: WebLoadReport | None = None
-        self.new_conn_ms: float | None = None
+        self.client: ClientWatch | None = None
         self.integrity = IntegrityResult()
         self.wan_info = WanInfo(profile=scenario.wan.profile, link=scenario.wan.link,
                                 client_link=scenario.wan.client_link)
@@ -187,7 +182,7 @@ class Orchestrator:
             link=link_facts(self.wan_info), pki_dir=self.pki_dir, notes=self.notes)
         ctx.faults = Faults(ctx)
         await self.storage.create(ctx)
-        await self._boot_source(ctx, image)
+        await self._boot_source(ctx)
 
     async def _measure_wan(self, testbed: Testbed) -> WanInfo:
         """The link as set, and as measured just before the move (paced strategies: also
@@ -202,24 +197,19 @@ class Orchestrator:
                      + (f", one TCP stream {goodput:.1f} Mbit/s" if goodput else ""))
         return info
 
-    async def _boot_source(self, ctx: RunContext, image: GuestImage) -> None:
-        sc, addr = self.scenario, ctx.testbed.addr
+    async def _boot_source(self, ctx: RunContext) -> None:
+        sc = self.scenario
         self.ui.step(f"booting the guest at site A ({self.accel})")
         ctx.src = QemuVm(ctx.vm_config("a", self.storage.disk_for("a")), ctx.registry)
         await ctx.src.start()
         self.boot_ms = round(await ctx.src.wait_console(READY_MARKER, sc.vm.boot_timeout_s)
                              * 1000, 1)
         self._enter(Stage.SOURCE_RUNNING)
-        self.ui.step(f"guest ready after {self.boot_ms / 1000:.1f} s; starting client probes")
-        self.probe = ClientProbe(addr.vm_ip, netns=ctx.testbed.client.name,
-                                 interval_ms=sc.probe.interval_ms, registry=ctx.registry)
-        await self.probe.start()
-        if sc.vm.workload == "web":
-            self.ui.step(f"web workload: {sc.vm.web_rps:g} HTTP requests/s from the client")
-            self.web = WebLoad(addr.vm_ip, netns=ctx.testbed.client.name, rate=sc.vm.web_rps,
-                               registry=ctx.registry)
-            await self.web.start()
-        await asyncio.sleep(sc.probe.warmup_s)
+        self.ui.step(f"guest ready after {self.boot_ms / 1000:.1f} s; starting client probes"
+                     + (f" and {sc.vm.web_rps:g} HTTP requests/s" if sc.vm.workload == "web"
+                        else ""))
+        self.client = ClientWatch(sc, ctx.testbed, ctx.registry)
+        await self.client.start()
 
     async def _migrate(self) -> tuple[str, str | None]:
         try:
@@ -238,7 +228,8 @@ class Orchestrator:
 
     async def _phases(self) -> None:
         ctx = self.ctx
-        assert ctx is not None and ctx.src is not None and self.probe is not None
+        client = self.client
+        assert ctx is not None and ctx.src is not None and client is not None
         memory, storage, network = self.parts
 
         self._begin("prepare")
@@ -254,7 +245,7 @@ class Orchestrator:
 
         self._begin("memory")
         self._enter(Stage.COPYING)
-        await self.probe.mark("migration-start")
+        await client.mark("migration-start")
         await memory.copy(ctx)
         self._enter(Stage.SOURCE_PAUSED)
         await ctx.faults.at("pre-switchover")
@@ -268,7 +259,7 @@ class Orchestrator:
         self._enter(Stage.DESTINATION_RUNNING)
         await ctx.dst.execute("cont")
         await self._until_running(ctx.dst)
-        await self.probe.mark("switchover-done")
+        await client.mark("switchover-done")
 
         self._begin("redirect")
         await ctx.faults.at("after-resume")
@@ -279,16 +270,13 @@ class Orchestrator:
             await ctx.faults.at("postcopy")
         for part in (memory, storage, network):
             await part.finish(ctx)
-        # The probes keep watching a while after the move: a late outage (a stale
-        # forwarding entry, say) must show up in the client's figures.
-        await asyncio.sleep(self.scenario.probe.settle_s)
-        self.integrity = self.integrity.model_copy(
-            update={"destination_disk_writes": await ctx.dst.disk_writes()})
         await ctx.src.stop()
         self._enter(Stage.SOURCE_STOPPED)
         self.clock.end()
-        self.new_conn_ms = await self.probe.new_connection_ms()
-        if self.new_conn_ms is None:
+        new_conn_ms = await client.settle()
+        self.integrity = self.integrity.model_copy(
+            update={"destination_disk_writes": await ctx.dst.disk_writes()})
+        if new_conn_ms is None:
             # QEMU may call a migration complete while the guest it resumed is
             # useless (hung, say): the client's view decides.
             self.notes["guest_unresponsive"] = True
@@ -329,16 +317,15 @@ class Orchestrator:
         return "rolled_back", str(cause)
 
     async def _rollback(self, ctx: RunContext, cause: WanmigError) -> None:
-        assert ctx.src is not None and self.probe is not None
+        assert ctx.src is not None and self.client is not None
         self.ui.step(f"rolling back: {cause}")
         # the frames go back to A before the memory part resumes the source there
         for part in (self.network, self.storage, self.memory):
             await part.rollback(ctx)
         self._enter_end(Stage.ROLLED_BACK)
         self.notes["source_state_after_rollback"] = await ctx.src.run_state()
-        await self.probe.mark("rolled-back")
-        await asyncio.sleep(self.scenario.probe.settle_s)
-        self.new_conn_ms = await self.probe.new_connection_ms()
+        await self.client.mark("rolled-back")
+        await self.client.settle()
 
     def _end_after_switch(self, cause: WanmigError) -> tuple[str, str | None]:
         """Past the point of no return: the source is never resumed."""
@@ -355,19 +342,11 @@ class Orchestrator:
 
     def _judge_integrity(self, status: str, error: str | None) -> tuple[str, str | None]:
         """A run whose guest lost, reordered or did not make writes has failed, whatever
-        else went right."""
-        i = self.integrity
-        problems = []
-        if i.ok is False:
-            problems.append(f"guest log: {i.guest_log_gaps} gaps, {i.guest_log_bad_checksums} "
-                            f"bad, {i.guest_log_malformed} malformed, "
-                            f"{i.guest_log_out_of_order} out of order")
-        if status == "completed" and not i.destination_disk_writes:
-            problems.append("the guest made no disk writes at B after the switchover")
+        else went right (``integrity.problems``)."""
+        problems = integrity_problems(self.integrity, completed=status == "completed")
         if not problems:
             return status, error
-        if not self.state.ended:
-            self._enter_end(Stage.FAILED)
+        self._enter_end(Stage.FAILED)
         message = "integrity check failed: " + "; ".join(problems)
         return "failed", f"{error}; {message}" if error else message
 
@@ -404,10 +383,8 @@ class Orchestrator:
 
         if ctx is not None:
             await attempt("ending the injected faults", ctx.faults.close())
-        if self.probe is not None and self.probe_report is None:
-            await attempt("probe report", self._stop_probe())
-        if self.web is not None and self.web.state.value == "running":
-            await attempt("web workload report", self._stop_web())
+        if self.client is not None:
+            await attempt("client reports", self.client.stop())
         for vm in (ctx.dst, ctx.src) if ctx else ():
             if vm is not None:
                 await attempt(f"stopping {vm.name}", vm.stop())
@@ -420,14 +397,6 @@ class Orchestrator:
             self.registry.close(keep_run_dir=bool(errors))
         return errors
 
-    async def _stop_web(self) -> None:
-        assert self.web is not None
-        self.web_report = await self.web.stop()
-
-    async def _stop_probe(self) -> None:
-        assert self.probe is not None
-        self.probe_report = await self.probe.stop()
-
     async def _check_integrity(self, disk: Path) -> None:
         report = check_log(await asyncio.to_thread(read_integrity_log, disk))
         self.integrity = self.integrity.model_copy(update=dict(
@@ -436,16 +405,6 @@ class Orchestrator:
             guest_log_out_of_order=report.out_of_order,
             guest_max_write_gap_ms=report.max_write_gap_ms))
 
-    def _workload(self) -> dict[str, object] | None:
-        """The workload's settings and, for ``web``, what the HTTP clients saw."""
-        vm = self.scenario.vm
-        if vm.workload == "dirty":
-            return {"dirty_mib": vm.dirty_mib, "dirty_rate_mbps": vm.dirty_rate_mbps}
-        if vm.workload == "web":
-            return {"web_rps": vm.web_rps,
-                    "report": self.web_report.to_dict() if self.web_report else None}
-        return None
-
     def _events(self, vm: QemuVm | None) -> list[RunEvent] | None:
         if vm is None:
             return None
@@ -453,7 +412,7 @@ class Orchestrator:
                 for name, at in vm.run_events]
 
     def _record(self, status: str, error: str | None, started: str) -> ResultRecord:
-        sc, ctx, probe = self.scenario, self.ctx, self.probe_report
+        sc, ctx, client = self.scenario, self.ctx, self.client
         memory = (MemoryResult.model_validate(self.memory.record(ctx)) if ctx
                   else MemoryResult(strategy=sc.memory.strategy, converged=False))
         storage = (StorageResult.model_validate(self.storage.record(ctx)) if ctx
@@ -468,16 +427,12 @@ class Orchestrator:
             status=status, error=error, run_id=self.registry.run_id if self.registry else None,
             started_at=started, scenario=sc.model_dump(), wan=self.wan_info,
             vm=VmInfo(ram_mib=sc.vm.ram_mib, disk_mib=sc.vm.disk_mib, workload=sc.vm.workload,
-                      accel=self.accel, boot_ms=self.boot_ms, workload_detail=self._workload(),
+                      accel=self.accel, boot_ms=self.boot_ms,
+                      workload_detail=client.workload_detail() if client else None,
                       source_events=self._events(ctx.src if ctx else None),
                       destination_events=self._events(ctx.dst if ctx else None)),
             memory=memory, storage=storage,
-            network=NetworkResult(
-                **network,
-                client_outage_ms=probe.udp_max_gap_ms if probe else None,
-                tcp_survived=probe.tcp_survived if probe else None,
-                new_conn_ms=self.new_conn_ms,
-                probe=probe.to_dict() if probe else None),
+            network=NetworkResult(**network, **(client.network_fields() if client else {})),
             integrity=self.integrity,
             phases=phases,
             total_ms=phases[-1].end_ms - phases[0].start_ms if phases else 0.0,
