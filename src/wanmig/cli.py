@@ -84,6 +84,12 @@ class RichUi:
             self._progress = None
 
 
+def _wide() -> Console:
+    """A console for the bench tables: at least 160 columns, also into a pipe or a log
+    (rich would squeeze a dozen columns into 80 and cut every name)."""
+    return Console(width=max(console.width, 160))
+
+
 def _fail(exc: WanmigError) -> typer.Exit:
     err_console.print(f"[red]wanmig: {escape(str(exc))}[/]", soft_wrap=True, highlight=False)
     return typer.Exit(exc.exit_code)
@@ -226,7 +232,7 @@ def _bench(run: Coroutine[Any, Any, dict[str, Any]], out: Path) -> None:
         result = asyncio.run(run)
     except WanmigError as exc:
         raise _fail(exc) from None
-    console.print(render_bench(result), width=max(console.width, 150))
+    _wide().print(render_bench(result))
     console.print(f"[dim]results: {out}[/]")
 
 

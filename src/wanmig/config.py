@@ -28,6 +28,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
 from .errors import ConfigError
 from .parts import MEMORY, NETWORK, STORAGE, PartError, PartTable
 from .validation import config_error
+from .wan.link import check_backend
 from .wan.profiles import LinkProfile, resolve_profile
 
 #: ``[wan] profile = "none"``: the sites are joined by a plain veth pair (no emulator).
@@ -123,7 +124,7 @@ class WanSpec(_Strict):
     loss_pct: float | None = None
     rate_mbit: float | None = None
     queue_ms: float | None = None
-    backend: Literal["auto", "netem", "forwarder"] = "auto"
+    backend: Annotated[str, AfterValidator(check_backend)] = "auto"
     client_profile: str | None = None  # an emulated link on the client's path too
     _link: LinkProfile | None = PrivateAttr(None)
     _client_link: LinkProfile | None = PrivateAttr(None)

@@ -23,6 +23,7 @@ block of the result record, and is called whatever happened.
 
 from __future__ import annotations
 
+import abc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,3 +144,22 @@ class Part:
     def record(self, ctx: RunContext) -> dict[str, Any]:
         """This part's block of the result record."""
         return {}
+
+
+class StoragePart(Part, abc.ABC):
+    """A storage strategy also says which disk image each site's QEMU opens."""
+
+    kind: ClassVar[str] = "storage"
+
+    @abc.abstractmethod
+    async def create(self, ctx: RunContext) -> None:
+        """Make the guest's disk before the source boots."""
+
+    @abc.abstractmethod
+    def disk_for(self, site: str) -> Path:
+        """The image the QEMU at ``site`` opens."""
+
+    @property
+    def log_disk(self) -> Path | None:
+        """Where the guest's integrity log is read from after the run (None: not made)."""
+        return None

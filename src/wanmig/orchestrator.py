@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Scenario
-from .context import Part, PhaseClock, RunContext, Ui
+from .context import Part, PhaseClock, RunContext, StoragePart, Ui
 from .errors import MigrationError, WanmigError
 from .faults import Faults
 from .integrity import check_log, integrity_problems
@@ -94,7 +94,7 @@ class Orchestrator:
         self.ui: Ui = ui or LogUi()
         self.state = RunState()
         self.memory: QemuMemory = MEMORY.create(scenario.memory.strategy)
-        self.storage: Any = STORAGE.create(scenario.storage.strategy)
+        self.storage: StoragePart = STORAGE.create(scenario.storage.strategy)
         self.network: Part = NETWORK.create(scenario.network.mode)
         self.clock = PhaseClock()
         self.registry: Registry | None = None
@@ -256,9 +256,12 @@ class Orchestrator:
         await _together(memory.switchover(ctx), storage.switchover(ctx),
                         network.switchover(ctx))
         # The point of no return: from the next line on the destination may run.
+        loaded = time.monotonic()
         self._enter(Stage.DESTINATION_RUNNING)
         await ctx.dst.execute("cont")
         await self._until_running(ctx.dst)
+        # what holding B at -S costs: from loaded to running, as wanmig saw it
+        self.notes["destination_resume_ms"] = round((time.monotonic() - loaded) * 1000, 1)
         await client.mark("switchover-done")
 
         self._begin("redirect")

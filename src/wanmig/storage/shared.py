@@ -13,13 +13,12 @@ import asyncio
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..context import Part, RunContext
+from ..context import RunContext, StoragePart
 from ..qemu.image import create_data_disk
 from ..record import StorageResult
 
 
-class SharedStorage(Part):
-    kind: ClassVar[str] = "storage"
+class SharedStorage(StoragePart):
     name: ClassVar[str] = "shared"
 
     def __init__(self) -> None:

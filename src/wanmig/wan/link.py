@@ -48,6 +48,13 @@ from .profiles import ETH_HLEN, LinkProfile, netem_args, resolve_profile, tbf_ar
 
 BACKENDS = ("auto", "netem", "forwarder")
 
+
+def check_backend(name: str) -> str:
+    """``name`` if it is a back end (the scenario's ``[wan] backend`` and ``WanLink`` both ask)."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+    return name
+
 #: netem availability by kernel: probed once per process (the kernel does not change).
 _netem_verdict: bool | None = None
 
@@ -107,9 +114,10 @@ class WanLink:
                  registry: Registry | None = None, backend: str = "auto",
                  rt_priority: int = 20, python: str = sys.executable,
                  seed: int | None = None) -> None:
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}",
-                              field="wan.backend")
+        try:
+            check_backend(backend)
+        except ValueError as exc:
+            raise ConfigError(str(exc), field="wan.backend") from None
         self.netns, self.left, self.right = netns, left, right
         self.profile = resolve_profile(profile)
         self.registry = registry
