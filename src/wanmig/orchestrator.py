@@ -144,6 +144,7 @@ class Orchestrator:
         except asyncio.CancelledError:
             if self.interrupted is None:
                 raise
+            # only an interrupt while the rule allows a rollback cancels the run
             self._uncancel()
             status, error = await self._end_before_switch(
                 MigrationError(f"interrupted ({self.interrupted})"))
@@ -212,14 +213,9 @@ class Orchestrator:
         await self.client.start()
 
     async def _migrate(self) -> tuple[str, str | None]:
+        """The phases, and the end of a failure; an interrupt's cancellation ends in ``run``."""
         try:
             await self._phases()
-        except asyncio.CancelledError:
-            if self.interrupted is None:
-                raise
-            self._uncancel()
-            return await self._end_before_switch(
-                MigrationError(f"interrupted ({self.interrupted})"))
         except WanmigError as exc:
             if self.state.destination_may_have_run:
                 return self._end_after_switch(exc)
