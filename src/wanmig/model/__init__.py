@@ -1,7 +1,7 @@
 """Predicting memory migrations, and choosing a strategy from the predictions.
 
 Pure functions of measurements taken just before a migration: no I/O, no QEMU.
-The orchestrator's "auto" strategy calls ``choose`` and applies the chosen
+The "auto" memory part calls ``choose`` and applies the chosen
 strategy's ``migration_settings``; the prediction goes into the result record,
 and the benchmark compares it with what was measured.
 

@@ -178,7 +178,7 @@ class Calibration(_Frozen):
         "in one-way delays. 1.0: the first RARP crosses the WAN once.")
     notsent_lowat_bytes: int = Field(
         128 * 1024, ge=0, description="Unsent bytes a socket may hold at site A for every "
-        "strategy but default precopy (the orchestrator's tcp_notsent_lowat).")
+        "strategy but default precopy (the memory part's tcp_notsent_lowat).")
     send_backlog_rtts: float = Field(
         4.0, ge=0, description="Unsent data in the source's TCP send buffers during a bulk "
         "transfer with Linux's defaults (default precopy), as loaded RTTs of link time. "

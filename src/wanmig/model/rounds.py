@@ -20,7 +20,7 @@ the hybrid's switch to postcopy fall out of the same steps QEMU 7.2 takes:
 5. Without throttling left to add, a guest dirtying at least as fast as the
    pipe moves pages is stuck once a pass no longer shrinks the dirty set.
 6. hybrid: switch to postcopy when a pass after the first leaves more than
-   0.8 of the previous pass's dirty bytes (the orchestrator's stall detector),
+   0.8 of the previous pass's dirty bytes (hybrid's stall detector, memory/plan.py),
    or mid-pass when the precopy budget runs out: then what is left is the
    unsent rest of the pass plus what was dirtied during it.
 

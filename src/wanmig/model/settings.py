@@ -1,6 +1,6 @@
 """The QEMU settings each strategy runs with: the same numbers the model assumes.
 
-``migration_settings`` is what the orchestrator applies (capabilities to turn
+``migration_settings`` is what the memory parts apply (capabilities to turn
 on, ``migrate-set-parameters`` values, when to call ``migrate-start-postcopy``);
 ``predict`` models exactly these, so a prediction and a run cannot disagree on
 a setting.

@@ -1,7 +1,7 @@
 """``ProbeReport``: what the client saw during one probe run, as a plain value.
 
 The agent prints it as one JSON object (the ``report`` event); the controller
-turns it back into this frozen dataclass; the orchestrator copies figures into
+turns it back into this frozen dataclass; the engine (``watch.py``) copies figures into
 the result record (``network.client_outage_ms`` = ``udp_max_gap_ms``,
 ``network.tcp_survived``).  ``to_dict``/``from_dict`` round-trip exactly, and
 ``from_dict`` ignores keys it does not know (the ``event`` key, fields added by
