@@ -95,8 +95,9 @@ async def reap(proc: asyncio.subprocess.Process, timeout: float) -> int:
     try:
         return await asyncio.wait_for(proc.wait(), timeout=timeout)
     except asyncio.TimeoutError:
-        sigkill(proc)
-        return await asyncio.wait_for(proc.wait(), timeout=KILL_REAP_S)
+        await kill_and_reap(proc)
+        assert proc.returncode is not None, f"pid {proc.pid} survived SIGKILL"
+        return proc.returncode
 
 
 def strip_event(event: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -118,32 +117,9 @@ def _record_dir(out: Optional[Path]) -> Path:
     return directory
 
 
-async def _migrate_with_signals(orchestrator: Orchestrator) -> ResultRecord:
-    """Run ``orchestrator``; SIGINT/SIGTERM go to its ``interrupt`` (roll back while the
-    rule allows, else finish with B), so a record is written whatever arrives.
-
-    Plain ``signal.signal`` handlers rather than ``loop.add_signal_handler``: the
-    latter routes signals through a wakeup fd that forked helpers (pyroute2 forks
-    to create namespaces) inherit, so a signal to such a child read as one to us.
-    """
-    loop = asyncio.get_running_loop()
-    me = os.getpid()
-
-    def on_signal(signum: int, frame: object) -> None:
-        if os.getpid() == me:  # not in a forked child that inherited the handler
-            loop.call_soon_threadsafe(orchestrator.interrupt, signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return await orchestrator.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _run_scenario(scenario: Scenario, out: Optional[Path]) -> None:
     directory = _record_dir(out)
-    record = asyncio.run(_migrate_with_signals(Orchestrator(scenario, ui=RichUi())))
+    record = asyncio.run(Orchestrator(scenario, ui=RichUi()).run())
     # the name is a plain file-name component (config.Scenario), so this stays in directory
     path = out or directory / f"{scenario.name}-{record.run_id}.json"
     console.print(render_record(record))

@@ -18,7 +18,8 @@ them in this order and knows nothing of what they do inside::
 A hook gets the ``RunContext``: the scenario, the sites, both QEMUs, the
 link as measured, the UI and the run state.  ``rollback`` is only called
 when ``RunState.may_resume_source()`` holds; ``record`` returns the part's
-block of the result record, and is called whatever happened.
+block of the result record, and is called whatever happened (also when the
+run failed before any hook ran).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from .qemu.process import VmConfig
 from .record import Phase
 
 if TYPE_CHECKING:
@@ -37,8 +39,7 @@ if TYPE_CHECKING:
     from .memory.migration import MigrationProgress
     from .memory.select import LinkFacts
     from .qemu.image import GuestImage
-    from .qemu.process import QemuVm, VmConfig
-    from .record import WanInfo
+    from .qemu.process import QemuVm
     from .registry import Registry
     from .runstate import RunState
     from .testbed import Testbed
@@ -88,7 +89,6 @@ class RunContext:
     accel: str
     ui: Ui
     state: RunState
-    wan: WanInfo
     link: LinkFacts
     pki_dir: Path
     src: QemuVm | None = None
@@ -103,8 +103,6 @@ class RunContext:
 
     def vm_config(self, site: str, disk: Path) -> VmConfig:
         """The QEMU settings for the guest at ``site`` (``b`` is a migration destination)."""
-        from .qemu.process import VmConfig
-
         sc, addr = self.scenario, self.testbed.addr
         return VmConfig(name=f"vm-{site}", image=self.image, disk=disk, ram_mib=sc.vm.ram_mib,
                         mac=addr.vm_mac, tap=addr.tap, ip_cidr=addr.vm_cidr, accel=self.accel,
@@ -141,7 +139,7 @@ class Part:
     async def rollback(self, ctx: RunContext) -> None:
         """Undo what this part did; the destination is fenced and has never run."""
 
-    def record(self, ctx: RunContext) -> dict[str, Any]:
+    def record(self) -> dict[str, Any]:
         """This part's block of the result record."""
         return {}
 

@@ -19,8 +19,6 @@ and brings the link up).  What fired, and when, goes into the record
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +26,6 @@ from .errors import NetworkError
 
 if TYPE_CHECKING:
     from .context import RunContext
-
-log = logging.getLogger("wanmig.faults")
 
 KILL_POINTS = {"memory": "memory-progress", "pre-switchover": "pre-switchover",
                "after-resume": "after-resume", "postcopy": "postcopy"}
@@ -84,13 +80,13 @@ class Faults:
             self._note("link_up", why)
 
     async def close(self) -> None:
-        """End an outage still running (teardown): the link comes back up."""
-        if self._outage is not None and not self._outage.done():
-            self._outage.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._outage
-            await self._link_up("teardown")
-        elif self._outage is not None and self._outage.done() and not self._outage.cancelled():
-            exc = self._outage.exception()
-            if exc is not None:
-                log.warning("bringing the link back up failed: %s", exc)
+        """End an outage (teardown): the timer is stopped and the link is up again.
+
+        A timer that failed to bring the link up is retried here, so its error
+        (a NetworkError) is the one teardown reports.
+        """
+        if self._outage is None:
+            return
+        self._outage.cancel()
+        await asyncio.gather(self._outage, return_exceptions=True)
+        await self._link_up("teardown")

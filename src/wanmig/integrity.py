@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from .record import IntegrityResult
 
 __all__ = ["RECORD_SIZE", "IntegrityReport", "Record", "check_log", "format_record",
-           "integrity_problems", "parse_record"]
+           "integrity_problems", "integrity_result", "parse_record"]
 
 RECORD_SIZE = 64
 _CRC_OFFSET = 31  # len("wanmig ") + 10 + 1 + 12 + 1
@@ -141,6 +141,16 @@ def check_log(data: bytes) -> IntegrityReport:
         out_of_order=out_of_order,
         span_ms=span_ms,
     )
+
+
+def integrity_result(report: IntegrityReport, **extra: object) -> IntegrityResult:
+    """The record's ``integrity`` block for a checked log (``extra``: other fields)."""
+    return IntegrityResult(ok=report.ok, guest_log_gaps=report.gaps,
+                           guest_log_records=report.records,
+                           guest_log_bad_checksums=report.bad_checksums,
+                           guest_log_malformed=report.malformed,
+                           guest_log_out_of_order=report.out_of_order,
+                           guest_max_write_gap_ms=report.max_write_gap_ms, **extra)
 
 
 def integrity_problems(result: IntegrityResult, *, completed: bool) -> list[str]:

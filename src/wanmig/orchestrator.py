@@ -27,10 +27,14 @@ B died: its copy ran and neither may run now).  Every run writes a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import os
+import signal
+import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +42,8 @@ from .config import Scenario
 from .context import Part, PhaseClock, RunContext, StoragePart, Ui
 from .errors import MigrationError, WanmigError
 from .faults import Faults
-from .integrity import check_log, integrity_problems
+from .integrity import check_log, integrity_problems, integrity_result
 from .memory import MigrationProgress
-from .memory.parts import QemuMemory
 from .memory.select import link_facts
 from .parts import MEMORY, NETWORK, STORAGE
 from .qemu.accel import resolve_accel
@@ -93,7 +96,7 @@ class Orchestrator:
         self.pki_dir = (build_dir or default_build_dir()) / "pki"
         self.ui: Ui = ui or LogUi()
         self.state = RunState()
-        self.memory: QemuMemory = MEMORY.create(scenario.memory.strategy)
+        self.memory: Part = MEMORY.create(scenario.memory.strategy)
         self.storage: StoragePart = STORAGE.create(scenario.storage.strategy)
         self.network: Part = NETWORK.create(scenario.network.mode)
         self.clock = PhaseClock()
@@ -134,7 +137,37 @@ class Orchestrator:
 
     # -- the run ----------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _signals_routed(self) -> Iterator[None]:
+        """While a run lives, SIGINT/SIGTERM go to ``interrupt`` (in the main thread, where
+        signals arrive): the CLI, the benches and tests alike, so a run always writes its
+        record.
+
+        Plain ``signal.signal`` handlers rather than ``loop.add_signal_handler``: the
+        latter routes signals through a wakeup fd that forked helpers (pyroute2 forks
+        to create namespaces) inherit, so a signal to such a child read as one to us.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop, me = asyncio.get_running_loop(), os.getpid()
+
+        def on_signal(signum: int, frame: object) -> None:
+            if os.getpid() == me:  # not in a forked child that inherited the handler
+                loop.call_soon_threadsafe(self.interrupt, signal.Signals(signum).name)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     async def run(self) -> ResultRecord:
+        with self._signals_routed():
+            return await self._run()
+
+    async def _run(self) -> ResultRecord:
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         status, error = "failed", None
         self._task = asyncio.current_task()
@@ -179,8 +212,7 @@ class Orchestrator:
         self.wan_info = await self._measure_wan(self.testbed)
         ctx = self.ctx = RunContext(
             scenario=sc, registry=self.registry, testbed=self.testbed, image=image,
-            accel=self.accel, ui=self.ui, state=self.state, wan=self.wan_info,
-            link=link_facts(self.wan_info), pki_dir=self.pki_dir, notes=self.notes)
+            accel=self.accel, ui=self.ui, state=self.state, link=link_facts(self.wan_info), pki_dir=self.pki_dir, notes=self.notes)
         ctx.faults = Faults(ctx)
         await self.storage.create(ctx)
         await self._boot_source(ctx)
@@ -255,7 +287,7 @@ class Orchestrator:
         loaded = time.monotonic()
         self._enter(Stage.DESTINATION_RUNNING)
         await ctx.dst.execute("cont")
-        await self._until_running(ctx.dst)
+        await ctx.dst.wait_run_state("running", passing={"paused"}, timeout=RESUME_TIMEOUT_S)
         # what holding B at -S costs: from loaded to running, as wanmig saw it
         self.notes["destination_resume_ms"] = round((time.monotonic() - loaded) * 1000, 1)
         await client.mark("switchover-done")
@@ -265,8 +297,6 @@ class Orchestrator:
         await network.redirect(ctx)
 
         self._begin("finish")
-        if memory.migration is not None and memory.migration.postcopy_started:
-            await ctx.faults.at("postcopy")
         for part in (memory, storage, network):
             await part.finish(ctx)
         await ctx.src.stop()
@@ -282,14 +312,6 @@ class Orchestrator:
             self.notes["guest_console_tail"] = ctx.dst.console_tail()
             raise MigrationError("QEMU completed the migration, but the guest does not answer "
                                  "at site B: no new connection after the move")
-
-    async def _until_running(self, vm: QemuVm) -> None:
-        deadline = time.monotonic() + RESUME_TIMEOUT_S
-        while (state := await vm.run_state()) != "running":
-            if time.monotonic() > deadline:
-                raise MigrationError(f"the destination is {state!r}, not running, "
-                                     f"{RESUME_TIMEOUT_S:g} s after cont")
-            await asyncio.sleep(0.002)
 
     # -- ends -------------------------------------------------------------------
 
@@ -398,11 +420,8 @@ class Orchestrator:
 
     async def _check_integrity(self, disk: Path) -> None:
         report = check_log(await asyncio.to_thread(read_integrity_log, disk))
-        self.integrity = self.integrity.model_copy(update=dict(
-            ok=report.ok, guest_log_gaps=report.gaps, guest_log_records=report.records,
-            guest_log_bad_checksums=report.bad_checksums, guest_log_malformed=report.malformed,
-            guest_log_out_of_order=report.out_of_order,
-            guest_max_write_gap_ms=report.max_write_gap_ms))
+        self.integrity = integrity_result(
+            report, destination_disk_writes=self.integrity.destination_disk_writes)
 
     def _events(self, vm: QemuVm | None) -> list[RunEvent] | None:
         if vm is None:
@@ -412,11 +431,6 @@ class Orchestrator:
 
     def _record(self, status: str, error: str | None, started: str) -> ResultRecord:
         sc, ctx, client = self.scenario, self.ctx, self.client
-        memory = (MemoryResult.model_validate(self.memory.record(ctx)) if ctx
-                  else MemoryResult(strategy=sc.memory.strategy, converged=False))
-        storage = (StorageResult.model_validate(self.storage.record(ctx)) if ctx
-                   else StorageResult(strategy=sc.storage.strategy))
-        network = self.network.record(ctx) if ctx else {"mode": sc.network.mode}
         if ctx is not None and ctx.faults.fired:
             self.notes["faults"] = ctx.faults.fired
         if self.interrupted:
@@ -430,8 +444,10 @@ class Orchestrator:
                       workload_detail=client.workload_detail() if client else None,
                       source_events=self._events(ctx.src if ctx else None),
                       destination_events=self._events(ctx.dst if ctx else None)),
-            memory=memory, storage=storage,
-            network=NetworkResult(**network, **(client.network_fields() if client else {})),
+            memory=MemoryResult.model_validate(self.memory.record()),
+            storage=StorageResult.model_validate(self.storage.record()),
+            network=NetworkResult(**self.network.record(),
+                                  **(client.network_fields() if client else {})),
             integrity=self.integrity,
             phases=phases,
             total_ms=phases[-1].end_ms - phases[0].start_ms if phases else 0.0,

@@ -67,7 +67,7 @@ class RunState:
     history: list[tuple[Stage, float]] = field(default_factory=list)
     destination_started: bool = False    # a destination QEMU process exists (or existed)
     destination_fenced: bool = False     # it was killed and seen dead
-    destination_sent_cont: bool = False  # it may have run: never cleared
+    destination_may_have_run: bool = False  # it was (about to be) sent cont: never cleared
 
     def __repr__(self) -> str:
         return (f"RunState({self.stage.value if self.stage else None}, "
@@ -77,13 +77,9 @@ class RunState:
 
     def may_resume_source(self) -> bool:
         """True only while the destination has never run and cannot run now."""
-        if self.destination_sent_cont:
+        if self.destination_may_have_run:
             return False
         return not self.destination_started or self.destination_fenced
-
-    @property
-    def destination_may_have_run(self) -> bool:
-        return self.destination_sent_cont
 
     # -- transitions --------------------------------------------------------
 
@@ -97,7 +93,7 @@ class RunState:
         if stage is Stage.ROLLED_BACK and not self.may_resume_source():
             raise StateError("rollback after the destination may have run")
         if stage is Stage.DESTINATION_RUNNING:
-            self.destination_sent_cont = True
+            self.destination_may_have_run = True
         self.stage = stage
         self.history.append((stage, round((time.monotonic() - self.t0) * 1000.0, 3)))
 
@@ -111,9 +107,6 @@ class RunState:
     @property
     def ended(self) -> bool:
         return self.stage in ENDS
-
-    def reached(self, stage: Stage) -> bool:
-        return any(s is stage for s, _ in self.history)
 
     def to_list(self) -> list[dict[str, object]]:
         """The record's ``states``: ``[{name, at_ms}]``."""

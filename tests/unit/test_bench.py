@@ -214,3 +214,20 @@ def test_bad_seconds_from_the_installed_command_is_one_line_on_stderr(tmp_path: 
     assert done.stdout == ""
     assert done.stderr.strip().splitlines() == [
         "wanmig: seconds: must be a positive number (got -1.0)"]
+
+
+def test_an_interrupted_run_is_kept_and_ends_the_bench(tmp_path: Path) -> None:
+    bench = _bench(tmp_path, repeat=2)
+    ran: list[tuple[str, int]] = []
+
+    async def measure(case: FakeCase, index: int) -> dict[str, Any]:
+        ran.append((case.name, index))
+        # the orchestrator rolled the second run back on SIGINT and said so in its record
+        return {"speed": case.base, **({"interrupted": "SIGINT"} if index == 1 else {})}
+
+    with pytest.raises(WanmigError, match=r"interrupted \(SIGINT\) after 2 runs"):
+        asyncio.run(bench.run(measure))
+    assert ran == [("a", 0), ("a", 1)] and bench.state is BenchState.STOPPED
+    saved = json.loads((tmp_path / "sub" / "bench.json").read_text())
+    assert [r["bench"]["repeat"] for r in saved["results"]] == [0, 1]
+    assert saved["results"][-1]["interrupted"] == "SIGINT"

@@ -137,6 +137,11 @@ class BenchRun(Generic[C]):
                              + (f" (run {repeat + 1} of {self.repeat})" if self.repeat > 1
                                 else ""))
                     self.add(case, repeat, await measure(case, repeat))
+                    if signame := self.doc["results"][-1].get("interrupted"):
+                        # the run rolled back and kept its record; the bench ends with it
+                        raise WanmigError(f"{self.kind} bench interrupted ({signame}) after "
+                                          f"{len(self.doc['results'])} runs; kept in "
+                                          f"{self.out}")
         except BaseException:
             self.state = BenchState.STOPPED
             raise

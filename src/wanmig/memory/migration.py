@@ -221,7 +221,7 @@ class QemuMigration:
             self.continued = True
             await self.src.execute("migrate-continue", {"state": "pre-switchover"})
             status = await self._wait_status(events, done, deadline, "switchover", timeout)
-        await self._wait_destination_loaded(deadline, timeout)
+        await self._wait_destination_loaded(deadline)
         if status == "postcopy-active":
             self.state = MigrationState.POSTCOPY
         else:
@@ -272,24 +272,14 @@ class QemuMigration:
                 self.state = MigrationState.FAILED
                 raise MigrationError(f"{what} {status}: {await self._error_desc()}")
 
-    async def _wait_destination_loaded(self, deadline: float, timeout: float) -> None:
+    async def _wait_destination_loaded(self, deadline: float) -> None:
         """Until the destination left ``inmigrate``: loaded and paused (it has ``-S``)."""
-        while True:
-            try:
-                state = await self.dst.run_state(timeout=max(1.0, deadline - time.monotonic()))
-            except QemuError as exc:
-                self.state = MigrationState.FAILED
-                raise MigrationError(f"destination lost at switchover: {exc}") from exc
-            if state == "paused":
-                return
-            if state != "inmigrate":
-                self.state = MigrationState.FAILED
-                raise MigrationError(f"destination in state {state!r} after switchover")
-            if time.monotonic() > deadline:
-                self.state = MigrationState.FAILED
-                raise MigrationError(f"destination did not load the migration within "
-                                     f"{timeout:.1f} s")
-            await asyncio.sleep(0.002)
+        try:
+            await self.dst.wait_run_state("paused", passing={"inmigrate"},
+                                          timeout=max(0.0, deadline - time.monotonic()))
+        except QemuError as exc:
+            self.state = MigrationState.FAILED
+            raise MigrationError(f"destination did not load the migration: {exc}") from exc
 
     async def cancel(self) -> None:
         """Stop an unfinished migration and make sure the source guest runs.

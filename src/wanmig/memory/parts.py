@@ -84,12 +84,17 @@ class QemuMemory(Part):
                                        f"tcp:{addr.site_b_ip}:{addr.migration_port}", self.plan,
                                        on_progress=ctx.ui.progress)
         await self.migration.prepare()
-        if self.plan.strategy != "precopy":
+        if self.bounded_backlog:
             # Keep the migration socket's unsent backlog short, so the last delta
             # (or a postcopy page) is not queued behind seconds of earlier data.
             lowat = Calibration().notsent_lowat_bytes  # what the model assumes
             await ctx.testbed.site_a.sysctl("net.ipv4.tcp_notsent_lowat", str(lowat))
             ctx.notes["site_a_tcp_notsent_lowat"] = lowat
+
+    @property
+    def bounded_backlog(self) -> bool:
+        """Every plan but QEMU's defaults caps site A's unsent TCP backlog."""
+        return self.plan is not None and self.plan.strategy != "precopy"
 
     async def copy(self, ctx: RunContext) -> None:
         assert self.migration is not None
@@ -100,8 +105,7 @@ class QemuMemory(Part):
     def switchover_timeout_s(self, ctx: RunContext) -> float:
         """The engine's bound on the switchover (``model.switchover_timeout_s``)."""
         link = ctx.link
-        bounded = "site_a_tcp_notsent_lowat" in ctx.notes
-        queued = Calibration().notsent_lowat_bytes if bounded else DEFAULT_SNDBUF_MAX
+        queued = Calibration().notsent_lowat_bytes if self.bounded_backlog else DEFAULT_SNDBUF_MAX
         in_flight = int(link.rate_bit_s * link.rtt_ms / 8000)
         return switchover_timeout_s(target_outage_ms=ctx.scenario.memory.target_outage_ms,
                                     rtt_ms=link.rtt_ms, rate_bit_s=link.rate_bit_s,
@@ -115,6 +119,8 @@ class QemuMemory(Part):
 
     async def finish(self, ctx: RunContext) -> None:
         assert self.migration is not None
+        if self.migration.postcopy_started:
+            await ctx.faults.at("postcopy")  # B runs on borrowed pages until finish returns
         await self.migration.finish(ctx.scenario.memory.timeout_s)
         await self._count_wire(ctx)
 
@@ -132,7 +138,7 @@ class QemuMemory(Part):
         if self._wire0 is not None and self.wire_bytes is None:
             self.wire_bytes = await tx_bytes(ctx.testbed.site_a, WAN_IFACE) - self._wire0
 
-    def record(self, ctx: RunContext) -> dict[str, Any]:
+    def record(self) -> dict[str, Any]:
         memory = (self.migration.result() if self.migration
                   else MemoryResult(strategy=self.plan.strategy if self.plan else self.name,
                                     converged=False))

@@ -63,5 +63,5 @@ class L2Extend(Part):
         if self.mac_at != "a":
             await self.move_frames(ctx, "a")
 
-    def record(self, ctx: RunContext) -> dict[str, Any]:
+    def record(self) -> dict[str, Any]:
         return {"mode": self.name, "frames_sent_to": self.mac_at}

@@ -24,6 +24,7 @@ import enum
 import logging
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,6 +300,21 @@ class QemuVm:
         """QEMU's run state: 'running', 'paused', 'inmigrate', 'postmigrate', ..."""
         status = await self.execute("query-status", timeout=timeout)
         return str(status["status"])
+
+    async def wait_run_state(self, wanted: str, *, passing: Collection[str] = (),
+                             timeout: float, poll_s: float = 0.002) -> None:
+        """Poll until QEMU reports ``wanted``.  QemuError if it reports a state not in
+        ``passing`` on the way, QmpTimeout after ``timeout``.  Polled, not awaited as an
+        event: entering ``paused`` at the end of an incoming migration emits none."""
+        deadline = time.monotonic() + timeout
+        while (state := await self.run_state(timeout=max(1.0, deadline - time.monotonic()))) \
+                != wanted:
+            if state not in passing:
+                raise QemuError(f"in state {state!r}, waiting for {wanted!r}", vm=self.name)
+            if time.monotonic() > deadline:
+                raise QmpTimeout(f"still {state!r}, not {wanted!r}, after {timeout:.1f} s",
+                                 vm=self.name)
+            await asyncio.sleep(poll_s)
 
     async def disk_writes(self, drive: str = "disk0") -> int:
         """Write requests the guest has made to ``drive`` in this QEMU process."""

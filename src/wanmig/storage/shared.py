@@ -39,6 +39,6 @@ class SharedStorage(StoragePart):
         """Where the guest's integrity log is read from after the run."""
         return self.image
 
-    def record(self, ctx: RunContext) -> dict[str, Any]:
+    def record(self) -> dict[str, Any]:
         return StorageResult(strategy=self.name, bytes_on_wire=0,
                              note="both sites open the same disk image").model_dump()
