@@ -2,8 +2,8 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
-APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static kmod cpio e2fsprogs iproute2 \
-                gcc libc6-dev python3-venv procps
+# QEMU (10.0 or newer, from bookworm-backports on Debian 12) is tools/apt-setup's own
+APT_PACKAGES := busybox-static kmod cpio e2fsprogs iproute2 gcc libc6-dev python3-venv procps
 STAMP := build/.stamps
 
 .PHONY: setup apt venv image demo test unit clean
@@ -11,13 +11,7 @@ STAMP := build/.stamps
 setup: apt venv image
 
 apt:
-	@missing=$$(for p in $(APT_PACKAGES); do \
-	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	    echo "installing Debian packages:" $$missing; \
-	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
-	fi
+	@tools/apt-setup $(APT_PACKAGES)
 
 venv: $(STAMP)/venv
 

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,6 @@ def leaves_nothing_behind():
     assert after[0] <= before[0], f"namespaces left: {after[0] - before[0]}"
     assert after[1] <= before[1], f"QEMU processes left: {after[1] - before[1]}"
     assert after[2] <= before[2], f"interfaces left: {after[2] - before[2]}"
+    shm = Path("/dev/shm/wanmig")
+    left = [p.name for p in shm.iterdir()] if shm.is_dir() else []
+    assert not left, f"guest RAM files left in {shm}: {left}"

@@ -146,10 +146,13 @@ class AgentHandle(abc.ABC, Generic[ReportT]):
 
     async def mark(self, name: str, timeout: float = 5.0) -> float:
         """Record a named instant in the agent's clock; returns it (ms since agent start)."""
+        return float((await self._mark(name, timeout))["t_ms"])
+
+    async def _mark(self, name: str, timeout: float) -> dict[str, Any]:
+        """``mark``'s whole answer: an agent may say more than the instant."""
         if not name.strip() or "\n" in name:
             raise self.error(f"bad mark name {name!r}")
-        event = await self._command(f"mark {name.strip()}", "marked", timeout)
-        return float(event["t_ms"])
+        return await self._command(f"mark {name.strip()}", "marked", timeout)
 
     async def _command(self, line: str, expected: str, timeout: float) -> dict[str, Any]:
         """Send one command and await its answer; one command at a time."""

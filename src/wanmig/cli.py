@@ -25,6 +25,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from .bench import floor as floor_bench
 from .bench import memory as memory_bench
 from .bench import wan as wan_bench
 from .config import Scenario, load_scenario, parse_scenario
@@ -246,11 +247,33 @@ def bench_memory(
                            f"{', '.join(memory_bench.WORKLOADS)}; default: all.")] = None,
     wan: Annotated[str, typer.Option("--wan", help="WAN profile.")] = memory_bench.PROFILE,
     repeat: RepeatOption = memory_bench.DEFAULT_REPEAT,
+    floor_cycles: Annotated[int, typer.Option(
+        "--floor-cycles", help="Stop/cont cycles of the TCG floor's calibration before the "
+                               "first run (0: none; the outage targets then read the raw "
+                               "outage).")] = memory_bench.FLOOR_CYCLES,
 ) -> None:
     """Every memory strategy × workload on one WAN, each a full migration (about 30 min a repeat)."""
     _bench(memory_bench.run_memory_bench(
         strategies=strategy or None, workloads=workload or None, profile=wan, repeat=repeat,
-        out=out, ui=RichUi(), say=lambda m: console.print(f"[bold]{escape(m)}[/]")), out)
+        floor_cycles=floor_cycles, out=out, ui=RichUi(),
+        say=lambda m: console.print(f"[bold]{escape(m)}[/]")), out)
+
+
+@bench_app.command("floor")
+def bench_floor(
+    out: BenchJsonOption,
+    cycles: Annotated[int, typer.Option(
+        "--cycles", help="Stop/cont cycles.")] = floor_bench.DEFAULT_CYCLES,
+    pause_ms: Annotated[float, typer.Option(
+        "--pause-ms", help="How long each cycle holds the guest paused.")] =
+        floor_bench.DEFAULT_PAUSE_MS,
+    wan: Annotated[str, typer.Option("--wan", help="WAN profile.")] = floor_bench.PROFILE,
+) -> None:
+    """The TCG floor: a guest paused and resumed at one site while the client's probes run
+    (about a minute); the client's echo gap less the time paused."""
+    _bench(floor_bench.run_floor_bench(
+        out=out, cycles=cycles, pause_ms=pause_ms, profile=wan, ui=RichUi(),
+        say=lambda m: console.print(f"[bold]{escape(m)}[/]")), out)
 
 
 @app.command()

@@ -61,6 +61,8 @@ _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
 Workload = Literal["idle", "web", "dirty"]
+#: What ``memory.ablate`` may switch off (``wanmig.memory.plan.ablate``).
+Ablation = Literal["auto-converge", "multifd", "zstd", "notsent-limit", "survey"]
 
 
 class VmSpec(_Strict):
@@ -89,13 +91,23 @@ class MemorySpec(_Strict):
     """How memory moves.  ``target_outage_ms`` is what the client may see: it
     sets precopy-tuned's downtime-limit and is auto's criterion.  ``tls``
     encrypts and mutually authenticates the migration stream (``--insecure``
-    turns it off to measure its cost)."""
+    turns it off to measure its cost).  ``verify`` compares both guests' RAM
+    page by page while the destination is still paused (``memory.verify``):
+    for tests and benchmarks, it lengthens the outage by the comparison.
+    ``ablate`` switches parts of a plan off, for experiments."""
 
     strategy: MemoryStrategy = "precopy"
     timeout_s: float = Field(600.0, gt=0, le=7200)
     target_outage_ms: float = Field(300.0, ge=10, le=60000)
     postcopy_budget_s: float = Field(30.0, gt=0, le=3600)
     tls: bool = True
+    verify: bool = False
+    #: For experiments (bisecting a fault, pricing a feature): parts of the chosen
+    #: plan switched off.  Recorded in ``memory.plan.ablated``.
+    ablate: list[Ablation] = []
+    #: For experiments: QEMU migration parameters set over the plan's own
+    #: (``multifd-channels = 2``, say); ``multifd-*`` ones go to both sides.
+    parameters: dict[str, int | str] = {}
 
 
 class StorageSpec(_Strict):
@@ -177,6 +189,9 @@ class FaultSpec(_Strict):
     #: The WAN link drops everything for ``link_down_s`` seconds, starting in this phase.
     link_down_phase: Literal["none", "memory", "switchover"] = "none"
     link_down_s: float = Field(0.0, ge=0, le=600)
+    #: ``destination``: one page of B's RAM is changed just before verify mode
+    #: compares the copies (needs ``memory.verify``): the check must catch it.
+    corrupt_page: Literal["none", "destination"] = "none"
 
     @model_validator(mode="after")
     def _outage_has_a_length(self) -> "FaultSpec":
@@ -209,6 +224,9 @@ class Scenario(_Strict):
         if self.fault.link_down_phase != "none" and self.wan.link is None:
             raise ConfigError("a link outage needs an emulated WAN (wan.profile is 'none')",
                               field="fault.link_down_phase")
+        if self.fault.corrupt_page != "none" and not self.memory.verify:
+            raise ConfigError("corrupting a page is only seen with memory.verify = true",
+                              field="fault.corrupt_page")
         return self
 
 

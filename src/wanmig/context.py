@@ -108,7 +108,9 @@ class RunContext:
                         mac=addr.vm_mac, tap=addr.tap, ip_cidr=addr.vm_cidr, accel=self.accel,
                         netns=self.testbed.site(site).name, incoming=site == "b",
                         dirty=((sc.vm.dirty_mib, sc.vm.dirty_rate_mbps)
-                               if sc.vm.workload == "dirty" else None))
+                               if sc.vm.workload == "dirty" else None),
+                        ram_file=(self.registry.memory_file(f"vm-{site}")
+                                  if sc.memory.verify else None))
 
 
 class Part:
@@ -141,6 +143,10 @@ class Part:
 
     def record(self) -> dict[str, Any]:
         """This part's block of the result record."""
+        return {}
+
+    def integrity(self) -> dict[str, Any]:
+        """Fields this part adds to the record's ``integrity`` block (its own checks)."""
         return {}
 
 

@@ -9,6 +9,8 @@ setting names that point fires there::
     switchover                             "switchover"   (before the last bytes leave)
     after-resume      "after-resume"                      (B runs, A not yet stopped)
     postcopy          "postcopy"                          (B runs on borrowed pages)
+    verify            corrupt_page = "destination"        (B loaded and paused, before
+                                                          verify mode compares its RAM)
 
 A link outage drops every frame both ways for ``link_down_s`` seconds, then
 the link comes back by itself (a background task; ``close`` ends it early
@@ -23,6 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .errors import NetworkError
+from .memory.verify import corrupt_page
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -53,6 +56,13 @@ class Faults:
 
     async def at(self, point: str) -> None:
         """Fire what the scenario asks for at ``point``."""
+        if point == "verify" and self.spec.corrupt_page == "destination":
+            dst = self.ctx.dst
+            assert dst is not None and dst.cfg.ram_file is not None
+            address = await asyncio.to_thread(corrupt_page, dst.cfg.ram_file,
+                                              dst.cfg.ram_mib * 2**20)
+            self.ctx.ui.step(f"fault injection: one byte of B's RAM changed (page {address:#x})")
+            self._note("corrupt_page", point, address=hex(address))
         if KILL_POINTS.get(self.spec.kill_destination) == point and self.ctx.dst is not None:
             if point == "postcopy":
                 await asyncio.sleep(POSTCOPY_RUN_S)  # let B run on borrowed pages a moment

@@ -28,18 +28,39 @@ What counts:
   records (a step back, after a reboot, counts as none); ``span_ms`` sums the steps,
   so ``records / span_ms`` is the write rate the guest achieved. The guest clock stands still while the VM is paused, so this shows
   stalls the guest itself saw (slow disk, starved vCPU), not migration downtime.
+
+Guest memory (the ``dirty`` workload): ``guestd dirty`` writes every 4 KiB page
+of its working set with its index, a per-page sequence number and a checksum,
+keeps the seq it expects of each page in its own memory, verifies a page before
+it rewrites it and sweeps the whole set about once a second, printing one line
+per sweep (and one per bad page, the first few) on the serial console::
+
+    wanmig-memcheck sweep=12 pages=16384 errors=0
+    wanmig-memcheck bad page=77 seq=3 expected=5 index=77 checksum=ok
+
+``memcheck_from_console`` reads those lines from one QEMU's console log. A
+destination's log holds only what the guest printed at B, so its first sweep
+line may end a sweep that began at A; a sweep that started at B is the second
+line on. ``MemCheck.sweeps`` counts those, and the check is done only with at
+least one of them (or an error found): ``memcheck_fields`` gives ``None``, not
+0, for a check not done. A stale page (what a lost update leaves) shows as
+``checksum=ok`` with ``seq`` below ``expected``.
 """
 
 from __future__ import annotations
 
 import re
+import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from .record import IntegrityResult
 
-__all__ = ["RECORD_SIZE", "IntegrityReport", "Record", "check_log", "format_record",
-           "integrity_problems", "integrity_result", "parse_record"]
+__all__ = ["MEMCHECK_SWEEP_PREFIX", "MEMCHECK_PAGE", "RECORD_SIZE", "BadPage", "IntegrityReport",
+           "MemCheck", "Record", "check_log", "format_record", "integrity_problems",
+           "integrity_result", "memcheck_fields", "memcheck_from_console", "page_checksum",
+           "parse_record"]
 
 RECORD_SIZE = 64
 _CRC_OFFSET = 31  # len("wanmig ") + 10 + 1 + 12 + 1
@@ -153,12 +174,123 @@ def integrity_result(report: IntegrityReport, **extra: object) -> IntegrityResul
                            guest_max_write_gap_ms=report.max_write_gap_ms, **extra)
 
 
-def integrity_problems(result: IntegrityResult, *, completed: bool) -> list[str]:
+# ------------------------------------------------------------------------ guest memory
+
+MEMCHECK_SWEEP_PREFIX = "wanmig-memcheck sweep="
+"""How every sweep line of ``guestd dirty`` starts (``QemuVm.wait_console_lines``)."""
+
+_SWEEP_RE = re.compile(r"^wanmig-memcheck sweep=(\d+) pages=(\d+) errors=(\d+)$")
+_BAD_RE = re.compile(r"^wanmig-memcheck bad page=(\d+) seq=(\d+) expected=(\d+) "
+                     r"index=(\d+) checksum=(ok|bad)$")
+
+MEMCHECK_PAGE = 4096
+"""Bytes per working-set page; its words 0, 1, 2 are index, seq and checksum."""
+
+_M64 = (1 << 64) - 1
+_LANES = (0x243F6A8885A308D3, 0x13198A2E03707344, 0xA4093822299F31D0, 0x082EFA98EC4E6C89)
+
+
+def _mix64(x: int) -> int:
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _M64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def page_checksum(page: bytes) -> int:
+    """guestd's checksum of one working-set page (word 2, the checksum, counts as 0).
+
+    The host-side twin of ``page_checksum`` in guestd.c, for tests that read
+    or forge guest pages."""
+    words = list(struct.unpack("<512Q", page))
+    words[2] = 0
+    h = list(_LANES)
+    for i in range(0, len(words), 4):
+        for k in range(4):
+            h[k] = ((h[k] ^ words[i + k]) * 0x9E3779B97F4A7C15) & _M64
+    return _mix64(h[0] ^ _mix64(h[1] ^ _mix64(h[2] ^ _mix64(h[3]))))
+
+
+@dataclass(frozen=True)
+class BadPage:
+    """A page the guest found bad: ``seq`` and ``index`` as found in it, ``expected`` the
+    seq it last wrote there."""
+
+    page: int
+    seq: int
+    expected: int
+    index: int
+    checksum_ok: bool
+
+    @property
+    def stale(self) -> bool:
+        """An older, self-consistent version of the page: an update was lost."""
+        return self.checksum_ok and self.index == self.page and self.seq < self.expected
+
+
+@dataclass(frozen=True)
+class MemCheck:
+    """What one console log says of the guest's memory check."""
+
+    sweep_lines: int      # sweep lines in the log
+    errors: int           # bad pages the guest reported in it
+    bad_pages: tuple[BadPage, ...] = ()   # the first few, as described
+    last_sweep: int | None = None         # the last sweep line's number
+
+    @property
+    def sweeps(self) -> int:
+        """Whole sweeps that started within this log: the first line's sweep may have
+        begun before the log did (at A, for a destination's log)."""
+        return max(0, self.sweep_lines - 1)
+
+    @property
+    def done(self) -> bool:
+        """At least one whole sweep verified every page, or a bad page was found."""
+        return self.sweeps >= 1 or self.errors > 0
+
+
+def memcheck_from_console(lines: Iterable[str]) -> MemCheck:
+    """Read ``guestd dirty``'s memory check lines from one console log's lines.
+
+    ``errors`` sums the sweep lines' counts, plus the bad pages described after
+    the last sweep line (its sweep never ended in this log, but they were found).
+    Other lines, and lines cut by the start of the log, are ignored.
+    """
+    sweep_lines = errors = pending = 0
+    bad: list[BadPage] = []
+    last: int | None = None
+    for raw in lines:
+        line = raw.strip()   # the serial console ends lines with \r\n
+        if m := _SWEEP_RE.match(line):
+            sweep_lines += 1
+            last = int(m.group(1))
+            errors += int(m.group(3))
+            pending = 0
+        elif m := _BAD_RE.match(line):
+            page, seq, expected, index = (int(g) for g in m.group(1, 2, 3, 4))
+            bad.append(BadPage(page=page, seq=seq, expected=expected, index=index,
+                               checksum_ok=m.group(5) == "ok"))
+            pending += 1
+    return MemCheck(sweep_lines=sweep_lines, errors=errors + pending, bad_pages=tuple(bad),
+                    last_sweep=last)
+
+
+def memcheck_fields(check: MemCheck) -> dict[str, int | None]:
+    """The record's ``integrity.guest_memory_*`` for a destination's console."""
+    return {"guest_memory_sweeps": check.sweeps,
+            "guest_memory_errors": check.errors if check.done else None}
+
+
+def integrity_problems(result: IntegrityResult, *, completed: bool,
+                       memory_checked: bool = False) -> list[str]:
     """Why a run's integrity fails, one clause each; empty when it holds.
 
     The guest's log must show no lost, corrupted, malformed or reordered
     record (a stale copy resumed leaves records out of order), and a completed
-    move must show the guest writing at B after the switchover.
+    move must show the guest writing at B after the switchover.  With
+    ``memory_checked`` (the ``dirty`` workload ran) a completed move must also
+    show a whole sweep of the guest's memory check at B; bad pages fail any run.
     """
     problems = []
     if result.ok is False:
@@ -167,4 +299,10 @@ def integrity_problems(result: IntegrityResult, *, completed: bool) -> list[str]
                         f"malformed, {result.guest_log_out_of_order} out of order")
     if completed and not result.destination_disk_writes:
         problems.append("the guest made no disk writes at B after the switchover")
+    if result.guest_memory_errors:
+        n = result.guest_memory_errors
+        problems.append(f"guest memory: {n} bad page{'s' if n != 1 else ''} found at B "
+                        f"(lost or corrupted by the move; see B's console)")
+    elif completed and memory_checked and not result.guest_memory_sweeps:
+        problems.append("guest memory: no whole sweep of the memory check at B")
     return problems

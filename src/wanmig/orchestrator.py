@@ -34,19 +34,21 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .config import Scenario
 from .context import Part, PhaseClock, RunContext, StoragePart, Ui
-from .errors import MigrationError, WanmigError
+from .errors import MigrationError, QmpTimeout, WanmigError
 from .faults import Faults
-from .integrity import check_log, integrity_problems, integrity_result
+from .integrity import MEMCHECK_SWEEP_PREFIX, check_log, integrity_problems, \
+    integrity_result, memcheck_fields, memcheck_from_console
 from .memory import MigrationProgress
 from .memory.select import link_facts
 from .parts import MEMORY, NETWORK, STORAGE
 from .qemu.accel import resolve_accel
+from .qemu.binary import qemu_binary
 from .qemu.image import READY_MARKER, build_image, default_build_dir, read_integrity_log
 from .qemu.process import QemuVm
 from .record import IntegrityResult, MemoryResult, NetworkResult, ResultRecord, RunEvent, \
@@ -62,6 +64,10 @@ log = logging.getLogger("wanmig.orchestrator")
 
 #: After ``cont`` the destination must report running within this.
 RESUME_TIMEOUT_S = 10.0
+
+#: After the client settled, the ``dirty`` guest must finish a sweep of its memory check
+#: that started at B within this (a 64 MiB set sweeps in about 1 s).
+MEMCHECK_TIMEOUT_S = 15.0
 
 
 class LogUi:
@@ -92,6 +98,7 @@ class Orchestrator:
                  ui: Ui | None = None) -> None:
         self.scenario = scenario
         self.build_dir = build_dir
+        self.qemu = qemu_binary()  # ConfigError for a QEMU below 10.0, before anything starts
         # The deployment's CA lives next to the guest image (generated, never committed).
         self.pki_dir = (build_dir or default_build_dir()) / "pki"
         self.ui: Ui = ui or LogUi()
@@ -191,6 +198,22 @@ class Orchestrator:
             self.notes["cleanup_error"] = "; ".join(cleanup_errors)
         status, error = self._judge_integrity(status, error)
         return self._record(status, error, started)
+
+    @contextlib.asynccontextmanager
+    async def source_running(self) -> AsyncIterator[tuple[RunContext, ClientWatch]]:
+        """What a run sets up before it moves anything -- the sites, the WAN measured, the
+        source booted, the client's probes on -- for a caller that measures the guest at A
+        without migrating it (``bench/floor.py``).  Torn down as a run is, whatever happens
+        inside; a teardown that fails raises WanmigError (the body's own error wins).
+        No record is written and signals are not routed: an interrupt cancels the body."""
+        try:
+            await self._set_up()
+            assert self.ctx is not None and self.client is not None
+            yield self.ctx, self.client
+        finally:
+            errors = await self._teardown()
+        if errors:
+            raise WanmigError("cleaning up failed: " + "; ".join(errors))
 
     def _uncancel(self) -> None:
         task = asyncio.current_task()
@@ -312,6 +335,18 @@ class Orchestrator:
             self.notes["guest_console_tail"] = ctx.dst.console_tail()
             raise MigrationError("QEMU completed the migration, but the guest does not answer "
                                  "at site B: no new connection after the move")
+        if self.scenario.vm.workload == "dirty":
+            await self._await_memory_sweep(ctx.dst)
+
+    async def _await_memory_sweep(self, dst: QemuVm) -> None:
+        """Until the guest's memory check has verified its whole working set at B: the
+        second sweep line in B's console (``integrity.memcheck_from_console``)."""
+        try:
+            await dst.wait_console_lines(MEMCHECK_SWEEP_PREFIX, 2, MEMCHECK_TIMEOUT_S)
+        except QmpTimeout as exc:
+            raise MigrationError(f"the guest's memory check finished no whole sweep of its "
+                                 f"working set at B within {MEMCHECK_TIMEOUT_S:g} s "
+                                 f"(console: {dst.console_path})", cause=exc) from exc
 
     # -- ends -------------------------------------------------------------------
 
@@ -364,7 +399,8 @@ class Orchestrator:
     def _judge_integrity(self, status: str, error: str | None) -> tuple[str, str | None]:
         """A run whose guest lost, reordered or did not make writes has failed, whatever
         else went right (``integrity.problems``)."""
-        problems = integrity_problems(self.integrity, completed=status == "completed")
+        problems = integrity_problems(self.integrity, completed=status == "completed",
+                                      memory_checked=self.scenario.vm.workload == "dirty")
         if not problems:
             return status, error
         self._enter_end(Stage.FAILED)
@@ -388,7 +424,8 @@ class Orchestrator:
     # -- teardown and record ---------------------------------------------------
 
     async def _teardown(self) -> list[str]:
-        """Stop probes and VMs, read the guest's disk log, remove the sites.
+        """Stop probes and VMs, read the guest's disk log (and B's memory check), remove
+        the sites.
 
         Every step runs even if an earlier one failed; the failures are returned.
         """
@@ -412,6 +449,11 @@ class Orchestrator:
         disk = self.storage.log_disk
         if disk is not None and disk.exists():
             await attempt("integrity check", self._check_integrity(disk))
+        if (ctx is not None and ctx.dst is not None and self.scenario.vm.workload == "dirty"
+                and self.state.destination_may_have_run):
+            # B's console holds the guest's own memory check (what it printed at B)
+            self.integrity = self.integrity.model_copy(
+                update=memcheck_fields(memcheck_from_console(ctx.dst.console_lines())))
         if self.testbed is not None:
             await attempt("removing the testbed", self.testbed.down())
         if self.registry is not None:
@@ -440,7 +482,7 @@ class Orchestrator:
             status=status, error=error, run_id=self.registry.run_id if self.registry else None,
             started_at=started, scenario=sc.model_dump(), wan=self.wan_info,
             vm=VmInfo(ram_mib=sc.vm.ram_mib, disk_mib=sc.vm.disk_mib, workload=sc.vm.workload,
-                      accel=self.accel, boot_ms=self.boot_ms,
+                      accel=self.accel, qemu_version=self.qemu.banner, boot_ms=self.boot_ms,
                       workload_detail=client.workload_detail() if client else None,
                       source_events=self._events(ctx.src if ctx else None),
                       destination_events=self._events(ctx.dst if ctx else None)),
@@ -448,7 +490,8 @@ class Orchestrator:
             storage=StorageResult.model_validate(self.storage.record()),
             network=NetworkResult(**self.network.record(),
                                   **(client.network_fields() if client else {})),
-            integrity=self.integrity,
+            integrity=self.integrity.model_copy(
+                update={k: v for part in self.parts for k, v in part.integrity().items()}),
             phases=phases,
             total_ms=phases[-1].end_ms - phases[0].start_ms if phases else 0.0,
             states=[RunEvent.model_validate(s) for s in self.state.to_list()],

@@ -54,6 +54,7 @@ class VmInfo(_Model):
     disk_mib: int
     workload: str
     accel: str | None = None
+    qemu_version: str | None = None   # QEMU's own --version line, of the binary that ran
     boot_ms: float | None = None
     workload_detail: dict[str, Any] | None = None  # dirty: size/rate; web: the load's report
     #: STOP / RESUME as each QEMU announced them, ms on the run state's clock: when
@@ -109,6 +110,10 @@ class NetworkResult(_Model):
     tcp_survived: bool | None = None
     new_conn_ms: float | None = None
     probe: dict[str, Any] | None = None
+    #: What pausing and resuming the guest alone costs the client here (under TCG: tens
+    #: of ms), measured on one site without migrating (``bench/floor.py``): set by
+    #: ``wanmig bench memory`` from its calibration before the first run; None in a plain run.
+    tcg_floor_ms: float | None = None
 
 
 class IntegrityResult(_Model):
@@ -125,6 +130,20 @@ class IntegrityResult(_Model):
     #: Write requests the guest made to its disk at B (QEMU's blockstats before B
     #: stopped): the guest kept writing after the switchover.
     destination_disk_writes: int | None = None
+    #: The ``dirty`` workload's own memory check at B (``integrity.memcheck_from_console``):
+    #: whole sweeps of its working set that started at B, and the bad pages (stale or
+    #: corrupted) the guest found there; None where not checked, or not done.
+    guest_memory_sweeps: int | None = None
+    guest_memory_errors: int | None = None
+    #: Verify mode (``memory.verify``): both guests' RAM compared page by page
+    #: before B ran; None where not compared (``memory_verify_note`` says why).
+    memory_match: bool | None = None
+    memory_pages_compared: int | None = None
+    memory_pages_differing: int | None = None
+    memory_first_differing: list[str] | None = None   # guest-physical, hex
+    memory_differing_detail: list[dict[str, Any]] | None = None  # ``memory.verify``
+    memory_verify_ms: float | None = None             # B waited this long for the comparison
+    memory_verify_note: str | None = None
 
 
 class Phase(_Model):

@@ -6,6 +6,9 @@ and processes it made, with the PID of the wanmig process that owns them.
 Resources are registered *before* they are created and unregistered after
 they are removed, so the file is always a superset of what exists.
 
+Runs that compare guest RAM (``memory.verify``) keep it in files under
+``/dev/shm/wanmig/<run_id>/``, removed with the run whatever happened.
+
 The run directory holds the guest's disk, its QMP sockets (a monitor is full
 control of the VM) and, for the memory survey, ``pmemsave`` dumps of guest
 RAM: it is created mode 0700, as is the state directory when wanmig creates
@@ -33,6 +36,8 @@ from pathlib import Path
 from .fileio import atomic_write
 
 STATE_DIR = Path(os.environ.get("WANMIG_STATE_DIR", "/run/wanmig"))
+#: Guest RAM as files, for runs that compare it (``memory.verify``): in memory, never on disk.
+MEMORY_DIR = Path(os.environ.get("WANMIG_MEMORY_DIR", "/dev/shm/wanmig"))
 DIR_MODE = 0o700
 
 log = logging.getLogger("wanmig.registry")
@@ -72,6 +77,13 @@ class Registry:
     def path(self) -> Path:
         return STATE_DIR / f"{self.run_id}.json"
 
+    def memory_file(self, name: str) -> Path:
+        """Where VM ``name``'s RAM lives when it is file-backed; its directory is
+        created 0700 (it holds the guest's memory) and removed by ``close``."""
+        private_dir(MEMORY_DIR)
+        private_dir(MEMORY_DIR / self.run_id, tighten=True)
+        return MEMORY_DIR / self.run_id / f"{name}.ram"
+
     def add_netns(self, name: str) -> None:
         self.namespaces.append(name)
         self._save()
@@ -97,6 +109,8 @@ class Registry:
     def close(self, *, keep_run_dir: bool = False) -> None:
         """Forget the run: called once everything it made has been removed."""
         self.path.unlink(missing_ok=True)
+        # guest RAM is never kept: two copies of the VM's memory, in memory
+        shutil.rmtree(MEMORY_DIR / self.run_id, ignore_errors=True)
         if not keep_run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -189,6 +203,7 @@ def clean_leftovers(*, force: bool = False) -> list[str]:
                 remove_netns(name)
                 removed.append(f"netns {name}")
         shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(MEMORY_DIR / str(data["run_id"]), ignore_errors=True)
         path.unlink(missing_ok=True)
         stage = data.get("stage")
         removed.append(f"run {data['run_id']}" + (f" (it was {stage})" if stage else ""))

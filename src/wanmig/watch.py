@@ -4,7 +4,8 @@ Both agents run in the client's namespace (``probe/``, ``workload/``); this
 is the engine's one handle on them::
 
     start()  probes on (every probe answered once), web load on, warm-up
-    mark()   a named instant on the probe's clock (migration-start, ...)
+    mark()   a named instant on the probe's clock (migration-start, ...), and
+             the largest UDP gap since the previous mark (a ``ProbeWindow``)
     settle() the probes keep watching ``probe.settle_s``, then one new
              connection is opened: ``new_conn_ms`` (None: the guest did not answer)
     stop()   both reports read back; idempotent, and safe after a failed start
@@ -19,7 +20,7 @@ from typing import Any
 
 from .children import ChildState
 from .config import Scenario
-from .probe import ClientProbe, ProbeReport
+from .probe import ClientProbe, ProbeReport, ProbeWindow
 from .registry import Registry
 from .testbed import Testbed
 from .workload import WebLoad, WebLoadReport
@@ -46,8 +47,10 @@ class ClientWatch:
             await self.web.start()
         await asyncio.sleep(self.scenario.probe.warmup_s)
 
-    async def mark(self, name: str) -> None:
-        await self.probe.mark(name)
+    async def mark(self, name: str) -> ProbeWindow:
+        """A named instant; returns the window it closes (the largest UDP gap since the
+        previous mark)."""
+        return await self.probe.mark_window(name)
 
     async def settle(self) -> float | None:
         """Watch a while (a late outage must show up), then time one new connection."""

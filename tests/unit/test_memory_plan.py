@@ -89,3 +89,46 @@ def test_stall_detector_fires_when_a_round_does_not_shrink() -> None:
 def test_stall_detector_quiet_while_converging() -> None:
     s = StallDetector()
     assert not any(s.feed(i, int(1000 * 0.5 ** i)) for i in range(1, 10))
+
+
+def test_ablation_removes_only_what_the_plan_uses() -> None:
+    from wanmig.memory.plan import MigrationPlan, ablate
+
+    tuned = MigrationPlan(
+        strategy="precopy-tuned",
+        capabilities=frozenset({"events", "pause-before-switchover", "multifd", "auto-converge"}),
+        dest_capabilities=frozenset({"events", "multifd"}),
+        parameters={"max-bandwidth": 1, "multifd-channels": 1, "multifd-compression": "zstd",
+                    "multifd-zstd-level": 1, "cpu-throttle-initial": 40,
+                    "cpu-throttle-increment": 10, "max-cpu-throttle": 80,
+                    "throttle-trigger-threshold": 50},
+        dest_parameters={"multifd-channels": 1, "multifd-compression": "zstd",
+                         "multifd-zstd-level": 1})
+    no_ac = ablate(tuned, ["auto-converge"])
+    assert "auto-converge" not in no_ac.capabilities and no_ac.ablated == ("auto-converge",)
+    assert not any(k.startswith(("cpu-throttle", "max-cpu", "throttle")) for k in no_ac.parameters)
+    assert no_ac.parameters["multifd-compression"] == "zstd"
+    plain = ablate(tuned, ["zstd"])
+    assert "multifd-compression" not in plain.parameters | plain.dest_parameters
+    assert "multifd" in plain.capabilities and plain.parameters["multifd-channels"] == 1
+    no_mfd = ablate(tuned, ["multifd"])
+    assert "multifd" not in no_mfd.capabilities | no_mfd.dest_capabilities
+    assert not any(k.startswith("multifd-") for k in no_mfd.parameters | no_mfd.dest_parameters)
+    assert no_mfd.to_dict()["ablated"] == ["multifd"]
+    # what the plan does not use is not claimed as ablated
+    assert ablate(no_mfd, ["multifd", "zstd"]).ablated == ("multifd",)
+
+
+def test_parameter_override_reaches_both_sides_where_it_must() -> None:
+    from wanmig.memory.plan import MigrationPlan, override
+
+    plan = MigrationPlan(strategy="precopy-tuned", capabilities=frozenset({"multifd"}),
+                         dest_capabilities=frozenset({"multifd"}),
+                         parameters={"multifd-channels": 1, "downtime-limit": 120},
+                         dest_parameters={"multifd-channels": 1})
+    assert override(plan, {}) is plan
+    two = override(plan, {"multifd-channels": 2, "max-cpu-throttle": 99})
+    assert two.parameters == {"multifd-channels": 2, "downtime-limit": 120,
+                              "max-cpu-throttle": 99}
+    assert two.dest_parameters == {"multifd-channels": 2}
+    assert two.to_dict()["overridden"] == ["max-cpu-throttle", "multifd-channels"]

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from wanmig.errors import ConfigError
 from wanmig.model import (STRATEGIES, Calibration, Decision, Measurements, Prediction,
                           Targets, choose, downtime_limit_ms, migration_settings, predict,
-                          predict_all, tuned_refusal)
+                          predict_all)
 from wanmig.model.rounds import dirtied
 from wanmig.model.settings import throttle_start_pct, throttled_rate
 
@@ -111,18 +111,13 @@ def test_tuned_under_tcg_throttles_at_most_80_percent() -> None:
     assert kvm.parameters["max-cpu-throttle"] == 99 and kvm.converges
 
 
-def test_tuned_is_not_run_under_tcg_on_a_fast_writer() -> None:
-    """Above 30 MB/s of writes, tuned runs under TCG resumed broken guests here."""
+def test_tuned_runs_under_tcg_on_a_fast_writer() -> None:
+    """QEMU 10.0 moved tuned's fast writers whole (the refusal QEMU 7.2 needed is gone):
+    a 60 MB/s guest is predicted like any other, throttled up to the TCG ceiling."""
     m = guest(dirty_rate_bytes_s=60 * MB, accel="tcg")
     p = predict("precopy-tuned", m)
-    assert not p.converges and p.total_ms is None
-    assert "not run for a guest dirtying 60 MB/s" in (p.limit or "")
-    assert tuned_refusal(m) == p.limit
-    assert tuned_refusal(m.model_copy(update={"dirty_rate_bytes_s": 25 * MB})) is None
-    assert tuned_refusal(m.model_copy(update={"accel": "kvm"})) is None
-    # auto does not choose it
-    assert choose(m, Targets(target_outage_ms=5000)).chosen != "precopy-tuned"
-
+    assert p.parameters["max-cpu-throttle"] == 80
+    assert p.converges or "throttle" in (p.limit or "")
 
 def test_small_working_set_converges_even_above_bandwidth() -> None:
     """A guest rewriting 1 MiB fast still fits in the downtime-limit."""

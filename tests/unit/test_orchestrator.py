@@ -81,3 +81,19 @@ def test_a_link_outage_needs_an_emulated_link() -> None:
     with pytest.raises(ConfigError, match="emulated WAN"):
         parse_scenario({"wan": {"profile": "none"},
                         "fault": {"link_down_phase": "memory", "link_down_s": 5}})
+
+
+def test_a_dirty_run_needs_the_guests_memory_check_at_b() -> None:
+    dirty = {"vm": {"workload": "dirty", "dirty_mib": 16}}
+    o = _orch(**dirty)
+    o.integrity = IntegrityResult(ok=True, destination_disk_writes=57, guest_memory_sweeps=0)
+    status, error = o._judge_integrity("completed", None)
+    assert status == "failed" and "no whole sweep" in (error or "")
+    o2 = _orch(**dirty)
+    o2.integrity = IntegrityResult(ok=True, destination_disk_writes=57, guest_memory_sweeps=3,
+                                   guest_memory_errors=1)
+    assert "1 bad page found" in (o2._judge_integrity("completed", None)[1] or "")
+    o3 = _orch(**dirty)
+    o3.integrity = IntegrityResult(ok=True, destination_disk_writes=57, guest_memory_sweeps=3,
+                                   guest_memory_errors=0)
+    assert o3._judge_integrity("completed", None) == ("completed", None)

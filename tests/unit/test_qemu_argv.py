@@ -4,10 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from wanmig.errors import MigrationError
+from wanmig.errors import ConfigError, MigrationError
 from wanmig.memory import capability_args
+from wanmig.qemu.binary import QemuBinary, check_supported, parse_version
 from wanmig.qemu.image import GuestImage
 from wanmig.qemu.process import VmConfig, qemu_argv, tail_lines
+
+QEMU10 = QemuBinary(path="/usr/bin/qemu-system-x86_64", version=(10, 0, 2),
+                    banner="QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)")
 
 IMAGE = GuestImage(kernel=Path("/k/vmlinuz"), initrd=Path("/k/initrd.gz"),
                    kernel_version="6.1.0-test", digest="d")
@@ -34,8 +38,8 @@ def test_destination_argv() -> None:
 
 
 def test_source_argv_and_kvm() -> None:
-    argv = qemu_argv(_cfg(incoming=False, netns=None, accel="kvm"), Path("/run/x"))
-    assert argv[0] == "qemu-system-x86_64" and "-incoming" not in argv
+    argv = qemu_argv(_cfg(incoming=False, netns=None, accel="kvm"), Path("/run/x"), QEMU10)
+    assert argv[0] == "/usr/bin/qemu-system-x86_64" and "-incoming" not in argv
     assert argv[argv.index("-cpu") + 1] == "host"
 
 
@@ -44,6 +48,33 @@ def test_dirty_workload_reaches_the_kernel_command_line() -> None:
     assert "wanmig.dirty=32:2.5" in append[append.index("-append") + 1].split()
     plain = qemu_argv(_cfg(), Path("/run/x"))
     assert "wanmig.dirty" not in plain[plain.index("-append") + 1]
+
+
+def test_old_qemu_is_refused_with_how_to_get_10() -> None:
+    assert parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)") \
+        == (7, 2, 22)
+    assert parse_version("QEMU emulator version 10.0.2") == (10, 0, 2)
+    old = QemuBinary(path="/usr/bin/qemu-system-x86_64", version=(7, 2, 22), banner="7.2")
+    with pytest.raises(ConfigError) as exc:
+        check_supported(old)
+    message = str(exc.value)
+    assert "QEMU 7.2.22" in message and "10.0 or newer" in message
+    assert "bookworm-backports" in message and "\n" not in message
+    check_supported(QEMU10)
+    check_supported(old, allow_old=True)  # research only: logged, not refused
+    with pytest.raises(ConfigError):
+        parse_version("not a qemu")
+
+
+def test_firmware_dirs_and_file_backed_ram() -> None:
+    unpacked = QemuBinary(path="/opt/q/qemu", version=(7, 2, 0), banner="", datadirs=("/opt/d",))
+    argv = qemu_argv(_cfg(ram_file=Path("/dev/shm/wanmig/r/vm-b.ram")), Path("/run/x"), unpacked)
+    assert argv[4:7] == ["/opt/q/qemu", "-L", "/opt/d"]
+    backend = argv[argv.index("-object") + 1]
+    assert backend == ("memory-backend-file,id=ram0,size=256M,"
+                       "mem-path=/dev/shm/wanmig/r/vm-b.ram,share=on")
+    assert argv[argv.index("-machine") + 1] == "memory-backend=ram0"
+    assert "-object" not in qemu_argv(_cfg(), Path("/run/x"), QEMU10)
 
 
 def test_unresolved_accel_refused() -> None:

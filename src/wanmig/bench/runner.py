@@ -127,6 +127,13 @@ class BenchRun(Generic[C]):
         self._write()
         self.state = BenchState.RUNNING
 
+    def note_settings(self, **values: Any) -> None:
+        """Add to the document's settings (what was measured before the first run, say)
+        and rewrite it."""
+        self.doc["settings"].update(values)
+        if self.state is not BenchState.PLANNED:
+            self._write()
+
     async def run(self, measure: Callable[[C, int], Awaitable[Entry]]) -> dict[str, Any]:
         """Every case ``repeat`` times, in order; the document after the last run."""
         self.begin()

@@ -5,9 +5,10 @@
  *   guestd tcp-echo PORT            echo everything on many long-lived TCP connections
  *   guestd writer PATH PERIOD_MS    append a checksummed, sequence-numbered record
  *                                   every PERIOD_MS to PATH (O_APPEND|O_DSYNC)
- *   guestd dirty SIZE_MIB RATE_MBPS keep SIZE_MIB of anonymous memory resident and
+ *   guestd dirty SIZE_MIB RATE_MBPS keep SIZE_MIB of anonymous memory resident,
  *                                   rewrite whole pages of it at RATE_MBPS
- *                                   megabytes (10^6 bytes) per second; 0: only hold
+ *                                   megabytes (10^6 bytes) per second (0: only
+ *                                   hold) and verify every page it holds
  *
  * Each workload is its own process (one sub-command each) so that a crash in one
  * cannot stall the others, and each loop stays single-threaded and easy to read.
@@ -29,18 +30,47 @@
  * Memory dirtier (the `dirty` workload of the memory-migration experiments):
  * a precopy migration must resend every page the guest writes while it copies,
  * so this process writes pages at a known rate. The working set is one
- * anonymous mapping, filled with pseudo-random bytes at start so that every
- * page is resident and non-zero (a zero page costs a migration almost
- * nothing). Then, every 10 ms slice (CLOCK_MONOTONIC, absolute deadlines), it
- * rewrites RATE * 10^6 / 100 bytes' worth of whole 4 KiB pages, each chosen
- * pseudo-randomly in the working set and filled with fresh xorshift64 output:
- * incompressible on purpose, so that compression (or zero/duplicate page
- * detection) cannot trivialise the workload. A fraction of a page is carried
- * over to the next slice, so low rates are exact on average. A slice that
- * wakes late is followed at once by the next one, but more than one missed
- * slice is dropped, not caught up: a starved vCPU writes less rather than in
- * bursts. The size must fit in free memory (checked before "ready"), so an
- * oversized working set is a clear error instead of the OOM killer.
+ * anonymous mapping, every page written once at start so that every page is
+ * resident and non-zero (a zero page costs a migration almost nothing). Then,
+ * every 10 ms slice (CLOCK_MONOTONIC, absolute deadlines), it rewrites
+ * RATE * 10^6 / 100 bytes' worth of whole 4 KiB pages, each chosen
+ * pseudo-randomly in the working set. A fraction of a page is carried over to
+ * the next slice, so low rates are exact on average. A slice that wakes late
+ * is followed at once by the next one, but more than one missed slice is
+ * dropped, not caught up: a starved vCPU writes less rather than in bursts.
+ * The size (with the bookkeeping below) must fit in free memory (checked
+ * before "ready"), so an oversized working set is a clear error instead of
+ * the OOM killer.
+ *
+ * Page format (64-bit words, little-endian as the guest stores them):
+ *   word 0  the page's index in the working set
+ *   word 1  its sequence number: how many times this page has been written (1 first)
+ *   word 2  checksum of the other 511 words (page_checksum: four lanes of
+ *           h = (h ^ w) * 0x9E3779B97F4A7C15, folded with splitmix64's finaliser)
+ *   3..511  fresh xorshift64 output: incompressible on purpose, so that
+ *           compression (or zero/duplicate page detection) cannot trivialise
+ *           the workload
+ * The process also keeps, in its own memory, expected_seq[page]: the seq it
+ * last wrote there. A migration that loses a page usually leaves an older,
+ * self-consistent version of it (index and checksum fine), so the seq is
+ * compared against expected_seq, not only the checksum checked.
+ *
+ * Memory check: a page is verified (index, seq == expected, checksum) before
+ * every rewrite, and a background sweep verifies the whole working set in
+ * order, a share of it in every slice: pages / 100 per slice, so one sweep
+ * takes about 1 s, but at most SWEEP_MAX_PAGES_PER_S (64 MiB/s), so a large
+ * set sweeps more slowly rather than eating the vCPU. A page found bad is
+ * rewritten at once (its next seq), so each bad version counts once; rate 0
+ * sweeps too, and writes nothing but such repairs. After each full sweep one
+ * line goes to stderr (inherited from /init: the serial console):
+ *   wanmig-memcheck sweep=N pages=P errors=E
+ * N counts sweeps from 1, P is the pages verified, E the bad pages found since
+ * the previous sweep line (by the sweep or before a rewrite). The first
+ * MAX_REPORTED bad pages of the process's life also get a line each, before
+ * their sweep's line:
+ *   wanmig-memcheck bad page=IDX seq=S expected=X index=I checksum=ok|bad
+ * (S and I as found in the page, X from expected_seq). The host-side parser
+ * is memcheck_from_console in wanmig/integrity.py; keep the two in step.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -408,6 +438,14 @@ static int writer(const char *path, const char *period_s)
 #define MAX_DIRTY_MIB 65536
 #define MAX_DIRTY_MBPS 10000.0
 #define FREE_HEADROOM (16UL << 20) /* leave the rest of the guest room to breathe */
+#define PAGE_WORDS (PAGE / sizeof(uint64_t))
+#define W_INDEX 0 /* the page format (header comment) */
+#define W_SEQ 1
+#define W_SUM 2
+#define W_DATA 3
+#define SLICES_PER_S (1000000000L / SLICE_NS)
+#define SWEEP_MAX_PAGES_PER_S 16384L /* 64 MiB/s: a 64 MiB set in about 1 s */
+#define MAX_REPORTED 8               /* bad pages described one by one, per process */
 
 static uint64_t rng_state;
 
@@ -421,10 +459,96 @@ static inline uint64_t xorshift64(void)
     return rng_state = x;
 }
 
-static void fill_page(uint64_t *page)
+/* splitmix64's finaliser: every input bit reaches every output bit. */
+static inline uint64_t mix64(uint64_t x)
 {
-    for (size_t i = 0; i < PAGE / sizeof *page; i++)
+    x ^= x >> 30;
+    x *= 0xBF58476D1CE4E5B9ULL;
+    x ^= x >> 27;
+    x *= 0x94D049BB133111EBULL;
+    x ^= x >> 31;
+    return x;
+}
+
+static inline void mix_words(uint64_t h[4], const uint64_t w[4])
+{
+    /* (h ^ w) * odd is a bijection of h for each w, so a change to the words of
+     * one lane always changes that lane; four lanes let the multiplies overlap. */
+    for (int k = 0; k < 4; k++)
+        h[k] = (h[k] ^ w[k]) * 0x9E3779B97F4A7C15ULL;
+}
+
+/* Checksum of a page's words but W_SUM (which counts as 0). */
+static uint64_t page_checksum(const uint64_t *page)
+{
+    uint64_t h[4] = {0x243F6A8885A308D3ULL, 0x13198A2E03707344ULL,
+                     0xA4093822299F31D0ULL, 0x082EFA98EC4E6C89ULL};
+    const uint64_t head[4] = {page[W_INDEX], page[W_SEQ], 0, page[W_DATA]};
+    mix_words(h, head);
+    for (size_t i = 4; i < PAGE_WORDS; i += 4)
+        mix_words(h, page + i);
+    return mix64(h[0] ^ mix64(h[1] ^ mix64(h[2] ^ mix64(h[3]))));
+}
+
+struct working_set {
+    uint64_t *mem;                    /* pages * PAGE bytes */
+    uint64_t *expected_seq;           /* the seq last written to each page */
+    size_t pages;
+    size_t sweep_at;                  /* next page the sweep verifies */
+    unsigned long long sweep;         /* sweeps completed */
+    unsigned long long sweep_errors;  /* bad pages found since the last sweep line */
+    unsigned reported;                /* bad pages described so far (MAX_REPORTED) */
+};
+
+static inline uint64_t *page_of(const struct working_set *ws, size_t p)
+{
+    return ws->mem + p * PAGE_WORDS;
+}
+
+/* Write page p's next version. */
+static void write_page(struct working_set *ws, size_t p)
+{
+    uint64_t *page = page_of(ws, p);
+    page[W_INDEX] = p;
+    page[W_SEQ] = ++ws->expected_seq[p];
+    for (size_t i = W_DATA; i < PAGE_WORDS; i++)
         page[i] = xorshift64();
+    page[W_SUM] = page_checksum(page);
+}
+
+/* Is page p the version last written there? A bad one is counted and (the first
+ * few) described on stderr. */
+static int page_ok(struct working_set *ws, size_t p)
+{
+    const uint64_t *page = page_of(ws, p);
+    const int sum_ok = page[W_SUM] == page_checksum(page);
+    if (sum_ok && page[W_INDEX] == p && page[W_SEQ] == ws->expected_seq[p])
+        return 1;
+    ws->sweep_errors++;
+    if (ws->reported < MAX_REPORTED) {
+        ws->reported++;
+        fprintf(stderr, "wanmig-memcheck bad page=%zu seq=%llu expected=%llu index=%llu"
+                        " checksum=%s\n", p, (unsigned long long)page[W_SEQ],
+                (unsigned long long)ws->expected_seq[p], (unsigned long long)page[W_INDEX],
+                sum_ok ? "ok" : "bad");
+    }
+    return 0;
+}
+
+/* Verify the next n pages of the sweep; a line on stderr when it wraps. */
+static void sweep_step(struct working_set *ws, size_t n)
+{
+    while (n--) {
+        if (!page_ok(ws, ws->sweep_at))
+            write_page(ws, ws->sweep_at); /* repaired: the next sweep does not recount it */
+        if (++ws->sweep_at == ws->pages) {
+            ws->sweep_at = 0;
+            ws->sweep++;
+            fprintf(stderr, "wanmig-memcheck sweep=%llu pages=%zu errors=%llu\n", ws->sweep,
+                    ws->pages, ws->sweep_errors);
+            ws->sweep_errors = 0;
+        }
+    }
 }
 
 static long parse_size_mib(const char *s)
@@ -455,20 +579,25 @@ static double parse_rate_mbps(const char *s)
 static _Noreturn void dirty(long size_mib, double rate_mbps)
 {
     const size_t size = (size_t)size_mib << 20;
-    const size_t pages = size / PAGE;
+    struct working_set ws = {.pages = size / PAGE};
+    const size_t seq_size = ws.pages * sizeof *ws.expected_seq;
 
     struct sysinfo si;
     if (sysinfo(&si) < 0)
         die("sysinfo");
     unsigned long long free_bytes = (unsigned long long)si.freeram * si.mem_unit;
-    if ((unsigned long long)size + FREE_HEADROOM > free_bytes) {
+    if ((unsigned long long)size + seq_size + FREE_HEADROOM > free_bytes) {
         fprintf(stderr, "guestd: dirty: %ld MiB does not fit in %llu MiB of free memory\n",
                 size_mib, free_bytes >> 20);
         exit(1);
     }
-    uint64_t *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED)
+    ws.mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ws.mem == MAP_FAILED)
         die("mmap working set");
+    ws.expected_seq = mmap(NULL, seq_size, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0); /* all 0: never written */
+    if (ws.expected_seq == MAP_FAILED)
+        die("mmap expected_seq");
 
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -476,26 +605,30 @@ static _Noreturn void dirty(long size_mib, double rate_mbps)
                 ^ ((uint64_t)getpid() << 32);
     if (rng_state == 0) /* the one state xorshift never leaves */
         rng_state = 0x9E3779B97F4A7C15ULL;
-    /* Every page resident and non-zero before "ready". (The fork below shares
-     * them copy-on-write only until the parent exits, a moment later.) */
-    for (size_t p = 0; p < pages; p++)
-        fill_page(mem + p * (PAGE / sizeof *mem));
+    /* Every page resident and non-zero before "ready" (seq 1). (The fork below
+     * shares them copy-on-write only until the parent exits, a moment later.) */
+    for (size_t p = 0; p < ws.pages; p++)
+        write_page(&ws, p);
     detach_when_ready();
 
-    if (rate_mbps <= 0.0)
-        for (;;)
-            pause(); /* hold the working set, write nothing */
-
-    const double bytes_per_slice = rate_mbps * 1e6 * (SLICE_NS / 1e9);
+    const double bytes_per_slice = rate_mbps * 1e6 * (SLICE_NS / 1e9); /* 0: only hold */
+    /* ceil(pages / 100): one sweep per second, unless that is over the cap */
+    size_t sweep_per_slice = (ws.pages + SLICES_PER_S - 1) / SLICES_PER_S;
+    const size_t sweep_max = (SWEEP_MAX_PAGES_PER_S + SLICES_PER_S - 1) / SLICES_PER_S;
+    if (sweep_per_slice > sweep_max)
+        sweep_per_slice = sweep_max;
     double credit = 0.0; /* bytes owed; under one page carries to the next slice */
     struct timespec next;
     clock_gettime(CLOCK_MONOTONIC, &next);
     for (;;) {
         credit += bytes_per_slice;
         while (credit >= PAGE) {
-            fill_page(mem + (xorshift64() % pages) * (PAGE / sizeof *mem));
+            size_t p = xorshift64() % ws.pages;
+            page_ok(&ws, p); /* counted if bad; rewritten either way */
+            write_page(&ws, p);
             credit -= PAGE;
         }
+        sweep_step(&ws, sweep_per_slice);
         next.tv_nsec += SLICE_NS;
         if (next.tv_nsec >= 1000000000L) {
             next.tv_nsec -= 1000000000L;

@@ -6,7 +6,7 @@ differ in how they arrive at the ``MigrationPlan`` (``choose_plan``):
 * ``precopy``, ``postcopy``, ``hybrid``: the model's settings for that
   strategy, from the link and the target outage only;
 * ``precopy-tuned``: surveys the guest first (its throttle start needs the
-  dirty rate) and is refused where it broke guests here (``tuned_refusal``);
+  dirty rate);
 * ``auto``: surveys, predicts every strategy (``wanmig.model.choose``) and
   plans the one predicted best, within half the timeout: under heavy
   throttling the model's rounds were up to 1.5x optimistic here.
@@ -14,7 +14,8 @@ differ in how they arrive at the ``MigrationPlan`` (``choose_plan``):
 The shared life (``QemuMemory``): ``prepare`` loads the TLS certificates
 into both QEMUs and sets the plan; ``copy`` iterates until QEMU pauses the
 source at pre-switchover; ``switchover`` lets the last bytes go and returns
-with the destination loaded and paused; ``finish`` waits for postcopy's last
+with the destination loaded and paused (in verify mode, once both copies of
+the RAM compared equal: ``memory.verify``); ``finish`` waits for postcopy's last
 pages; ``rollback`` cancels the migration and resumes the source (only ever
 called by the engine's rule).  The record gets QEMU's figures, the bytes
 site A put on the inter-site link, and the plan's decision.
@@ -24,18 +25,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from ..context import Part, RunContext
 from ..errors import MigrationError
-from ..model import Calibration, choose, predict, tuned_refusal
+from ..model import Calibration, choose, predict
 from ..model.switchover import switchover_timeout_s
 from ..record import MemoryResult
 from ..testbed.netns import tx_bytes
-from .migration import QemuMigration
-from .plan import MigrationPlan, TlsSettings
-from .select import known_facts, plan_for, surveyed, targets_for, unsurveyed
+from .migration import MigrationState, QemuMigration
+from .plan import MigrationPlan, TlsSettings, ablate, override
+from .select import known_facts, nominal, plan_for, surveyed, targets_for, unsurveyed
 from .tls import DeploymentCa, MigrationTls, add_tls_creds
+from .verify import VerifyResult, compare_ram
 
 log = logging.getLogger("wanmig.memory")
 
@@ -58,6 +61,7 @@ class QemuMemory(Part):
         self.decision: dict[str, Any] | None = None
         self.wire_bytes: int | None = None
         self._wire0: int | None = None
+        self.verification: VerifyResult | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(memory {self.name!r}, migration={self.migration!r})"
@@ -78,7 +82,11 @@ class QemuMemory(Part):
         assert ctx.src is not None and ctx.dst is not None
         tls = await install_tls(ctx) if ctx.scenario.memory.tls else None
         preempt = await _has_capability(ctx, "postcopy-preempt")
-        self.plan, self.decision = await self.choose_plan(ctx, tls, preempt)
+        plan, self.decision = await self.choose_plan(ctx, tls, preempt)
+        spec = ctx.scenario.memory
+        self.plan = plan = override(ablate(plan, spec.ablate), spec.parameters)
+        if self.bounded_backlog and "notsent-limit" in spec.ablate:
+            self.plan = plan = replace(plan, ablated=(*plan.ablated, "notsent-limit"))
         addr = ctx.testbed.addr
         self.migration = QemuMigration(ctx.src, ctx.dst,
                                        f"tcp:{addr.site_b_ip}:{addr.migration_port}", self.plan,
@@ -93,8 +101,9 @@ class QemuMemory(Part):
 
     @property
     def bounded_backlog(self) -> bool:
-        """Every plan but QEMU's defaults caps site A's unsent TCP backlog."""
-        return self.plan is not None and self.plan.strategy != "precopy"
+        """Every plan but QEMU's defaults caps site A's unsent TCP backlog (unless ablated)."""
+        return (self.plan is not None and self.plan.strategy != "precopy"
+                and "notsent-limit" not in self.plan.ablated)
 
     async def copy(self, ctx: RunContext) -> None:
         assert self.migration is not None
@@ -116,6 +125,28 @@ class QemuMemory(Part):
         bound = self.switchover_timeout_s(ctx)
         ctx.notes["switchover_timeout_s"] = bound
         await self.migration.switchover(bound)
+        if ctx.scenario.memory.verify:
+            await self._verify(ctx)
+
+    async def _verify(self, ctx: RunContext) -> None:
+        """Verify mode: compare both copies while B waits paused (``memory.verify``);
+        a difference is a MigrationError while B has never run."""
+        assert self.migration is not None and ctx.src is not None and ctx.dst is not None
+        if self.migration.state is not MigrationState.COMPLETED:
+            self.verification = VerifyResult(match=None, note=(
+                "not compared: postcopy runs B before its memory is complete "
+                "(the guest's own check covers it)"))
+            return
+        src_ram, dst_ram = ctx.src.cfg.ram_file, ctx.dst.cfg.ram_file
+        assert src_ram is not None and dst_ram is not None  # verify mode file-backs RAM
+        await ctx.faults.at("verify")
+        ctx.ui.step("verify: comparing the guest's RAM at A and B page by page")
+        result = await asyncio.to_thread(compare_ram, src_ram, dst_ram,
+                                         ctx.scenario.vm.ram_mib * 2**20)
+        self.verification = result
+        if not result.match:
+            raise MigrationError(f"memory verify failed: {result.describe()}; "
+                                 "B never ran, so the guest stays at A")
 
     async def finish(self, ctx: RunContext) -> None:
         assert self.migration is not None
@@ -137,6 +168,9 @@ class QemuMemory(Part):
     async def _count_wire(self, ctx: RunContext) -> None:
         if self._wire0 is not None and self.wire_bytes is None:
             self.wire_bytes = await tx_bytes(ctx.testbed.site_a, WAN_IFACE) - self._wire0
+
+    def integrity(self) -> dict[str, Any]:
+        return self.verification.integrity_fields() if self.verification else {}
 
     def record(self) -> dict[str, Any]:
         memory = (self.migration.result() if self.migration
@@ -190,9 +224,12 @@ async def _surveyed_plan(part: QemuMemory, ctx: RunContext, tls: TlsSettings | N
                          auto: bool) -> tuple[MigrationPlan, dict[str, Any]]:
     """Survey the guest, then plan ``part``'s strategy (or, ``auto``, the one chosen)."""
     assert ctx.src is not None
-    ctx.ui.step(f"{part.name}: measuring the guest (dirty rate, memory)")
     targets = targets_for(ctx.scenario.memory, horizon_share)
-    m, survey = await surveyed(ctx.src, part._known(ctx, tls, preempt), ctx.run_dir)
+    if "survey" in ctx.scenario.memory.ablate:
+        m, survey = nominal(ctx.scenario.vm, part._known(ctx, tls, preempt))
+    else:
+        ctx.ui.step(f"{part.name}: measuring the guest (dirty rate, memory)")
+        m, survey = await surveyed(ctx.src, part._known(ctx, tls, preempt), ctx.run_dir)
     decision: dict[str, Any] = {"survey": survey, "measurements": m.model_dump(),
                                 "targets": targets.model_dump()}
     strategy = part.name
@@ -201,8 +238,6 @@ async def _surveyed_plan(part: QemuMemory, ctx: RunContext, tls: TlsSettings | N
         strategy = chosen.chosen
         decision.update(chosen.model_dump())
         ctx.ui.step(f"auto chose {strategy}: {chosen.reason}")
-    elif refusal := tuned_refusal(m):
-        raise MigrationError(refusal)
     decision["predicted"] = predict(strategy, m, targets, Calibration()).model_dump()
     return plan_for(strategy, m, targets, tls), decision
 

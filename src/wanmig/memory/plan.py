@@ -37,8 +37,8 @@ resumed corrupted guests here, so TCG gets one multifd channel
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..model import MigrationSettings
@@ -78,12 +78,15 @@ class MigrationPlan:
     #: hybrid: switch to postcopy at the latest after this many seconds of precopy
     postcopy_budget_s: float | None = None
     tls: TlsSettings | None = None
+    ablated: tuple[str, ...] = ()   # what ``ablate`` switched off
+    overridden: tuple[str, ...] = ()  # parameters ``memory.parameters`` set
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as it goes into the result record."""
         return {"strategy": self.strategy, "capabilities": sorted(self.capabilities),
                 "parameters": dict(self.parameters), "postcopy": self.postcopy,
-                "postcopy_budget_s": self.postcopy_budget_s, "tls": self.tls is not None}
+                "postcopy_budget_s": self.postcopy_budget_s, "tls": self.tls is not None,
+                "ablated": list(self.ablated), "overridden": list(self.overridden)}
 
 
 def plan_from(settings: MigrationSettings, *, tls: TlsSettings | None = None) -> MigrationPlan:
@@ -99,6 +102,52 @@ def plan_from(settings: MigrationSettings, *, tls: TlsSettings | None = None) ->
         dest_capabilities=BASE_DEST_CAPABILITIES | (caps & MIRRORED_CAPABILITIES),
         parameters=params, dest_parameters=dest_params, postcopy=settings.postcopy,
         postcopy_budget_s=settings.postcopy_budget_s, tls=tls)
+
+
+#: What each ablation removes from a plan: capabilities, and parameters by prefix.
+_ABLATED: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
+    "auto-converge": (frozenset({"auto-converge"}),
+                      ("cpu-throttle-", "max-cpu-throttle", "throttle-trigger-threshold")),
+    "multifd": (frozenset({"multifd"}), ("multifd-",)),
+    "zstd": (frozenset(), ("multifd-compression", "multifd-zstd-level")),
+}
+
+
+def override(plan: MigrationPlan, parameters: Mapping[str, Any]) -> MigrationPlan:
+    """``plan`` with QEMU parameters set over its own (``memory.parameters``, for
+    experiments); recorded as ``overridden`` in the plan."""
+    if not parameters:
+        return plan
+    dest = {k: v for k, v in parameters.items() if k.startswith("multifd-")}
+    return replace(plan, parameters={**plan.parameters, **parameters},
+                   dest_parameters={**plan.dest_parameters, **dest},
+                   overridden=tuple(sorted(parameters)))
+
+
+def ablate(plan: MigrationPlan, features: Iterable[str]) -> MigrationPlan:
+    """``plan`` with ``features`` switched off (``memory.ablate``, for experiments).
+
+    Only what the plan uses is removed and named in ``ablated``; ``notsent-limit``
+    and ``survey`` are not QEMU settings and are honoured by the memory part.
+    """
+    caps, dest_caps = set(plan.capabilities), set(plan.dest_capabilities)
+    params, dest_params = dict(plan.parameters), dict(plan.dest_parameters)
+    done = []
+    for feature in features:
+        if feature not in _ABLATED:
+            continue
+        off_caps, prefixes = _ABLATED[feature]
+        used = caps & off_caps or any(k.startswith(prefixes) for k in params)
+        caps -= off_caps
+        dest_caps -= off_caps
+        for table in (params, dest_params):
+            for key in [k for k in table if k.startswith(prefixes)]:
+                del table[key]
+        if used:
+            done.append(feature)
+    return replace(plan, capabilities=frozenset(caps), dest_capabilities=frozenset(dest_caps),
+                   parameters=params, dest_parameters=dest_params,
+                   ablated=plan.ablated + tuple(done))
 
 
 @dataclass

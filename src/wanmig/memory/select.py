@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import MemorySpec
+from ..config import MemorySpec, VmSpec
 from ..model import Measurements, Targets, migration_settings
 from ..model.inputs import Calibration
 from ..qemu.process import QemuVm
@@ -80,6 +80,16 @@ async def surveyed(src: QemuVm, known: dict[str, Any],
                      dirty_rate_bytes_s=survey.dirty_rate_bytes_s,
                      dirty_working_set_bytes=survey.working_set_bytes, **known)
     return m, survey.to_dict()
+
+
+def nominal(vm: VmSpec, known: dict[str, Any]) -> tuple[Measurements, dict[str, Any]]:
+    """``memory.ablate = ["survey"]``: the guest as the scenario describes it, unmeasured
+    (all RAM non-zero and incompressible, the dirty workload's nominal rate and set)."""
+    dirty = vm.workload == "dirty"
+    m = Measurements(nonzero_bytes=known["ram_bytes"], compress_ratio=1.0,
+                     dirty_rate_bytes_s=vm.dirty_rate_mbps * 1e6 if dirty else 0.0,
+                     dirty_working_set_bytes=vm.dirty_mib * 2**20 if dirty else None, **known)
+    return m, {"ablated": "nominal figures from the scenario, no survey"}
 
 
 def plan_for(strategy: str, m: Measurements, targets: Targets,

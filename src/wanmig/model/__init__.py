@@ -10,8 +10,7 @@ Modules, in dependency order::
     inputs      Measurements, Targets, Calibration (documented constants)
     link        Pipe: guest-page bytes/s a strategy's channels move (TCP, zstd, caps)
     switchover  the fixed costs of a switchover: QEMU downtime and client outage
-    settings    MigrationSettings: the QEMU values the model assumes;
-                tuned_refusal: where precopy-tuned is not run
+    settings    MigrationSettings: the QEMU values the model assumes
     rounds      precopy's passes, throttling and convergence, one pass at a time
     predict     Prediction, predict, predict_all
     choose      Decision, choose
@@ -21,8 +20,8 @@ from .choose import Decision, choose
 from .inputs import (POSTCOPY_FAMILY, STRATEGIES, Calibration, Measurements, Strategy,
                      Targets)
 from .predict import Prediction, predict, predict_all
-from .settings import MigrationSettings, downtime_limit_ms, migration_settings, tuned_refusal
+from .settings import MigrationSettings, downtime_limit_ms, migration_settings
 
 __all__ = ["Calibration", "Decision", "Measurements", "MigrationSettings", "POSTCOPY_FAMILY",
            "Prediction", "STRATEGIES", "Strategy", "Targets", "choose", "downtime_limit_ms",
-           "migration_settings", "predict", "predict_all", "tuned_refusal"]
+           "migration_settings", "predict", "predict_all"]

@@ -36,8 +36,7 @@ from ..errors import ConfigError
 from .inputs import PAGE, STRATEGIES, Calibration, Measurements, Strategy, Targets
 from .link import Pipe, pipe_for
 from .rounds import Iteration, iterate, pass_one_extra_s
-from .settings import (THROTTLE_MAX_PCT, MigrationSettings, migration_settings,
-                       tuned_refusal)
+from .settings import THROTTLE_MAX_PCT, MigrationSettings, migration_settings
 from .switchover import Switchover, backlog_ms, switchover
 
 
@@ -176,10 +175,6 @@ def _finish_precopy(c: _Context, it: Iteration, extra: str = "") -> Prediction:
 
 
 def _precopy(c: _Context) -> Prediction:
-    refusal = tuned_refusal(c.m) if c.strategy == "precopy-tuned" else None
-    if refusal:
-        return c.prediction(converges=False, limit=refusal,
-                            notes=f"{c.pipe.describe()}; not run: {refusal}")
     params = c.settings.parameters
     initial = params.get("cpu-throttle-initial")
     it = iterate(c.m, c.cal, c.pipe, c.resend, threshold_bytes=c.threshold_bytes,

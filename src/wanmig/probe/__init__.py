@@ -7,8 +7,8 @@ probes.py; the pure gap/percentile arithmetic in stats.py.
 """
 
 from .client import ClientProbe, ProbeState, agent_argv
-from .report import ProbeReport
+from .report import ProbeReport, ProbeWindow
 from .stats import Gap, GapTracker, max_gap, percentile
 
-__all__ = ["ClientProbe", "Gap", "GapTracker", "ProbeReport", "ProbeState", "agent_argv",
-           "max_gap", "percentile"]
+__all__ = ["ClientProbe", "Gap", "GapTracker", "ProbeReport", "ProbeState", "ProbeWindow",
+           "agent_argv", "max_gap", "percentile"]

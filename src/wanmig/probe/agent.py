@@ -17,7 +17,9 @@ Control protocol, JSON lines on stdout, plain commands on stdin::
 
     -> {"event": "ready", "t_ms": .., ...}       UDP and TCP echoed, HTTP answered once
     -> {"event": "error", "message": .., "fatal": true}   not ready in time; exit 1
-    <- mark NAME          -> {"event": "marked", "name": .., "t_ms": ..}
+    <- mark NAME          -> {"event": "marked", "name": .., "t_ms": ..,
+                              "udp_window_max_gap_ms": .., "udp_window_max_gap_start_ms": ..}
+                             (the largest UDP gap since the previous mark, or the start)
     <- newconn [TIMEOUT]  -> {"event": "newconn", "ms": .., "ok": .., "error": ..}
     <- stop (or EOF)      -> {"event": "report", ...ProbeReport fields...}; exit 0
 
@@ -155,8 +157,9 @@ class Agent:
             if not rest:
                 self.emitter.emit("error", message="mark needs a name", fatal=False)
             else:
-                self.marks[rest] = t_ms = self.ms_now()
-                self.emitter.emit("marked", name=rest, t_ms=t_ms)
+                now = time.monotonic_ns()
+                self.marks[rest] = t_ms = ns_to_ms(now - self.t0)
+                self.emitter.emit("marked", name=rest, t_ms=t_ms, **self.udp.cut_window(now))
         elif command == "newconn":
             try:
                 timeout = float(rest) if rest else self.args.http_timeout

@@ -33,7 +33,7 @@ import sys
 from ..agent_handle import AgentHandle
 from ..children import ChildState, module_argv
 from ..registry import Registry
-from .report import ProbeReport
+from .report import ProbeReport, ProbeWindow
 
 ProbeState = ChildState  # the name this package has always exported
 
@@ -84,6 +84,14 @@ class ClientProbe(AgentHandle[ProbeReport]):
                           owner=owner)
 
     # -- commands -----------------------------------------------------------
+
+    async def mark_window(self, name: str, timeout: float = 5.0) -> ProbeWindow:
+        """``mark``, and the window it closes: the largest UDP gap since the previous mark."""
+        event = await self._mark(name, timeout)
+        try:
+            return ProbeWindow.from_event(event)
+        except ValueError as exc:
+            raise self.error(str(exc), cause=exc) from exc
 
     async def new_connection_ms(self, timeout: float = 10.0) -> float | None:
         """Open a new TCP connection and GET /; its time in ms, or None if it failed."""

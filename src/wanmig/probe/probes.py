@@ -5,7 +5,8 @@ against absolute deadlines on a fixed grid and woken by ``select()`` with
 microsecond timeouts (asyncio's timers would add over a millisecond of error)::
 
     UdpEcho     one datagram per interval (1 ms) -> echo; gaps between replies,
-                RTT, loss.  The largest gap is the client-visible outage.
+                RTT, loss.  The largest gap is the client-visible outage;
+                each mark also closes a window with its own largest gap.
     TcpStream   ONE connection opened at start, a numbered 16-byte message
                 every 10 ms, each echo checked intact and in order.  It
                 survived if it was never closed/reset and the last message
@@ -123,6 +124,10 @@ class UdpEcho(ProbeThread):
         self.rtts_ns = array("q")
         self.late_ns = array("q")             # actual send time minus its slot
         self.gaps = GapTracker()
+        # the gaps since the last ``cut_window`` (a mark): swapped by the agent's main
+        # thread while this one adds to it, hence the lock
+        self.window = GapTracker()
+        self._window_lock = threading.Lock()
         self.last_send: int | None = None
 
     def work(self) -> None:
@@ -209,6 +214,20 @@ class UdpEcho(ProbeThread):
             self.received += 1
             self.rtts_ns.append(now - sent_at)
             self.gaps.add(now)
+            with self._window_lock:
+                self.window.add(now)
+
+    def cut_window(self, at: int) -> dict[str, Any]:
+        """The largest gap since the previous cut (or the first reply), the open one
+        closed at ``at``; the next window starts at the last reply before ``at``, so a gap
+        that spans the cut shows whole in the next window too."""
+        with self._window_lock:
+            window, self.window = self.window, GapTracker()
+            if window.last is not None:
+                self.window.add(window.last)
+        gap = window.result(end=at)
+        return {"udp_window_max_gap_ms": ns_to_ms(gap.length),
+                "udp_window_max_gap_start_ms": self.ms(int(gap.start)) if window.count else None}
 
     def summary(self) -> dict[str, Any]:
         end = self.stop_at if self.stop_at is not None else time.monotonic_ns()

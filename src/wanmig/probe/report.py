@@ -23,6 +23,29 @@ from .stats import last_mark_before, relative_to_marks
 
 
 @dataclass(frozen=True)
+class ProbeWindow:
+    """What a mark closes: the largest UDP gap since the previous mark (or the first
+    reply), the gap still open at the mark ending there.  ``t_ms`` and
+    ``udp_max_gap_start_ms`` (None: no reply in the window) are on the agent's clock."""
+
+    name: str
+    t_ms: float
+    udp_max_gap_ms: float
+    udp_max_gap_start_ms: float | None
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> ProbeWindow:
+        """From the agent's ``marked`` event; ValueError if it lacks the window."""
+        try:
+            start = event["udp_window_max_gap_start_ms"]
+            return cls(str(event["name"]), float(event["t_ms"]),
+                       float(event["udp_window_max_gap_ms"]),
+                       None if start is None else float(start))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"mark answered without its window: {event}") from exc
+
+
+@dataclass(frozen=True)
 class ProbeReport:
     """Summary of one run of the UDP, TCP and HTTP probes."""
 

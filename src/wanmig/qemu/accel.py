@@ -14,11 +14,11 @@ import json
 import logging
 import os
 import platform
-import shutil
 from pathlib import Path
 
 from ..errors import ConfigError, QemuError
 from ..registry import Registry
+from .binary import qemu_binary
 from .image import READY_MARKER, GuestImage, create_data_disk
 from .process import QemuVm, VmConfig
 
@@ -29,9 +29,9 @@ log = logging.getLogger("wanmig.qemu.accel")
 
 
 def _cache_key(image: GuestImage) -> str:
-    qemu = shutil.which("qemu-system-x86_64") or "missing"
-    stat = os.stat(qemu) if qemu != "missing" else None
-    return f"{platform.release()}|{qemu}|{stat.st_mtime_ns if stat else 0}|{image.digest}"
+    qemu = qemu_binary()
+    return (f"{platform.release()}|{qemu.path}|{os.stat(qemu.path).st_mtime_ns}|"
+            f"{qemu.banner}|{image.digest}")
 
 
 async def resolve_accel(setting: str, image: GuestImage, cache_dir: Path) -> str:

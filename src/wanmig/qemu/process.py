@@ -36,9 +36,8 @@ from qemu.qmp.qmp_client import ExecuteError
 from ..children import reap, sigkill
 from ..errors import QemuError, QmpTimeout
 from ..registry import Registry
+from .binary import QemuBinary, qemu_binary
 from .image import GuestImage
-
-QEMU_BINARY = "qemu-system-x86_64"
 
 
 @dataclass(frozen=True)
@@ -57,15 +56,18 @@ class VmConfig:
     incoming: bool = False     # start with -incoming defer (a migration destination)
     smp: int = 1
     dirty: tuple[int, float] | None = None  # guest memory dirtier (size MiB, MB/s), or none
+    #: Guest RAM in this file (shared, so the host can read it: ``memory.verify``),
+    #: or QEMU's anonymous memory when None.
+    ram_file: Path | None = None
 
 
-def qemu_argv(cfg: VmConfig, run_dir: Path) -> list[str]:
-    """The command line for ``cfg``; pure so it can be checked in unit tests."""
+def qemu_argv(cfg: VmConfig, run_dir: Path, binary: QemuBinary | None = None) -> list[str]:
+    """The command line for ``cfg`` (``binary``: the checked ``qemu_binary()``)."""
     if cfg.accel not in ("kvm", "tcg"):
         raise ValueError(f"accelerator must be resolved to kvm or tcg, got {cfg.accel!r}")
     cpu = "host" if cfg.accel == "kvm" else "max"
     argv = [
-        QEMU_BINARY,
+        *(binary or qemu_binary()).argv_prefix,
         "-name", f"{cfg.name},debug-threads=on",
         "-accel", cfg.accel, "-cpu", cpu,
         "-m", str(cfg.ram_mib), "-smp", str(cfg.smp),
@@ -85,6 +87,10 @@ def qemu_argv(cfg: VmConfig, run_dir: Path) -> list[str]:
                     else "user,id=net0,restrict=on"),
         "-device", f"virtio-net-pci,netdev=net0,mac={cfg.mac}",
     ]
+    if cfg.ram_file is not None:
+        argv += ["-object", (f"memory-backend-file,id=ram0,size={cfg.ram_mib}M,"
+                             f"mem-path={cfg.ram_file},share=on"),
+                 "-machine", "memory-backend=ram0"]
     if cfg.incoming:
         # -S: when the stream ends the destination stays paused until the engine
         # sends ``cont`` -- so whether it may have run is the engine's decision
@@ -259,6 +265,25 @@ class QemuVm:
             await asyncio.sleep(0.1)
         raise QmpTimeout(f"guest did not print {marker!r} within {timeout:.0f}s "
                          f"(console: {self.console_path})", vm=self.name)
+
+    def console_lines(self) -> list[str]:
+        """Every line this QEMU's guest printed on its serial console; none if unreadable."""
+        try:
+            return self.console_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+
+    async def wait_console_lines(self, prefix: str, count: int, timeout: float) -> float:
+        """Wait until ``count`` console lines start with ``prefix``; seconds waited."""
+        start = time.monotonic()
+        while sum(line.startswith(prefix) for line in self.console_lines()) < count:
+            self._check_alive()
+            if time.monotonic() - start > timeout:
+                raise QmpTimeout(f"guest printed fewer than {count} lines {prefix!r}... "
+                                 f"within {timeout:g} s (console: {self.console_path})",
+                                 vm=self.name)
+            await asyncio.sleep(0.1)
+        return time.monotonic() - start
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Ask QEMU to quit; kill it if it does not exit in time.  Idempotent."""

@@ -6,11 +6,13 @@ from typing import Any
 
 from rich.console import Group
 
+from .floor import render_floor_bench
 from .memory import render_memory_bench
 from .text import render_record
 from .wan import render_wan_bench
 
-BENCH_RENDERERS = {"memory": render_memory_bench, "wan": render_wan_bench}
+BENCH_RENDERERS = {"memory": render_memory_bench, "wan": render_wan_bench,
+                   "floor": render_floor_bench}
 
 
 def render_bench(doc: dict[str, Any]) -> Group:
@@ -22,5 +24,5 @@ def render_bench(doc: dict[str, Any]) -> Group:
     return render(doc)
 
 
-__all__ = ["BENCH_RENDERERS", "render_bench", "render_memory_bench", "render_record",
-           "render_wan_bench"]
+__all__ = ["BENCH_RENDERERS", "render_bench", "render_floor_bench", "render_memory_bench",
+           "render_record", "render_wan_bench"]
