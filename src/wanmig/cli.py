@@ -251,11 +251,15 @@ def bench_memory(
         "--floor-cycles", help="Stop/cont cycles of the TCG floor's calibration before the "
                                "first run (0: none; the outage targets then read the raw "
                                "outage).")] = memory_bench.FLOOR_CYCLES,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", help="Seconds of iteration before a run that does not converge is "
+                          "rolled back (auto plans within half of it).")] =
+        memory_bench.TIMEOUT_S,
 ) -> None:
     """Every memory strategy × workload on one WAN, each a full migration (about 30 min a repeat)."""
     _bench(memory_bench.run_memory_bench(
         strategies=strategy or None, workloads=workload or None, profile=wan, repeat=repeat,
-        floor_cycles=floor_cycles, out=out, ui=RichUi(),
+        floor_cycles=floor_cycles, timeout_s=timeout, out=out, ui=RichUi(),
         say=lambda m: console.print(f"[bold]{escape(m)}[/]")), out)
 
 

@@ -252,3 +252,23 @@ def test_cli_refuses_bad_input_in_one_line_before_starting(case: str, tmp_path: 
     assert not state.exists() and not (tmp_path / "results").exists()
     assert _new_run_netns(before) == set()
     assert elapsed < 10, f"took {elapsed:.1f} s: something was started"
+
+
+def test_cli_refuses_an_old_qemu_in_one_line(tmp_path: Path) -> None:
+    """A QEMU below 10.0 (here a stand-in that only answers ``--version`` as Debian 12's
+    7.2 does) is refused before anything starts, saying how to get 10.0."""
+    old = tmp_path / "qemu-system-x86_64"
+    old.write_text("#!/bin/sh\necho 'QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)'\n")
+    old.chmod(0o755)
+    state = tmp_path / "state"
+    env = {**os.environ, "WANMIG_STATE_DIR": str(state), "WANMIG_QEMU": str(old),
+           "COLUMNS": "200"}
+    env.pop("WANMIG_ALLOW_OLD_QEMU", None)
+    proc = subprocess.run([str(WANMIG), "migrate", "--scenario", str(SHIPPED_DEMO)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "QEMU 7.2.22" in lines[0] and "10.0 or newer" in lines[0]
+    assert "bookworm-backports" in lines[0]
+    assert proc.stdout == "" and not state.exists()

@@ -52,3 +52,25 @@ def test_an_existing_state_dir_is_left_alone_a_run_dir_tightened(
     assert mode(shared) == 0o1777
     assert mode(reg.run_dir) == 0o700
     reg.close()
+
+
+def test_guest_ram_files_are_private_and_never_kept(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    permissive_umask: None) -> None:
+    """Verify mode's RAM files hold the guest's memory: 0700, gone with the run even when
+    the run directory is kept, and removed by ``wanmig clean`` after a crash."""
+    monkeypatch.setattr(registry_module, "STATE_DIR", tmp_path / "state")
+    monkeypatch.setattr(registry_module, "MEMORY_DIR", tmp_path / "shm")
+    reg = Registry("r2")
+    ram = reg.memory_file("vm-a")
+    assert ram == tmp_path / "shm" / "r2" / "vm-a.ram" and mode(ram.parent) == 0o700
+    ram.write_bytes(b"guest")
+    reg.close(keep_run_dir=True)
+    assert not ram.parent.exists() and reg.run_dir.exists()
+
+    crashed = Registry("r3")
+    crashed.memory_file("vm-b").write_bytes(b"guest")
+    crashed.owner_pid = 2**22 + 1  # no such process: the run's owner is gone
+    crashed._save()
+    removed = registry_module.clean_leftovers()
+    assert "run r3" in removed and not (tmp_path / "shm" / "r3").exists()
