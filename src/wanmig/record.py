@@ -80,7 +80,7 @@ class MemoryResult(_Model):
     #: Bytes site A sent on the inter-site link from the start of ``memory`` to the
     #: end of ``finish``: the migration stream as it crossed the WAN (compressed,
     #: encrypted, with TCP/IP headers), plus the client's few requests after switchover.
-    #: QEMU 7.2's own ``bytes`` counts multifd pages before compression.
+    #: (QEMU 10's own ``bytes`` counts multifd pages after compression.)
     wire_bytes: int | None = None
     cpu_throttle_pct: int | None = None      # auto-converge's last throttle
     tls: bool | None = None

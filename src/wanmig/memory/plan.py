@@ -26,13 +26,12 @@ hybrid          postcopy-ram (+ preempt), max-bandwidth, downtime-limit     when
 ==============  ==========================================================  ===============
 
 ``auto`` is not a plan: the orchestrator measures, asks ``wanmig.model`` which
-of these to run, and plans that one.  Limits of QEMU 7.2 behind the table:
+of these to run, and plans that one.  Limits behind the table (QEMU 10.0):
 postcopy cannot be combined with multifd; multifd pages bypass xbzrle;
-``dirty-limit`` arrives only in QEMU 8.1 (and needs KVM's dirty ring), so
-auto-converge is what slows a busy guest; and under TCG, pages sent over
-several multifd channels or through compress threads, or as xbzrle deltas,
-resumed corrupted guests here, so TCG gets one multifd channel
-(``model.link.TCG_MULTIFD_CHANNELS``).
+``dirty-limit`` needs KVM's dirty ring, so auto-converge is what slows a busy
+guest; under TCG one multifd channel (``model.link.TCG_MULTIFD_CHANNELS``:
+two came out whole but no faster here).  ``ablate`` and ``override`` change a
+plan for experiments (``memory.ablate``, ``memory.parameters``).
 """
 
 from __future__ import annotations

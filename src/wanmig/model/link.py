@@ -32,12 +32,11 @@ QEMU_DEFAULT_MAX_BANDWIDTH = 128 << 20
 #: The least precopy-tuned asks for: one stream fills a link that no per-stream
 #: limit binds (continental: 93 % of the rate); more only where one stream falls short.
 MIN_MULTIFD_CHANNELS = 1
-#: The most under TCG.  On QEMU 7.2 here, TCG guests whose pages came over several
-#: multifd channels (or through compress threads) resumed corrupted at the
-#: destination (a kernel ``list_debug`` BUG in the scheduler, or a hang); with one
-#: channel and zstd, 43 of 43 runs of web, idle and dirty guests throttled to at most
-#: 80 % came out whole (README, "Limits"; ``settings.TCG_THROTTLE_MAX_PCT``).  KVM
-#: hosts get as many as the link and the cores want.
+#: The most under TCG.  On QEMU 10.0 with verify on, two channels came out whole
+#: (5 of 5 runs, 20 MB/s writer) but no faster than one (17.2-19.8 s against
+#: 17.4-19.9 s) on this 2-core, 100 Mbit/s testbed, so TCG keeps one.  (On QEMU 7.2
+#: several channels resumed corrupted guests: docs/design.md, "Memory integrity".)
+#: KVM hosts get as many as the link and the cores want.
 TCG_MULTIFD_CHANNELS = 1
 
 
