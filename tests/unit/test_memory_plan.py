@@ -132,3 +132,13 @@ def test_parameter_override_reaches_both_sides_where_it_must() -> None:
                               "max-cpu-throttle": 99}
     assert two.dest_parameters == {"multifd-channels": 2}
     assert two.to_dict()["overridden"] == ["max-cpu-throttle", "multifd-channels"]
+
+
+def test_notsent_limit_ablation_is_named_only_where_a_plan_caps_the_backlog() -> None:
+    from wanmig.memory.plan import MigrationPlan, ablate
+
+    def plan(strategy: str) -> MigrationPlan:
+        return MigrationPlan(strategy=strategy, capabilities=frozenset({"events"}),
+                             dest_capabilities=frozenset({"events"}))
+    assert ablate(plan("hybrid"), ["notsent-limit"]).ablated == ("notsent-limit",)
+    assert ablate(plan("precopy"), ["notsent-limit"]).ablated == ()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 from typing import Any, ClassVar
 
 from ..context import Part, RunContext
@@ -84,9 +83,7 @@ class QemuMemory(Part):
         preempt = await _has_capability(ctx, "postcopy-preempt")
         plan, self.decision = await self.choose_plan(ctx, tls, preempt)
         spec = ctx.scenario.memory
-        self.plan = plan = override(ablate(plan, spec.ablate), spec.parameters)
-        if self.bounded_backlog and "notsent-limit" in spec.ablate:
-            self.plan = plan = replace(plan, ablated=(*plan.ablated, "notsent-limit"))
+        self.plan = override(ablate(plan, spec.ablate), spec.parameters)
         addr = ctx.testbed.addr
         self.migration = QemuMigration(ctx.src, ctx.dst,
                                        f"tcp:{addr.site_b_ip}:{addr.migration_port}", self.plan,
