@@ -149,6 +149,11 @@ class Part:
         """Fields this part adds to the record's ``integrity`` block (its own checks)."""
         return {}
 
+    def instants(self) -> dict[str, float]:
+        """Moments of the switchover this part saw (name: ``time.monotonic()`` s), for
+        the record's ``switchover_timeline``."""
+        return {}
+
 
 class StoragePart(Part, abc.ABC):
     """A storage strategy also says which disk image each site's QEMU opens."""

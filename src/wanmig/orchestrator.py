@@ -117,6 +117,7 @@ class Orchestrator:
         self.wan_info = WanInfo(profile=scenario.wan.profile, link=scenario.wan.link,
                                 client_link=scenario.wan.client_link)
         self.notes: dict[str, Any] = {}
+        self.instants: dict[str, float] = {}   # the engine's steps (time.monotonic() s)
         self.interrupted: str | None = None
         self._task: asyncio.Task[Any] | None = None   # cancelled by an interrupt, if allowed
 
@@ -307,10 +308,10 @@ class Orchestrator:
         await _together(memory.switchover(ctx), storage.switchover(ctx),
                         network.switchover(ctx))
         # The point of no return: from the next line on the destination may run.
-        loaded = time.monotonic()
+        loaded = self.instants["cont"] = time.monotonic()
         self._enter(Stage.DESTINATION_RUNNING)
         await ctx.dst.execute("cont")
-        resumed = await ctx.dst.wait_resumed(RESUME_TIMEOUT_S)
+        resumed = self.instants["resume"] = await ctx.dst.wait_resumed(RESUME_TIMEOUT_S)
         # what holding B at -S costs: from loaded to QEMU's RESUME at B
         self.notes["destination_resume_ms"] = round((resumed - loaded) * 1000, 1)
         await client.mark("switchover-done")
@@ -471,6 +472,28 @@ class Orchestrator:
         return [RunEvent(name=name, at_ms=round((at - self.state.t0) * 1000, 1))
                 for name, at in vm.run_events]
 
+    def _timeline(self) -> dict[str, float] | None:
+        """The record's ``switchover_timeline``: every part's instants and the engine's,
+        and the client's largest gap, as ms after the source's STOP."""
+        ctx, client = self.ctx, self.client
+        stops = [at for name, at in (ctx.src.run_events if ctx and ctx.src else ())
+                 if name == "STOP"]
+        if not stops:
+            return None
+        instants = {k: v for part in self.parts for k, v in part.instants().items()}
+        instants.update(self.instants)
+        before = instants.get("continue", float("inf"))
+        stop = max((at for at in stops if at <= before), default=stops[0])
+        report = client.probe_report if client else None
+        if report is not None and client is not None:
+            for name, probe_ms in (("client_gap_start", report.udp_max_gap_start_ms),
+                                   ("client_gap_end", report.udp_max_gap_end_ms)):
+                at = client.to_monotonic(probe_ms)
+                if at is not None:
+                    instants[name] = at
+        return {name: round((at - stop) * 1000, 1)
+                for name, at in sorted(instants.items(), key=lambda kv: kv[1])}
+
     def _record(self, status: str, error: str | None, started: str) -> ResultRecord:
         sc, ctx, client = self.scenario, self.ctx, self.client
         if ctx is not None and ctx.faults.fired:
@@ -495,5 +518,6 @@ class Orchestrator:
             phases=phases,
             total_ms=phases[-1].end_ms - phases[0].start_ms if phases else 0.0,
             states=[RunEvent.model_validate(s) for s in self.state.to_list()],
+            switchover_timeline=self._timeline(),
             **self.notes,
         )

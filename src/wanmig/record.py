@@ -166,6 +166,14 @@ class ResultRecord(_Model):
     total_ms: float
     #: The run state as it moved (``wanmig.runstate``): ``[{name, at_ms}]``.
     states: list[RunEvent] = []
+    #: Where the outage went: ms from the source's STOP (as its event arrived) to each
+    #: step of the switchover -- ``pre_switchover`` (QEMU said so), ``continue`` (sent),
+    #: ``source_completed`` (or ``source_postcopy_active``), ``destination_loaded``,
+    #: ``verified`` (verify mode), ``cont`` (sent to B), ``resume`` (B's RESUME) -- and
+    #: to the start and end of the client's largest UDP echo gap (``client_gap_start``,
+    #: ``client_gap_end``: B's first answer when the gap is the switchover's).  None
+    #: where the source never stopped.
+    switchover_timeline: dict[str, float] | None = None
     run_id: str | None = None
     started_at: str | None = None
 

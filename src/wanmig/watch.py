@@ -5,7 +5,9 @@ is the engine's one handle on them::
 
     start()  probes on (every probe answered once), web load on, warm-up
     mark()   a named instant on the probe's clock (migration-start, ...), and
-             the largest UDP gap since the previous mark (a ``ProbeWindow``)
+             the largest UDP gap since the previous mark (a ``ProbeWindow``);
+             each mark also reads the probe's clock against the controller's
+             (both CLOCK_MONOTONIC): ``to_monotonic()``
     settle() the probes keep watching ``probe.settle_s``, then one new
              connection is opened: ``new_conn_ms`` (None: the guest did not answer)
     stop()   both reports read back; idempotent, and safe after a failed start
@@ -16,6 +18,7 @@ is the engine's one handle on them::
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from .children import ChildState
@@ -37,6 +40,8 @@ class ClientWatch:
         self.probe_report: ProbeReport | None = None
         self.web_report: WebLoadReport | None = None
         self.new_conn_ms: float | None = None
+        #: One per mark: (its round trip s, controller ms minus the probe's ms at it).
+        self.clock_reads: list[tuple[float, float]] = []
 
     def __repr__(self) -> str:
         return f"ClientWatch(probe={self.probe!r}, web={self.web!r})"
@@ -50,7 +55,22 @@ class ClientWatch:
     async def mark(self, name: str) -> ProbeWindow:
         """A named instant; returns the window it closes (the largest UDP gap since the
         previous mark)."""
-        return await self.probe.mark_window(name)
+        sent = time.monotonic()
+        window = await self.probe.mark_window(name)
+        done = time.monotonic()
+        self.clock_reads.append((done - sent, (sent + done) / 2 * 1000 - window.t_ms))
+        return window
+
+    def clock_offset_ms(self, last: int | None = None) -> float | None:
+        """Controller ms minus probe ms, read through the mark (of the ``last`` ones, or
+        of all) that answered soonest: the closest estimate.  None before any mark."""
+        reads = self.clock_reads[-last:] if last else self.clock_reads
+        return min(reads)[1] if reads else None
+
+    def to_monotonic(self, probe_ms: float | None) -> float | None:
+        """An instant on the probe's clock as ``time.monotonic()`` seconds."""
+        offset = self.clock_offset_ms()
+        return None if probe_ms is None or offset is None else (probe_ms + offset) / 1000
 
     async def settle(self) -> float | None:
         """Watch a while (a late outage must show up), then time one new connection."""

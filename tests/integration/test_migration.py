@@ -58,6 +58,21 @@ def test_demo_cli_migrates_while_client_watches(tmp_path: Path, leaves_nothing_b
     assert rec.integrity.guest_log_bad_checksums == 0
     assert rec.integrity.guest_log_records and rec.integrity.guest_log_records > 100
 
+    # Where the outage went, step by step after the source's STOP, on one clock.
+    tl = rec.switchover_timeline
+    assert tl is not None
+    steps = ["pre_switchover", "continue", "source_completed", "destination_loaded",
+             "cont", "resume", "client_gap_end"]
+    assert all(name in tl for name in steps), tl
+    assert [tl[n] for n in steps] == sorted(tl[n] for n in steps)
+    assert 0 <= tl["pre_switchover"] < tl["source_completed"]
+    # QEMU's downtime and the client's gap, as the timeline places them
+    assert abs((tl["source_completed"] - rec.memory.downtime_ms)) < 60
+    gap = tl["client_gap_end"] - tl["client_gap_start"]
+    assert abs(gap - rec.network.client_outage_ms) < 10
+    # the last bytes cross the 50 ms link (one-way 25 ms) before B has loaded them
+    assert tl["destination_loaded"] - tl["source_completed"] >= 20
+
 
 @pytest.mark.parametrize("when", ["pre-switchover", "memory"])
 async def test_destination_death_rolls_back(when: str, leaves_nothing_behind) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from wanmig.memory.migration import MigrationProgress
-from wanmig.memory.plan import StallDetector, TlsSettings, plan_from
+from wanmig.memory.plan import StallDetector, TlsSettings, near_convergence_bytes, plan_from
 from wanmig.model import Measurements, Targets, migration_settings
 
 M = Measurements(ram_bytes=512 << 20, nonzero_bytes=200 << 20, compress_ratio=2.0,
@@ -89,6 +89,16 @@ def test_stall_detector_fires_when_a_round_does_not_shrink() -> None:
 def test_stall_detector_quiet_while_converging() -> None:
     s = StallDetector()
     assert not any(s.feed(i, int(1000 * 0.5 ** i)) for i in range(1, 10))
+
+
+def test_stall_detector_ignores_a_plateau_near_qemus_threshold() -> None:
+    # an idle guest's hot set hovers at ~1.5 MiB; QEMU switches over at 1.6 MB
+    near = near_convergence_bytes(12.5e6, 129)
+    assert near == 2 * 12.5e6 * 0.129
+    s = StallDetector(near_bytes=near)
+    rounds = [(1, 100 << 20), (2, 2_400_000), (3, 1_500_000), (4, 1_450_000), (5, 1_600_000)]
+    assert not any(s.feed(i, left) for i, left in rounds)
+    assert s.feed(6, 9_000_000)       # far above it and not shrinking: a stall
 
 
 def test_ablation_removes_only_what_the_plan_uses() -> None:

@@ -14,8 +14,10 @@ from wanmig.errors import ConfigError
 from wanmig.model import (STRATEGIES, Calibration, Decision, Measurements, Prediction,
                           Targets, choose, downtime_limit_ms, migration_settings, predict,
                           predict_all)
+from wanmig.model.link import pipe_for
 from wanmig.model.rounds import dirtied
 from wanmig.model.settings import throttle_start_pct, throttled_rate
+from wanmig.model.switchover import switchover
 
 MiB = 1 << 20
 MB = 1e6
@@ -382,3 +384,23 @@ def test_resent_pages_are_taken_as_incompressible_unless_known() -> None:
     assert assumed.bytes and known.bytes and assumed.bytes > known.bytes
     assert (assumed.parameters["cpu-throttle-initial"]
             > known.parameters["cpu-throttle-initial"])
+
+
+def test_multifd_adds_its_measured_switchover_costs() -> None:
+    m, cal = guest(accel="tcg"), Calibration()
+    pipe = pipe_for("precopy-tuned", m, cal)
+    plain = switchover(m, cal, pipe, bounded_backlog=True, multifd=False)
+    multi = switchover(m, cal, pipe, bounded_backlog=True, multifd=True)
+    assert multi.qemu_ms - plain.qemu_ms == cal.multifd_sync_ms
+    assert multi.after_ms - plain.after_ms == cal.multifd_load_ms
+    # after the source's completion: the backlog, both one-way trips and the resume
+    assert plain.after_ms == pytest.approx(plain.backlog_ms + 50.0 + cal.resume_overhead_ms_tcg)
+    tuned = predict("precopy-tuned", m)
+    assert tuned.outage_ms and tuned.downtime_ms and tuned.outage_ms > tuned.downtime_ms
+
+
+def test_hybrid_does_not_switch_on_a_plateau_it_is_about_to_converge_from() -> None:
+    # an idle guest on a slow link: the passes shrink to near QEMU's threshold
+    p = predict("hybrid", guest(accel="tcg", nonzero_bytes=100 * MiB,
+                                dirty_rate_bytes_s=2 * MB))
+    assert p.converges and "completes as precopy" in p.notes

@@ -185,9 +185,7 @@ async def _event_ts(events: EventListener, name: str, vm: QemuVm) -> float:
 
 async def _cycle(index: int, vm: QemuVm, events: EventListener, client: ClientWatch,
                  pause_s: float) -> FloorCycle:
-    opened = time.monotonic()
-    window = await client.mark(f"floor-{index}")
-    clocks = [(time.monotonic() - opened, (opened + time.monotonic()) / 2 * 1000 - window.t_ms)]
+    await client.mark(f"floor-{index}")
     await asyncio.sleep(LEAD_S)
     stop_sent = time.monotonic()
     await vm.execute("stop", timeout=COMMAND_TIMEOUT_S)
@@ -200,11 +198,9 @@ async def _cycle(index: int, vm: QemuVm, events: EventListener, client: ClientWa
     resume_ts = await _event_ts(events, "RESUME", vm)
     resume_at = await vm.wait_resumed(EVENT_TIMEOUT_S)
     await asyncio.sleep(SETTLE_S)
-    asked = time.monotonic()
     window = await client.mark(f"floor-{index}-end")
-    clocks.append((time.monotonic() - asked, (asked + time.monotonic()) / 2 * 1000 - window.t_ms))
-    # the probe's clock read through the mark that answered sooner: the closer estimate
-    offset = min(clocks)[1]
+    offset = client.clock_offset_ms(last=2)   # this cycle's two marks
+    assert offset is not None
     return cycle_of(nominal_pause_ms=pause_s * 1000, stop_ts=stop_ts, resume_ts=resume_ts,
                     gap_ms=window.udp_max_gap_ms, stop_sent=stop_sent, stop_done=stop_done,
                     cont_sent=cont_sent, cont_done=cont_done, resume_at=resume_at,

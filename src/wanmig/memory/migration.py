@@ -41,7 +41,7 @@ from typing import Any
 from ..errors import MigrationError, QemuError
 from ..qemu.process import QemuVm
 from ..record import MemoryResult
-from .plan import MigrationPlan, StallDetector
+from .plan import MigrationPlan, StallDetector, near_convergence_bytes
 
 log = logging.getLogger("wanmig.memory")
 
@@ -121,8 +121,13 @@ class QemuMigration:
         self.postcopy_started = False  # migrate-start-postcopy was sent
         self.continued = False         # migrate-continue was sent: the last bytes may be stuck
         self.postcopy_reason: str | None = None
+        #: When the switchover's steps happened (``time.monotonic()`` s): QEMU paused at
+        #: pre-switchover, migrate-continue sent, the source completed, B loaded.
+        self.instants: dict[str, float] = {}
         self._t0 = 0.0
-        self._stall = StallDetector()
+        params = plan.parameters
+        self._stall = StallDetector(near_bytes=near_convergence_bytes(
+            float(params.get("max-bandwidth", 0)), float(params.get("downtime-limit", 0))))
 
     @property
     def strategy(self) -> str:
@@ -178,6 +183,7 @@ class QemuMigration:
                         await on_first_progress()
                     await self._maybe_start_postcopy(progress)
                 if status == "pre-switchover":
+                    self.instants["pre_switchover"] = time.monotonic()
                     self.state = MigrationState.PRE_SWITCHOVER
                     return
                 if status in FAILED_STATES:
@@ -219,9 +225,12 @@ class QemuMigration:
         done = {"completed"} | ({"postcopy-active"} if self.postcopy_started else set())
         with self.src.qmp.listener("MIGRATION") as events:
             self.continued = True
+            self.instants["continue"] = time.monotonic()
             await self.src.execute("migrate-continue", {"state": "pre-switchover"})
             status = await self._wait_status(events, done, deadline, "switchover", timeout)
+            self.instants["source_" + status.replace("-", "_")] = time.monotonic()
         await self._wait_destination_loaded(deadline)
+        self.instants["destination_loaded"] = time.monotonic()
         if status == "postcopy-active":
             self.state = MigrationState.POSTCOPY
         else:

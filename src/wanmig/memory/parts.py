@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, ClassVar
 
 from ..context import Part, RunContext
@@ -61,6 +62,7 @@ class QemuMemory(Part):
         self.wire_bytes: int | None = None
         self._wire0: int | None = None
         self.verification: VerifyResult | None = None
+        self._verified_at: float | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(memory {self.name!r}, migration={self.migration!r})"
@@ -124,6 +126,7 @@ class QemuMemory(Part):
         await self.migration.switchover(bound)
         if ctx.scenario.memory.verify:
             await self._verify(ctx)
+            self._verified_at = time.monotonic()
 
     async def _verify(self, ctx: RunContext) -> None:
         """Verify mode: compare both copies while B waits paused (``memory.verify``);
@@ -168,6 +171,12 @@ class QemuMemory(Part):
 
     def integrity(self) -> dict[str, Any]:
         return self.verification.integrity_fields() if self.verification else {}
+
+    def instants(self) -> dict[str, float]:
+        out = dict(self.migration.instants) if self.migration else {}
+        if self._verified_at is not None:
+            out["verified"] = self._verified_at
+        return out
 
     def record(self) -> dict[str, Any]:
         memory = (self.migration.result() if self.migration

@@ -6,12 +6,12 @@ rates:
 * ``Measurements``: taken just before a migration (guest memory scan, zstd
   sample, QEMU ``calc-dirty-rate``, the WAN link); new for every migration.
 * ``Targets``: what the user asks for (client outage, time limits).
-* ``Calibration``: constants of this testbed and of QEMU 7.2 that the formulas
+* ``Calibration``: constants of this testbed and of QEMU that the formulas
   need but no pre-migration measurement gives.  Each says where its default
   came from; "to be calibrated" marks guesses to be fitted from bench runs.
-  Not yet re-fitted on QEMU 10.0: there (bench run 12) the predicted totals
-  held within ±25 %, the predicted outages were 49-62 % short (no term for a
-  freshly migrated TCG guest's cold start).
+  The switchover's terms (multifd's sync and load, the cold resume) were
+  re-fitted on QEMU 10.0 from runs that recorded ``switchover_timeline``, on
+  the ``continental`` link; ``intercontinental`` checks them out of sample.
 
 All sizes are bytes, rates bytes/s unless the name says ``bit_s``, times ms
 unless the name says ``_s``.  Every model round-trips through JSON (the
@@ -171,14 +171,28 @@ class Calibration(_Frozen):
         "Fitted to QEMU's downtime of 20-23 ms for idle and web guests (bench run 2).")
     switchover_fixed_ms_kvm: float = Field(
         25.0, ge=0, description="Same under KVM. To be calibrated (no KVM runs here).")
+    multifd_sync_ms: float = Field(
+        70.0, ge=0, description="With multifd: what completing the stream adds to QEMU's "
+        "downtime at the source (multifd's final sync). QEMU 10.0, one channel, zstd: "
+        "migrate-continue to completed took 96-113 ms (7 runs, TLS on or off, downtime-limit "
+        "30 or 129 ms, idle guest) against 27 ms without multifd (switchover_timeline).")
+    multifd_load_ms: float = Field(
+        50.0, ge=0, description="With multifd: what the destination adds after the last "
+        "byte arrived before it is loaded. QEMU 10.0: completed to loaded took 91-105 ms "
+        "(7 runs) against 43 ms without multifd, where backlog and one-way account for ~55.")
     resume_overhead_ms_tcg: float = Field(
-        70.0, ge=0, description="After the destination resumes, TCG re-translates code "
-        "before the guest answers: ~70 ms (the lead's figure; to be confirmed by bench runs).")
+        165.0, ge=0, description="From the destination's cont until its guest answers, "
+        "less the answer's one-way: under TCG a freshly migrated guest runs cold (new "
+        "translation cache) with the client's queued requests to work off. QEMU 10.0, "
+        "continental, idle/web: RESUME to the first echo answer was 25-531 ms, median 176 "
+        "(8 runs with switchover_timeline) and ~200 (25 precopy-tuned runs of bench run 12); "
+        "the warm figure, stop and cont on one host (the TCG floor), is ~29 ms.")
     resume_overhead_ms_kvm: float = Field(
-        5.0, ge=0, description="Same under KVM. To be calibrated.")
-    l2_relearn_one_way: float = Field(
-        1.0, ge=0, description="L2 relearn (announce-self reaching the source-site bridge) "
-        "in one-way delays. 1.0: the first RARP crosses the WAN once.")
+        5.0, ge=0, description="Same under KVM. To be calibrated (no KVM runs here).")
+    reply_one_way: float = Field(
+        1.0, ge=0, description="One-way delays B's first answer takes to reach the client at "
+        "the source site (l2-extend moved the VM's frames at the switchover, so the client's "
+        "requests already wait at B).")
     notsent_lowat_bytes: int = Field(
         128 * 1024, ge=0, description="Unsent bytes a socket may hold at site A for every "
         "strategy but default precopy (the memory part's tcp_notsent_lowat).")

@@ -5,11 +5,13 @@ Each strategy runs on its ``Pipe`` (link.py) with its ``MigrationSettings``
 
     setup      = setup_rtts * RTT + setup_fixed
     precopy    total  = setup + passes (rounds.py) + QEMU downtime
-               QEMU downtime = switchover fixed + send backlog + final delta / raw rate
+               QEMU downtime = switchover fixed [+ multifd sync] + final delta / raw rate
                                + device state / main-stream rate
-               outage = QEMU downtime + one-way + resume + L2 relearn   (switchover.py)
+               outage = QEMU downtime + send backlog + one-way [+ multifd load]
+                        + resume + reply one-way                        (switchover.py)
     postcopy   total  = setup + QEMU downtime (no RAM delta) + non-zero pages / raw rate + RTT
-               outage = QEMU downtime + one-way + resume + L2 relearn + fault stall
+               outage = QEMU downtime + backlog + one-way + resume + reply one-way
+                        + fault stall
                fault stall = hot pages * (RTT + queue + one page [+ send backlog without
                              postcopy-preempt]), at most the background push
     hybrid     precopy passes at the line rate until a pass stalls or the budget is spent,
@@ -73,8 +75,9 @@ class _Context:
         self.settings: MigrationSettings = migration_settings(strategy, m, targets, cal)
         self.pipe: Pipe = pipe_for(strategy, m, cal)
         self.resend: Pipe = pipe_for(strategy, m, cal, resend=True)
-        self.sw: Switchover = switchover(m, cal, self.pipe,
-                                         bounded_backlog=strategy != "precopy")
+        self.sw: Switchover = switchover(
+            m, cal, self.pipe, bounded_backlog=strategy != "precopy",
+            multifd="multifd" in self.settings.capabilities)
         rtts = cal.setup_rtts + (cal.tls_handshake_rtts if m.tls else 0.0)
         self.setup_ms = rtts * m.rtt_ms + cal.setup_fixed_ms
 

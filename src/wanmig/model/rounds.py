@@ -20,7 +20,8 @@ the hybrid's switch to postcopy fall out of the same steps QEMU 7.2 takes:
 5. Without throttling left to add, a guest dirtying at least as fast as the
    pipe moves pages is stuck once a pass no longer shrinks the dirty set.
 6. hybrid: switch to postcopy when a pass after the first leaves more than
-   0.8 of the previous pass's dirty bytes (hybrid's stall detector, memory/plan.py),
+   0.8 of the previous pass's dirty bytes, and more than twice the threshold
+   of step 3 (hybrid's stall detector, memory/plan.py),
    or mid-pass when the precopy budget runs out: then what is left is the
    unsent rest of the pass plus what was dirtied during it.
 
@@ -36,7 +37,7 @@ from typing import Literal
 
 from .inputs import PAGE, Calibration, Measurements
 from .link import Pipe
-from .settings import (STALL_RATIO, THROTTLE_INCREMENT_PCT, THROTTLE_MAX_PCT,
+from .settings import (NEAR_CONVERGENCE, STALL_RATIO, THROTTLE_INCREMENT_PCT, THROTTLE_MAX_PCT,
                        THROTTLE_TRIGGER_PCT, throttled_rate)
 
 Outcome = Literal["converged", "switched", "stuck", "timeout"]
@@ -133,7 +134,8 @@ def iterate(m: Measurements, cal: Calibration, pipe: Pipe, resend: Pipe, *,
             return done("converged")
         if t >= limit_s or passes >= MAX_PASSES:
             return done("timeout")
-        if switch_on_stall and passes >= 2 and pending > previous * STALL_RATIO:
+        if (switch_on_stall and passes >= 2
+                and pending > max(previous * STALL_RATIO, NEAR_CONVERGENCE * threshold_bytes)):
             return done("switched")
         can_throttle = auto_converge and throttle < throttle_max
         if (not can_throttle and rate >= resend.raw_bytes_s

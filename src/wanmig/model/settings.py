@@ -47,6 +47,8 @@ ZSTD_LEVEL = 1
 #: hybrid: a pass after the first that leaves more than this share of the previous
 #: pass's dirty bytes is a stall (memory/plan.py StallDetector.ratio).
 STALL_RATIO = 0.8
+#: ... unless it leaves less than this many times QEMU's switchover threshold.
+NEAR_CONVERGENCE = 2.0
 PostcopyTrigger = Literal["never", "immediate", "on-stall"]
 
 
@@ -102,7 +104,8 @@ def downtime_limit_ms(strategy: Strategy, m: Measurements, targets: Targets,
     else the outage target's share left for the final RAM delta."""
     if strategy == "precopy":
         return QEMU_DEFAULT_DOWNTIME_MS
-    overhead = switchover(m, cal, pipe_for(strategy, m, cal), bounded_backlog=True).overhead_ms
+    overhead = switchover(m, cal, pipe_for(strategy, m, cal), bounded_backlog=True,
+                          multifd=strategy == "precopy-tuned").overhead_ms
     share = targets.target_outage_ms - overhead
     return int(min(DOWNTIME_LIMIT_MAX_MS, max(DOWNTIME_LIMIT_MIN_MS, share)))
 

@@ -3,19 +3,24 @@
 From the moment the source stops the guest until a client at the source site
 gets an answer again (the client stays put: DESIGN.md's probes)::
 
-    QEMU's downtime  = fixed (stop, sync, pre-switchover handshake, device save/load)
-                     + backlog (send buffers drain before the last bytes leave;
-                       only when the network is the bottleneck)
-                     + final RAM delta / raw rate       (precopy family only)
+    QEMU's downtime  = fixed (stop, pre-switchover handshake, final bitmap sync)
+                     + multifd's sync at completion                  (multifd only)
+                     + final RAM delta / raw rate                    (precopy family)
                      + device state / main-stream rate
-    then             + one-way delay (the last byte reaches the destination)
-                     + resume overhead (TCG re-translates code; KVM little)
-                     + L2 relearn (the announce crosses back to the source site)
-                     + postcopy fault stall               (postcopy family only)
+    then             + backlog (the send buffers drain: QEMU says "completed" once
+                       the last bytes are in its sockets; only when the network
+                       is the bottleneck)
+                     + one-way delay (the last byte reaches the destination)
+                     + multifd's load at the destination             (multifd only)
+                     + resume (``cont``; under TCG the migrated guest's cold start)
+                     + reply one-way (B's first answer crosses back to the client)
+                     + postcopy fault stall                          (postcopy family)
 
-Assumes the client sits at the source site and that the outage ends with the
-first answer, so the destination's answer path costs one more one-way delay,
-counted in the relearn term.
+Each term was measured on QEMU 10.0 with the record's ``switchover_timeline``
+(docs/design.md, "Where a switchover's time goes"); the defaults in
+``inputs.Calibration`` say from which runs.  The l2-extend mode moves the
+VM's frames to B's tap at the switchover, so no relearn waits for B's
+announcement: the client's requests wait in B's tap queue.
 """
 
 from __future__ import annotations
@@ -32,21 +37,24 @@ class Switchover:
     """The parts of an outage that do not depend on how much RAM is left, in ms."""
 
     fixed_ms: float
-    backlog_ms: float
+    multifd_sync_ms: float
     device_ms: float
+    backlog_ms: float
     one_way_ms: float
+    multifd_load_ms: float
     resume_ms: float
-    relearn_ms: float
+    reply_ms: float
 
     @property
     def qemu_ms(self) -> float:
         """QEMU's downtime (source side) without a final RAM delta."""
-        return self.fixed_ms + self.backlog_ms + self.device_ms
+        return self.fixed_ms + self.multifd_sync_ms + self.device_ms
 
     @property
     def after_ms(self) -> float:
-        """From QEMU's completion until the client hears the guest again."""
-        return self.one_way_ms + self.resume_ms + self.relearn_ms
+        """From QEMU's completion at the source until the client hears the guest again."""
+        return (self.backlog_ms + self.one_way_ms + self.multifd_load_ms + self.resume_ms
+                + self.reply_ms)
 
     @property
     def overhead_ms(self) -> float:
@@ -71,14 +79,16 @@ def backlog_ms(m: Measurements, cal: Calibration, pipe: Pipe, *, bounded: bool) 
 
 
 def switchover(m: Measurements, cal: Calibration, pipe: Pipe, *,
-               bounded_backlog: bool) -> Switchover:
+               bounded_backlog: bool, multifd: bool) -> Switchover:
     one_way = m.rtt_ms / 2
     return Switchover(fixed_ms=cal.switchover_fixed_ms(m.accel),
-                      backlog_ms=backlog_ms(m, cal, pipe, bounded=bounded_backlog),
+                      multifd_sync_ms=cal.multifd_sync_ms if multifd else 0.0,
                       device_ms=cal.device_state_bytes / pipe.main_bytes_s * 1e3,
+                      backlog_ms=backlog_ms(m, cal, pipe, bounded=bounded_backlog),
                       one_way_ms=one_way,
+                      multifd_load_ms=cal.multifd_load_ms if multifd else 0.0,
                       resume_ms=cal.resume_overhead_ms(m.accel),
-                      relearn_ms=cal.l2_relearn_one_way * one_way)
+                      reply_ms=cal.reply_one_way * one_way)
 
 
 #: The longest WAN outage a switchover rides out before the engine gives up on it.
