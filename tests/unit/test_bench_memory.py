@@ -112,10 +112,15 @@ def test_figures_of_a_record() -> None:
                        "wire_bytes": 1024, "predicted_total_ms": 9_000, "rtt_ms": 50.0,
                        "rounds": None, "postcopy_requests": None, "verify_ms": None,
                        "net_outage_ms": 100.0, "predicted_outage_ms": None,
-                       "memory_mismatch": None, "guest_memory_errors": None}
+                       "memory_mismatch": None, "guest_memory_errors": None,
+                       "held_ms": None, "answer_ms": None}
     rec["integrity"] = {"memory_match": False, "memory_verify_ms": 30.0,
                         "guest_memory_errors": 0}
     assert FIGURES["net_outage_ms"](rec) == 70.0 and FIGURES["memory_mismatch"](rec) == 1.0
+    # the switchover's steps: STOP to RESUME less the verify pause, RESUME to the answer
+    rec["switchover_timeline"] = {"client_gap_start": -2.0, "pre_switchover": 1.5,
+                                  "resume": 250.0, "client_gap_end": 310.5}
+    assert FIGURES["held_ms"](rec) == 220.0 and FIGURES["answer_ms"](rec) == 60.5
     # without a wire count: the stream's own
     del rec["memory"]["wire_bytes"]
     assert FIGURES["wire_bytes"](rec) == 2048

@@ -58,6 +58,18 @@ def _text(rec: ResultRecord) -> str:
     return console.export_text()
 
 
+def test_report_lays_out_the_switchover_step_by_step() -> None:
+    assert "switchover, from" not in _text(_record())   # old records: no such table
+    rec = _record().model_copy(update={"switchover_timeline": {
+        "client_gap_start": -3.0, "pre_switchover": 2.0, "continue": 9.0,
+        "source_completed": 107.5, "resume": 215.0, "client_gap_end": 402.0}})
+    text = _text(rec)
+    assert "switchover, from the source's STOP" in text
+    row = next(line for line in text.splitlines() if "source completed" in line)
+    assert "107.5 ms" in row and "98.5 ms" in row   # when, and since the step before
+    assert "187.0 ms" in next(line for line in text.splitlines() if "client gap end" in line)
+
+
 def test_report_says_what_the_survey_measured_and_only_auto_says_why() -> None:
     survey = {"dirty_rate_bytes_s": 22.6e6, "nonzero_bytes": 150 << 20, "compress_ratio": 1.59}
     predicted = {"total_ms": 25519.0, "outage_ms": 254.3}

@@ -149,6 +149,20 @@ def _over_floor(entry: Entry) -> float | None:
     return None if outage is None or floor is None else round(outage - floor, 3)
 
 
+def _step(entry: Entry, start: str, end: str) -> float | None:
+    """ms between two steps of the record's ``switchover_timeline`` (None without either)."""
+    timeline = entry.get("switchover_timeline") or {}
+    a, b = timeline.get(start), timeline.get(end)
+    return None if a is None or b is None else round(b - a, 1)
+
+
+def _held(entry: Entry) -> float | None:
+    """From the source's STOP to B's RESUME, less verify mode's pause: the switchover."""
+    resume = (entry.get("switchover_timeline") or {}).get("resume")  # ms after the STOP
+    verify = _part(entry, "integrity").get("memory_verify_ms") or 0.0
+    return None if resume is None else round(resume - verify, 1)
+
+
 def _mismatch(entry: Entry) -> float | None:
     """1 when verify mode found the copies different, 0 when equal, None if not compared."""
     match = _part(entry, "integrity").get("memory_match")
@@ -165,6 +179,10 @@ FIGURES: Figures = {
     "net_outage_ms": _net_outage,
     "floor_ms": lambda r: _part(r, "network").get("tcg_floor_ms"),
     "outage_over_floor_ms": _over_floor,
+    # where the outage went (switchover_timeline): STOP to B's RESUME less the verify
+    # pause, then B's RESUME to the client's first answer
+    "held_ms": _held,
+    "answer_ms": lambda r: _step(r, "resume", "client_gap_end"),
     "bytes": lambda r: _part(r, "memory").get("bytes"),
     # bytes on the WAN, headers and TLS included (site A's inter-site interface)
     "wire_bytes": lambda r: _part(r, "memory").get("wire_bytes") or _part(r, "memory").get("bytes"),

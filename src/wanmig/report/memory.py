@@ -32,7 +32,8 @@ def render_memory_bench(doc: dict[str, Any]) -> Group:
     table = Table(title=f"memory strategies × workloads{runs_note(doc)}; {floor_note(doc)}",
                   header_style="bold")
     for col in ("case", "ran", "status", "converged", "total s", "downtime ms", "outage ms",
-                "floor ms", "outage-floor ms", "MiB (QEMU)", "MiB on wire", "rounds",
+                "floor ms", "outage-floor ms", "STOP→RESUME ms", "RESUME→answer ms",
+                "MiB (QEMU)", "MiB on wire", "rounds",
                 "postcopy faults", "predicted s"):
         table.add_column(col, justify="left" if col in ("case", "ran", "status") else "right")
     for row in doc.get("summary", []):
@@ -50,6 +51,8 @@ def render_memory_bench(doc: dict[str, Any]) -> Group:
             figure(row, "outage_ms", "{:.0f}", ranged=True),
             figure(row, "floor_ms", "{:.0f}"),
             figure(row, "outage_over_floor_ms", "{:.0f}", ranged=True),
+            figure(row, "held_ms", "{:.0f}", ranged=True),
+            figure(row, "answer_ms", "{:.0f}", ranged=True),
             figure(row, "bytes", scale=2**20), figure(row, "wire_bytes", scale=2**20),
             figure(row, "rounds", "{:g}"), figure(row, "postcopy_requests", "{:g}"),
             figure(row, "predicted_total_ms", scale=1000))

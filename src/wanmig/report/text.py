@@ -135,4 +135,16 @@ def render_record(rec: ResultRecord) -> Group:
     timeline.add_column("duration", justify="right")
     for ph in rec.phases:
         timeline.add_row(ph.name, _ms(ph.start_ms), _ms(ph.end_ms - ph.start_ms))
-    return Group(head, figures, timeline)
+    if not rec.switchover_timeline:
+        return Group(head, figures, timeline)
+    steps = Table(show_header=True, header_style="bold",
+                  title="switchover, from the source's STOP")
+    steps.add_column("step")
+    steps.add_column("at", justify="right")
+    steps.add_column("since the previous", justify="right")
+    previous = None
+    for name, at in rec.switchover_timeline.items():
+        steps.add_row(name.replace("_", " "), _ms(at),
+                      "" if previous is None else _ms(round(at - previous, 1)))
+        previous = at
+    return Group(head, figures, timeline, steps)
