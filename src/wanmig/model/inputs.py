@@ -141,9 +141,10 @@ class Calibration(_Frozen):
         1.0014, ge=1.0, description="With TLS: wire bytes per migration-stream byte (TLS 1.3 "
         "records add 22 B per 16 KiB).")
     tls_bytes_s_per_stream: float = Field(
-        400e6, gt=0, description="With TLS: AES-GCM rate of the one thread that encrypts a "
-        "stream (gnutls, AES-NI, sharing 2 cores with the guest). To be calibrated from bench "
-        "runs with and without TLS.")
+        85e6, gt=0, description="With TLS: what encrypting costs the one thread that sends "
+        "a stream, as bytes/s in series with its other work (gnutls, AES-NI, sharing 2 cores "
+        "with the guest). Fitted on intercontinental default precopy, idle guest: 8.6 s for "
+        "the first pass with TLS against 7.4 s without (bench run 13, 3 runs each).")
     tls_handshake_rtts: float = Field(
         1.0, ge=0, description="With TLS: RTTs a TLS 1.3 handshake adds to setup.")
     setup_rtts: float = Field(
@@ -153,8 +154,24 @@ class Calibration(_Frozen):
         20.0, ge=0, description="QEMU's setup work (dirty logging on, RAM block list). "
         "To be calibrated against QEMU's setup-time.")
     zero_scan_bytes_s: float = Field(
-        4e9, gt=0, description="Rate at which the migration thread checks pages for zero "
-        "(buffer_is_zero). To be calibrated.")
+        175e6, gt=0, description="Rate at which the sender walks zero pages (find dirty, "
+        "buffer_is_zero, a record each: ~23 us a page), on the sender's CPU. Fitted to the "
+        "CPU-bound first pass of an idle 512 MiB guest with 412 MB of zero pages on "
+        "intercontinental (8.6 s with TLS; bench run 13); on continental, where the link "
+        "binds, the walk overlaps with the sending (rounds.pass_one_extra_s).")
+    tcg_page_stream_bytes_s: float = Field(
+        20e6, gt=0, description="Under TCG: non-zero page bytes/s QEMU's migration thread "
+        "sends on one stream without TLS when its CPU binds (2 cores: the guest's vCPU "
+        "spins one, the WAN forwarder and the probes take their share). Fitted: resent "
+        "pages moved at 15.1-16.8 MB/s with TLS on intercontinental (dirty guests, default "
+        "precopy, bench run 13), i.e. 20 MB/s with TLS's cost taken out; one TCP stream "
+        "there carries 26-29 MB/s.")
+    return_path_rtts: float = Field(
+        2.0, ge=0, description="With postcopy-ram on (hybrid) a migration that completes as "
+        "precopy is completed only once the destination has loaded it and answered over the "
+        "return path: STOP to completed took 315-751 ms on intercontinental (9 runs, bench "
+        "run 13) where the model without it gives ~110 ms; the extra, median ~300 ms, "
+        "taken as RTTs.")
     zero_page_stream_bytes: int = Field(
         9, ge=0, description="Stream bytes per zero page: 8-byte page header + 1 fill byte "
         "(QEMU 7.2 save_zero_page; detected in the main thread, also with multifd).")

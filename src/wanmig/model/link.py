@@ -128,6 +128,9 @@ class Pipe:
     wire_per_raw: float
     main_bytes_s: float
     bottleneck: str
+    #: Page bytes/s the sending thread's CPU allows (inf: not modelled as binding); it
+    #: also scans the zero pages, which overlaps with the sending when the network binds.
+    cpu_bytes_s: float = math.inf
 
     @property
     def network_bound(self) -> bool:
@@ -143,15 +146,29 @@ def _header(cal: Calibration) -> float:
     return 1 + cal.page_header_bytes / PAGE
 
 
+def sender_cpu_bytes_s(m: Measurements, cal: Calibration) -> float:
+    """Page bytes/s QEMU's migration thread sends on one stream when its CPU binds: under
+    TCG (``tcg_page_stream_bytes_s``, TLS in series); not modelled under KVM."""
+    if m.accel != "tcg":
+        return math.inf
+    seconds_per_byte = 1 / cal.tcg_page_stream_bytes_s
+    if m.tls:
+        seconds_per_byte += 1 / cal.tls_bytes_s_per_stream
+    return 1 / seconds_per_byte
+
+
 def _single(m: Measurements, cal: Calibration, max_bandwidth: float | None) -> Pipe:
     """One stream, no compression; ``max_bandwidth`` caps stream bytes (None: no cap)."""
     payload, why = streams_rate(m, cal, 1)
     stream = payload / cal.tls_factor(m)
     if max_bandwidth is not None and max_bandwidth < stream:
         stream, why = max_bandwidth, "max-bandwidth"
-    return Pipe(streams=1, compression=False, raw_bytes_s=stream / _header(cal),
+    raw, cpu = stream / _header(cal), sender_cpu_bytes_s(m, cal)
+    if cpu < raw:
+        raw, why = cpu, "qemu-cpu"
+    return Pipe(streams=1, compression=False, raw_bytes_s=raw,
                 wire_per_raw=_header(cal) * cal.tls_factor(m),
-                main_bytes_s=payload / cal.tls_factor(m), bottleneck=why)
+                main_bytes_s=payload / cal.tls_factor(m), bottleneck=why, cpu_bytes_s=cpu)
 
 
 def _multifd(m: Measurements, cal: Calibration, ratio: float) -> Pipe:

@@ -16,7 +16,8 @@ Each strategy runs on its ``Pipe`` (link.py) with its ``MigrationSettings``
                              postcopy-preempt]), at most the background push
     hybrid     precopy passes at the line rate until a pass stalls or the budget is spent,
                then postcopy for what is still dirty; only the hot pages the guest
-               writes are still remote.
+               writes are still remote.  Completing as precopy, its QEMU downtime also
+               waits for the destination on the return path (postcopy-ram is on).
 
 ``total_ms`` is QEMU's total-time (``migrate`` until the source reports
 completed), the figure the result record's ``memory.total_ms`` holds;
@@ -158,6 +159,9 @@ def throttle_gap_ms(pct: int) -> float:
 def _finish_precopy(c: _Context, it: Iteration, extra: str = "") -> Prediction:
     final_ms = c.push_ms(it.remaining_bytes)
     downtime = c.sw.qemu_ms + final_ms
+    if "postcopy-ram" in c.settings.capabilities:
+        # the source completes only once the destination answered on the return path
+        downtime += c.cal.return_path_rtts * c.m.rtt_ms
     total = c.setup_ms + it.time_s * 1e3 + downtime
     if total > c.timeout_ms:
         return _not_converging(c, replace(it, outcome="timeout"))

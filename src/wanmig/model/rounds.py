@@ -1,10 +1,11 @@
 """Precopy's passes over guest memory, modelled one by one.
 
 A small loop rather than a closed form, so that auto-converge's throttling and
-the hybrid's switch to postcopy fall out of the same steps QEMU 7.2 takes:
+the hybrid's switch to postcopy fall out of the same steps QEMU takes:
 
 1. Pass 1 sends every non-zero page (``nonzero / raw rate``) and a 9-byte
-   record per zero page (plus the time to check them for zero).
+   record per zero page; checking the zero pages takes the sender's CPU, and
+   overlaps with the sending unless that CPU is what binds (``pass_one_extra_s``).
 2. At the end of each pass QEMU syncs the dirty bitmap: the next pass sends
    what the guest dirtied during this one.  Distinct bytes dirtied in ``t``
    seconds at rate ``r`` over a writable working set ``W`` are taken as
@@ -67,12 +68,16 @@ def dirtied(rate: float, seconds: float, working_set: float) -> float:
 
 
 def pass_one_extra_s(m: Measurements, cal: Calibration, pipe: Pipe) -> tuple[int, float]:
-    """Zero pages, and the time pass 1 spends finding and recording them."""
+    """Zero pages, and what pass 1 takes beyond sending the non-zero pages: the zero
+    pages' records on the main stream, and the sender's CPU (the scan for zero pages,
+    and the pages themselves at ``pipe.cpu_bytes_s``) where it outlasts the sending --
+    a sender that waits on the network scans while it waits."""
     zero_bytes = m.ram_bytes - m.nonzero_bytes
     zero_pages = zero_bytes // PAGE
-    seconds = (zero_bytes / cal.zero_scan_bytes_s
-               + zero_pages * cal.zero_page_stream_bytes / pipe.main_bytes_s)
-    return zero_pages, seconds
+    records_s = zero_pages * cal.zero_page_stream_bytes / pipe.main_bytes_s
+    send_s = m.nonzero_bytes / pipe.raw_bytes_s
+    cpu_s = m.nonzero_bytes / pipe.cpu_bytes_s + zero_bytes / cal.zero_scan_bytes_s
+    return zero_pages, records_s + max(0.0, cpu_s - send_s)
 
 
 def iterate(m: Measurements, cal: Calibration, pipe: Pipe, resend: Pipe, *,
