@@ -404,3 +404,17 @@ def test_hybrid_does_not_switch_on_a_plateau_it_is_about_to_converge_from() -> N
     p = predict("hybrid", guest(accel="tcg", nonzero_bytes=100 * MiB,
                                 dirty_rate_bytes_s=2 * MB))
     assert p.converges and "completes as precopy" in p.notes
+
+
+def test_hybrid_keeps_its_threshold_clear_of_the_guests_hot_set() -> None:
+    # an idle TCG guest on 100 Mbit/s: a 100 ms limit would put QEMU's threshold (~1.2 MB)
+    # inside the 1.5 MB the guest keeps dirty, and precopy would hover until the budget
+    m, cal = guest(accel="tcg", nonzero_bytes=100 * MiB, dirty_rate_bytes_s=0.0), Calibration()
+    limit = downtime_limit_ms("hybrid", m, Targets(target_outage_ms=300), cal)
+    resend = pipe_for("hybrid", m, cal, resend=True).raw_bytes_s
+    assert resend * limit / 1e3 >= 1.5 * cal.hot_set_bytes
+    p = predict("hybrid", m, Targets(target_outage_ms=300), cal)
+    assert p.converges and "completes as precopy" in p.notes and p.total_ms < 20_000
+    # with a 100 ms limit the same guest could not get under its threshold
+    low = Calibration(hot_set_bytes=cal.hot_set_bytes * 3)
+    assert "never switches" not in predict("hybrid", m, Targets(target_outage_ms=300), low).notes

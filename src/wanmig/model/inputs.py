@@ -166,6 +166,14 @@ class Calibration(_Frozen):
         "pages moved at 15.1-16.8 MB/s with TLS on intercontinental (dirty guests, default "
         "precopy, bench run 13), i.e. 20 MB/s with TLS's cost taken out; one TCP stream "
         "there carries 26-29 MB/s.")
+    hot_set_bytes: float = Field(
+        1.5e6, ge=0, description="Without auto-converge, a pass never leaves less than "
+        "this, however short the pass: the pages the guest's kernel and services re-dirty "
+        "all the time (timers, stacks, network buffers under the client's load) stay in "
+        "QEMU's bitmap. Idle and web guests hovered at 0.2-2.7 MB left round after round, "
+        "median ~1.2-1.4 MB (hybrid, bench runs 12-14), whatever calc-dirty-rate read "
+        "(0-2 MB/s), so hybrid's 1.2 MB threshold was met late or not before its budget. "
+        "Not applied under auto-converge, whose throttle shrinks it.")
     return_path_rtts: float = Field(
         2.0, ge=0, description="With postcopy-ram on (hybrid) a migration that completes as "
         "precopy is completed only once the destination has loaded it and answered over the "

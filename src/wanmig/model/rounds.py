@@ -7,7 +7,9 @@ the hybrid's switch to postcopy fall out of the same steps QEMU takes:
    record per zero page; checking the zero pages takes the sender's CPU, and
    overlaps with the sending unless that CPU is what binds (``pass_one_extra_s``).
 2. At the end of each pass QEMU syncs the dirty bitmap: the next pass sends
-   what the guest dirtied during this one.  Distinct bytes dirtied in ``t``
+   what the guest dirtied during this one, and without auto-converge never less
+   than its hot set (``Calibration.hot_set_bytes``: pages it re-dirties all the
+   time stay dirty however short the pass).  Distinct bytes dirtied in ``t``
    seconds at rate ``r`` over a writable working set ``W`` are taken as
    ``W * (1 - exp(-r t / W))`` (uniform random writes: ``r t`` while small,
    never more than ``W``); ``r`` is calc-dirty-rate's figure.
@@ -38,8 +40,8 @@ from typing import Literal
 
 from .inputs import PAGE, Calibration, Measurements
 from .link import Pipe
-from .settings import (NEAR_CONVERGENCE, STALL_RATIO, THROTTLE_INCREMENT_PCT, THROTTLE_MAX_PCT,
-                       THROTTLE_TRIGGER_PCT, throttled_rate)
+from .settings import (NEAR_CONVERGENCE, STALL_RATIO, THROTTLE_INCREMENT_PCT,
+                       THROTTLE_MAX_PCT, THROTTLE_TRIGGER_PCT, hot_set_bytes, throttled_rate)
 
 Outcome = Literal["converged", "switched", "stuck", "timeout"]
 MAX_PASSES = 100_000
@@ -112,6 +114,8 @@ def iterate(m: Measurements, cal: Calibration, pipe: Pipe, resend: Pipe, *,
                              remaining_bytes=min(left, m.ram_bytes), passes=passes + 1,
                              throttle_pct=throttle, dirty_bytes_s=rate)
         new = dirtied(rate, dt, m.working_set_bytes)
+        if not auto_converge:  # a pass leaves at least the guest's hot set
+            new = max(new, hot_set_bytes(m, cal))
         if not passes:
             first = pending
         t, sent, passes = t + dt, sent + pending, passes + 1

@@ -14,6 +14,7 @@ share of the target left for it.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -49,6 +50,8 @@ ZSTD_LEVEL = 1
 STALL_RATIO = 0.8
 #: ... unless it leaves less than this many times QEMU's switchover threshold.
 NEAR_CONVERGENCE = 2.0
+#: hybrid's threshold is kept this far above the guest's hot set (``hot_set_bytes``).
+HOT_SET_MARGIN = 1.5
 PostcopyTrigger = Literal["never", "immediate", "on-stall"]
 
 
@@ -98,16 +101,27 @@ def throttle_start_pct(m: Measurements, cal: Calibration = Calibration()) -> int
                  if throttled_rate(m.dirty_rate_bytes_s, pct) <= target), ceiling)
 
 
+def hot_set_bytes(m: Measurements, cal: Calibration) -> float:
+    """What an unthrottled guest leaves dirty however short a pass (``hot_set_bytes``)."""
+    return min(float(m.working_set_bytes), cal.hot_set_bytes)
+
+
 def downtime_limit_ms(strategy: Strategy, m: Measurements, targets: Targets,
                       cal: Calibration = Calibration()) -> int:
     """The downtime-limit a strategy uses: QEMU's 300 ms for default precopy,
-    else the outage target's share left for the final RAM delta."""
+    else the outage target's share left for the final RAM delta -- for hybrid at
+    least enough that QEMU's threshold clears the guest's hot set by
+    ``HOT_SET_MARGIN`` (else precopy hovers there until the budget runs out)."""
     if strategy == "precopy":
         return QEMU_DEFAULT_DOWNTIME_MS
-    overhead = switchover(m, cal, pipe_for(strategy, m, cal), bounded_backlog=True,
+    pipe = pipe_for(strategy, m, cal)
+    overhead = switchover(m, cal, pipe, bounded_backlog=True,
                           multifd=strategy == "precopy-tuned").overhead_ms
     share = targets.target_outage_ms - overhead
-    return int(min(DOWNTIME_LIMIT_MAX_MS, max(DOWNTIME_LIMIT_MIN_MS, share)))
+    if strategy == "hybrid":
+        resend = pipe_for(strategy, m, cal, resend=True)
+        share = max(share, HOT_SET_MARGIN * hot_set_bytes(m, cal) / resend.raw_bytes_s * 1e3)
+    return math.ceil(min(DOWNTIME_LIMIT_MAX_MS, max(DOWNTIME_LIMIT_MIN_MS, share)))
 
 
 def migration_settings(strategy: Strategy, m: Measurements, targets: Targets,
