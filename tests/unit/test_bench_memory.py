@@ -121,6 +121,9 @@ def test_figures_of_a_record() -> None:
     rec["switchover_timeline"] = {"client_gap_start": -2.0, "pre_switchover": 1.5,
                                   "resume": 250.0, "client_gap_end": 310.5}
     assert FIGURES["held_ms"](rec) == 220.0 and FIGURES["answer_ms"](rec) == 60.5
+    # a larger gap elsewhere in the run is not the switchover's answer
+    rec["switchover_timeline"].update(client_gap_start=5000.0, client_gap_end=5400.0)
+    assert FIGURES["answer_ms"](rec) is None
     # without a wire count: the stream's own
     del rec["memory"]["wire_bytes"]
     assert FIGURES["wire_bytes"](rec) == 2048

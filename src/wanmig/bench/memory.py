@@ -163,6 +163,17 @@ def _held(entry: Entry) -> float | None:
     return None if resume is None else round(resume - verify, 1)
 
 
+def _answer(entry: Entry) -> float | None:
+    """From B's RESUME to the client's first answer: the end of the largest echo gap, when
+    that gap is the switchover's (it spans the RESUME); None otherwise."""
+    timeline = entry.get("switchover_timeline") or {}
+    start, resume = timeline.get("client_gap_start"), timeline.get("resume")
+    if start is None or resume is None or start > resume:
+        return None
+    answer = _step(entry, "resume", "client_gap_end")
+    return answer if answer is not None and answer >= 0 else None
+
+
 def _mismatch(entry: Entry) -> float | None:
     """1 when verify mode found the copies different, 0 when equal, None if not compared."""
     match = _part(entry, "integrity").get("memory_match")
@@ -182,7 +193,7 @@ FIGURES: Figures = {
     # where the outage went (switchover_timeline): STOP to B's RESUME less the verify
     # pause, then B's RESUME to the client's first answer
     "held_ms": _held,
-    "answer_ms": lambda r: _step(r, "resume", "client_gap_end"),
+    "answer_ms": _answer,
     "bytes": lambda r: _part(r, "memory").get("bytes"),
     # bytes on the WAN, headers and TLS included (site A's inter-site interface)
     "wire_bytes": lambda r: _part(r, "memory").get("wire_bytes") or _part(r, "memory").get("bytes"),
