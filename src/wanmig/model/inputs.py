@@ -9,9 +9,13 @@ rates:
 * ``Calibration``: constants of this testbed and of QEMU that the formulas
   need but no pre-migration measurement gives.  Each says where its default
   came from; "to be calibrated" marks guesses to be fitted from bench runs.
-  The switchover's terms (multifd's sync and load, the cold resume) were
-  re-fitted on QEMU 10.0 from runs that recorded ``switchover_timeline``, on
-  the ``continental`` link; ``intercontinental`` checks them out of sample.
+  Re-fitted on QEMU 10.0: the switchover's terms (multifd's sync and load, the
+  cold resume) from runs that recorded ``switchover_timeline`` on
+  ``continental`` (bench run 12 and single runs), the sender's CPU, the zero
+  walk and the return path on ``intercontinental`` (bench run 13), the hot set
+  on both; bench runs 14-15 checked them (README: totals within ±25 % on
+  continental, outages short by up to 58 % for fast writers and on
+  intercontinental).
 
 All sizes are bytes, rates bytes/s unless the name says ``bit_s``, times ms
 unless the name says ``_s``.  Every model round-trips through JSON (the
