@@ -19,6 +19,7 @@ from wanmig.bench.floor import FloorResult, measure_tcg_floor, run_floor_bench
 pytestmark = [pytest.mark.root, pytest.mark.qemu]
 
 PAUSE_MS = 300.0
+CLOCK_MS = 2.0   # how closely the probe's and the controller's clocks are aligned
 
 
 async def test_the_floor_is_positive_and_well_below_the_pause(tmp_path: Path,
@@ -38,7 +39,9 @@ async def test_the_floor_is_positive_and_well_below_the_pause(tmp_path: Path,
         assert c.paused_ms == pytest.approx(c.commands_paused_ms, abs=20), c
         # the gap began about when the stop was sent and ended after the guest resumed
         assert c.gap_vs_stop_ms is not None and -100 <= c.gap_vs_stop_ms <= 30, c
-        assert c.reply_after_resume_ms is not None and c.reply_after_resume_ms > 0, c
+        # (to the precision of the two clocks: each is read through a round trip -- the
+        # mark's, RESUME's delivery -- of about a ms; a warm guest can answer within 2 ms)
+        assert c.reply_after_resume_ms is not None and c.reply_after_resume_ms > -CLOCK_MS, c
         assert 0 < c.floor_ms < PAUSE_MS / 2, c
     assert result.floor_ms is not None and 0 < result.floor_ms < PAUSE_MS / 2
 
