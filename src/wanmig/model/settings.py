@@ -29,8 +29,9 @@ from .switchover import switchover
 QEMU_DEFAULT_DOWNTIME_MS = 300
 #: Not lower: on QEMU 7.2 with multifd and 20 ms, 5 of 5 runs resumed hung guests.  On
 #: QEMU 10.0 with verify on, 30 ms came out whole in 6 of 6 idle runs but did not
-#: shorten QEMU's downtime (105-117 ms at 30 ms, 108-112 ms at 129 ms: multifd's
-#: completion is most of it, ``Calibration.multifd_sync_ms``), so the floor stays.
+#: shorten QEMU's downtime (104-118 ms at 30 ms in the 5 with multifd, 108-112 ms at
+#: 129 ms: multifd's completion is most of it, ``Calibration.multifd_sync_ms``), so
+#: the floor stays.
 DOWNTIME_LIMIT_MIN_MS = 100
 DOWNTIME_LIMIT_MAX_MS = 300
 # auto-converge: throttle the vCPUs from ``throttle_start_pct`` (never below QEMU's
