@@ -149,16 +149,14 @@ def _over_floor(entry: Entry) -> float | None:
     return None if outage is None or floor is None else round(outage - floor, 3)
 
 
-def _step(entry: Entry, start: str, end: str) -> float | None:
-    """ms between two steps of the record's ``switchover_timeline`` (None without either)."""
-    timeline = entry.get("switchover_timeline") or {}
-    a, b = timeline.get(start), timeline.get(end)
-    return None if a is None or b is None else round(b - a, 1)
+def _timeline(entry: Entry) -> dict[str, float]:
+    """The record's ``switchover_timeline``: ms after the source's STOP ({} without it)."""
+    return entry.get("switchover_timeline") or {}
 
 
 def _held(entry: Entry) -> float | None:
     """From the source's STOP to B's RESUME, less verify mode's pause: the switchover."""
-    resume = (entry.get("switchover_timeline") or {}).get("resume")  # ms after the STOP
+    resume = _timeline(entry).get("resume")
     verify = _part(entry, "integrity").get("memory_verify_ms") or 0.0
     return None if resume is None else round(resume - verify, 1)
 
@@ -166,12 +164,11 @@ def _held(entry: Entry) -> float | None:
 def _answer(entry: Entry) -> float | None:
     """From B's RESUME to the client's first answer: the end of the largest echo gap, when
     that gap is the switchover's (it spans the RESUME); None otherwise."""
-    timeline = entry.get("switchover_timeline") or {}
-    start, resume = timeline.get("client_gap_start"), timeline.get("resume")
-    if start is None or resume is None or start > resume:
+    t = _timeline(entry)
+    start, resume, end = t.get("client_gap_start"), t.get("resume"), t.get("client_gap_end")
+    if start is None or resume is None or end is None or not start <= resume <= end:
         return None
-    answer = _step(entry, "resume", "client_gap_end")
-    return answer if answer is not None and answer >= 0 else None
+    return round(end - resume, 1)
 
 
 def _mismatch(entry: Entry) -> float | None:
