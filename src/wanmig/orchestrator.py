@@ -265,7 +265,8 @@ class Orchestrator:
         self.ui.step(f"guest ready after {self.boot_ms / 1000:.1f} s; starting client probes"
                      + (f" and {sc.vm.web_rps:g} HTTP requests/s" if sc.vm.workload == "web"
                         else ""))
-        self.client = ClientWatch(sc, ctx.testbed, ctx.registry)
+        self.client = ClientWatch(sc, ctx.testbed, ctx.registry,
+                                  interval_ms=sc.probe.interval_for(ctx.accel))
         await self.client.start()
 
     async def _migrate(self) -> tuple[str, str | None]:

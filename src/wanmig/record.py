@@ -110,6 +110,12 @@ class NetworkResult(_Model):
     tcp_survived: bool | None = None
     new_conn_ms: float | None = None
     probe: dict[str, Any] | None = None
+    #: What the client got between the engine's marks (``ProbeWindow.summary``): before
+    #: the migration (until ``migration-start``: is the guest keeping up with the probe at
+    #: all?), during the copy (until ``switchover-done``), after it (until ``stop``).
+    probe_windows: list[dict[str, Any]] | None = None
+    #: The UDP echo's interval in this run (``probe.interval_ms``, or by accelerator).
+    probe_interval_ms: float | None = None
     #: What pausing and resuming the guest alone costs the client here (under TCG: tens
     #: of ms), measured on one site without migrating (``bench/floor.py``): set by
     #: ``wanmig bench memory`` from its calibration before the first run; None in a plain run.

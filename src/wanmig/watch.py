@@ -5,12 +5,14 @@ is the engine's one handle on them::
 
     start()  probes on (every probe answered once), web load on, warm-up
     mark()   a named instant on the probe's clock (migration-start, ...), and
-             the largest UDP gap since the previous mark (a ``ProbeWindow``);
+             what the client got since the previous mark (a ``ProbeWindow``: the
+             largest UDP gap, echoes sent and answered, their median RTT);
              each mark also reads the probe's clock against the controller's
              (both CLOCK_MONOTONIC): ``to_monotonic()``
     settle() the probes keep watching ``probe.settle_s``, then one new
              connection is opened: ``new_conn_ms`` (None: the guest did not answer)
-    stop()   both reports read back; idempotent, and safe after a failed start
+    stop()   the last window closed ("stop"), both reports read back; idempotent,
+             and safe after a failed start
 
 ``network_fields()`` and ``workload_detail()`` are the record's share.
 """
@@ -30,10 +32,12 @@ from .workload import WebLoad, WebLoadReport
 
 
 class ClientWatch:
-    def __init__(self, scenario: Scenario, testbed: Testbed, registry: Registry) -> None:
+    def __init__(self, scenario: Scenario, testbed: Testbed, registry: Registry, *,
+                 interval_ms: float) -> None:
         self.scenario = scenario
+        self.interval_ms = interval_ms   # the UDP echo's: the scenario's, or by accelerator
         addr, netns = testbed.addr, testbed.client.name
-        self.probe = ClientProbe(addr.vm_ip, netns=netns, interval_ms=scenario.probe.interval_ms,
+        self.probe = ClientProbe(addr.vm_ip, netns=netns, interval_ms=interval_ms,
                                  registry=registry)
         self.web = (WebLoad(addr.vm_ip, netns=netns, rate=scenario.vm.web_rps, registry=registry)
                     if scenario.vm.workload == "web" else None)
@@ -42,6 +46,8 @@ class ClientWatch:
         self.new_conn_ms: float | None = None
         #: One per mark: (its round trip s, controller ms minus the probe's ms at it).
         self.clock_reads: list[tuple[float, float]] = []
+        #: What each mark closed, in order; ``stop()`` closes the last one ("stop").
+        self.windows: list[ProbeWindow] = []
 
     def __repr__(self) -> str:
         return f"ClientWatch(probe={self.probe!r}, web={self.web!r})"
@@ -59,6 +65,7 @@ class ClientWatch:
         window = await self.probe.mark_window(name)
         done = time.monotonic()
         self.clock_reads.append((done - sent, (sent + done) / 2 * 1000 - window.t_ms))
+        self.windows.append(window)
         return window
 
     def clock_offset_ms(self, last: int | None = None) -> float | None:
@@ -83,6 +90,7 @@ class ClientWatch:
         load is stopped even if the probe's report fails."""
         try:
             if self.probe.state is ChildState.RUNNING:
+                await self.mark("stop")
                 self.probe_report = await self.probe.stop()
             else:
                 await self.probe.kill()
@@ -98,7 +106,9 @@ class ClientWatch:
         return {"client_outage_ms": p.udp_max_gap_ms if p else None,
                 "tcp_survived": p.tcp_survived if p else None,
                 "new_conn_ms": self.new_conn_ms,
-                "probe": p.to_dict() if p else None}
+                "probe": p.to_dict() if p else None,
+                "probe_interval_ms": self.interval_ms,
+                "probe_windows": [w.summary() for w in self.windows] or None}
 
     def workload_detail(self) -> dict[str, Any] | None:
         """The workload's settings and, for ``web``, what the HTTP clients saw."""

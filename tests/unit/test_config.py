@@ -15,6 +15,10 @@ def test_defaults_are_the_demo() -> None:
     assert sc.memory.strategy == "precopy"
     assert sc.network.mode == "l2-extend"
     assert sc.vm.ram_mib == 256
+    # the probe's interval follows the accelerator unless the scenario sets one
+    assert sc.probe.interval_ms is None
+    assert (sc.probe.interval_for("kvm"), sc.probe.interval_for("tcg")) == (1.0, 5.0)
+    assert parse_scenario({"probe": {"interval_ms": 2.0}}).probe.interval_for("tcg") == 2.0
 
 
 @pytest.mark.parametrize("data, field", [

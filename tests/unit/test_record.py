@@ -70,6 +70,24 @@ def test_report_lays_out_the_switchover_step_by_step() -> None:
     assert "187.0 ms" in next(line for line in text.splitlines() if "client gap end" in line)
 
 
+def test_report_shows_what_the_client_got_between_marks() -> None:
+    windows = [{"until": "migration-start", "t_ms": 2000.0, "udp_sent": 400, "udp_received": 400,
+                "udp_rtt_p50_ms": 1.8, "udp_max_gap_ms": 12.0},
+               {"until": "switchover-done", "t_ms": 9000.0, "udp_sent": 1400,
+                "udp_received": 1050, "udp_rtt_p50_ms": 40.0, "udp_max_gap_ms": 380.0}]
+    net = _record().network.model_copy(update={
+        "probe": {"udp_sent": 1800, "udp_received": 1450}, "probe_windows": windows,
+        "probe_interval_ms": 5.0})
+    text = _text(_record().model_copy(update={"network": net}))
+    assert "one every 5 ms" in text
+    assert "1050 / 1400 (75%), p50 RTT 40.0 ms" in text
+    assert "did not keep up" not in text
+    # a guest that lost echoes at rest, before anything moved: the report says so
+    windows[0] = {**windows[0], "udp_received": 300}
+    net = net.model_copy(update={"probe_windows": windows})
+    assert "did not keep up with the probe" in _text(_record().model_copy(update={"network": net}))
+
+
 def test_report_says_what_the_survey_measured_and_only_auto_says_why() -> None:
     survey = {"dirty_rate_bytes_s": 22.6e6, "nonzero_bytes": 150 << 20, "compress_ratio": 1.59}
     predicted = {"total_ms": 25519.0, "outage_ms": 254.3}

@@ -18,8 +18,11 @@ Control protocol, JSON lines on stdout, plain commands on stdin::
     -> {"event": "ready", "t_ms": .., ...}       UDP and TCP echoed, HTTP answered once
     -> {"event": "error", "message": .., "fatal": true}   not ready in time; exit 1
     <- mark NAME          -> {"event": "marked", "name": .., "t_ms": ..,
-                              "udp_window_max_gap_ms": .., "udp_window_max_gap_start_ms": ..}
-                             (the largest UDP gap since the previous mark, or the start)
+                              "udp_window_max_gap_ms": .., "udp_window_max_gap_start_ms": ..,
+                              "udp_window_sent": .., "udp_window_received": ..,
+                              "udp_window_rtt_p50_ms": ..}
+                             (since the previous mark, or the first reply: the largest
+                             UDP gap, echoes sent and answered, their median RTT)
     <- newconn [TIMEOUT]  -> {"event": "newconn", "ms": .., "ok": .., "error": ..}
     <- stop (or EOF)      -> {"event": "report", ...ProbeReport fields...}; exit 0
 

@@ -24,25 +24,38 @@ from .stats import last_mark_before, relative_to_marks
 
 @dataclass(frozen=True)
 class ProbeWindow:
-    """What a mark closes: the largest UDP gap since the previous mark (or the first
-    reply), the gap still open at the mark ending there.  ``t_ms`` and
-    ``udp_max_gap_start_ms`` (None: no reply in the window) are on the agent's clock."""
+    """What a mark closes: since the previous mark (or the first reply), the largest UDP
+    gap (the one still open at the mark ending there), the echoes sent and answered and
+    their median RTT.  ``t_ms`` and ``udp_max_gap_start_ms`` (None: no reply in the
+    window) are on the agent's clock."""
 
     name: str
     t_ms: float
     udp_max_gap_ms: float
     udp_max_gap_start_ms: float | None
+    udp_sent: int = 0
+    udp_received: int = 0
+    udp_rtt_p50_ms: float | None = None
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> ProbeWindow:
         """From the agent's ``marked`` event; ValueError if it lacks the window."""
         try:
-            start = event["udp_window_max_gap_start_ms"]
+            start, rtt = event["udp_window_max_gap_start_ms"], event["udp_window_rtt_p50_ms"]
             return cls(str(event["name"]), float(event["t_ms"]),
                        float(event["udp_window_max_gap_ms"]),
-                       None if start is None else float(start))
+                       None if start is None else float(start),
+                       int(event["udp_window_sent"]), int(event["udp_window_received"]),
+                       None if rtt is None else float(rtt))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"mark answered without its window: {event}") from exc
+
+    def summary(self) -> dict[str, Any]:
+        """The window as the record keeps it (``network.probe_windows``): what the client
+        got up to this mark."""
+        return {"until": self.name, "t_ms": self.t_ms, "udp_sent": self.udp_sent,
+                "udp_received": self.udp_received, "udp_rtt_p50_ms": self.udp_rtt_p50_ms,
+                "udp_max_gap_ms": self.udp_max_gap_ms}
 
 
 @dataclass(frozen=True)

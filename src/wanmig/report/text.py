@@ -6,6 +6,8 @@ a terminal and as plain text when piped.  Missing figures show as ``–``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -13,6 +15,26 @@ from rich.text import Text
 from ..record import ResultRecord, WanInfo
 
 _STATUS_STYLE = {"completed": "bold green", "rolled_back": "bold yellow", "failed": "bold red"}
+
+BASELINE_ANSWERED = 0.95
+"""Below this share of echoes answered before the migration, the guest was not keeping
+up with the client's probe even at rest: the report says so beside the figures."""
+
+
+def _window_rows(windows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """One row per stretch between the engine's marks: echoes answered, median RTT."""
+    rows: list[tuple[str, str, str]] = []
+    for w in windows:
+        sent, got = w.get("udp_sent") or 0, w.get("udp_received") or 0
+        share = f" ({got / sent:.0%})" if sent else ""
+        rows.append((f"  echoes answered until {w.get('until')}",
+                     f"{got} / {sent}{share}, p50 RTT {_ms(w.get('udp_rtt_p50_ms'))}", "client"))
+    first = windows[0] if windows else None
+    if first and first.get("until") == "migration-start" and first.get("udp_sent") and (
+            first["udp_received"] < BASELINE_ANSWERED * first["udp_sent"]):
+        rows.append(("WARNING", "the guest did not keep up with the probe before the "
+                     "migration: the client's figures include that", "client"))
+    return rows
 
 
 def _ms(value: float | None) -> str:
@@ -122,10 +144,13 @@ def render_record(rec: ResultRecord) -> Group:
                      f"at {fault.get('point')}, {_ms(fault.get('at_ms'))}", "scenario"))
     probe = rec.network.probe or {}
     if probe:
-        rows.append(("UDP echoes sent / answered",
+        every = rec.network.probe_interval_ms
+        rows.append(("UDP echoes sent / answered"
+                     + (f" (one every {every:g} ms)" if every is not None else ""),
                      f"{probe.get('udp_sent', '–')} / {probe.get('udp_received', '–')}", "client"))
         rows.append(("HTTP requests ok / failed",
                      f"{probe.get('http_ok', '–')} / {probe.get('http_failed', '–')}", "client"))
+    rows.extend(_window_rows(rec.network.probe_windows or []))
     for row in rows:
         figures.add_row(*row)
 
