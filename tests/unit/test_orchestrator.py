@@ -37,6 +37,34 @@ def test_a_reordered_guest_log_fails_the_run() -> None:
     assert o.state.stage is Stage.FAILED
 
 
+class _WritesLater:
+    """B's block counters as QMP reports them: no write for ``after`` reads, then some."""
+
+    def __init__(self, after: int | None) -> None:
+        self.after, self.reads = after, 0
+
+    async def disk_writes(self) -> int:
+        self.reads += 1
+        return 0 if self.after is None or self.reads <= self.after else 7
+
+
+async def test_a_guest_gets_time_for_its_first_write_at_b(monkeypatch) -> None:
+    import wanmig.orchestrator as orch
+    monkeypatch.setattr(orch, "WRITE_POLL_S", 0.01)
+    monkeypatch.setattr(orch, "FIRST_WRITE_TIMEOUT_S", 0.2)
+    o = _orch()
+    late = _WritesLater(after=3)
+    assert await o._writes_at(late) == 7 and late.reads == 4   # type: ignore[arg-type]
+    assert o.notes["first_write_after_settle_ms"] >= 30
+    # one that has written already is not held, and nothing is noted
+    o2 = _orch()
+    assert await o2._writes_at(_WritesLater(after=0)) == 7    # type: ignore[arg-type]
+    assert "first_write_after_settle_ms" not in o2.notes
+    # one that never writes: 0 after the timeout, which the verdict fails
+    never = _WritesLater(after=None)
+    assert await o2._writes_at(never) == 0 and never.reads > 5   # type: ignore[arg-type]
+
+
 def test_a_completed_run_whose_guest_did_not_write_at_b_fails() -> None:
     o = _orch()
     o.integrity = IntegrityResult(ok=True, destination_disk_writes=0)
