@@ -10,7 +10,7 @@ guest at A and the client's probes are set up exactly as for a run
 
 The closing mark's window (``ProbeWindow``) is the largest UDP echo gap since
 the opening one: the figure a run reports as ``client_outage_ms``, at the
-same 1 ms interval.  The guest was really paused from QEMU's STOP event to
+run's interval.  The guest was really paused from QEMU's STOP event to
 its RESUME event, as QEMU stamped them (``paused_ms``; the nominal P is only
 what was asked).  A cycle's floor is ``gap_ms - paused_ms``: the reply that
 was on its way when the guest stopped (at most one interval plus the RTT), the

@@ -215,7 +215,9 @@ class Calibration(_Frozen):
         "translation cache) with the client's queued requests to work off. QEMU 10.0, "
         "continental, idle/web: RESUME to the first echo answer was 25-531 ms, median 176 "
         "(8 runs with switchover_timeline) and ~200 (25 precopy-tuned runs of bench run 12); "
-        "the warm figure, stop and cont on one host (the TCG floor), is ~29 ms.")
+        "with the lighter probes and no WAN at all (bench run 17, answer one-way ~0) "
+        "152-195 ms, median 171 (9 runs), so the guest's own cold start, not a probe backlog; "
+        "the warm figure, stop and cont on one host (the TCG floor), is 11-29 ms.")
     resume_overhead_ms_kvm: float = Field(
         5.0, ge=0, description="Same under KVM. To be calibrated (no KVM runs here).")
     reply_one_way: float = Field(
