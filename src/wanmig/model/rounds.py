@@ -147,6 +147,9 @@ def iterate(m: Measurements, cal: Calibration, pipe: Pipe, resend: Pipe, *,
                 and pending > max(previous * STALL_RATIO, NEAR_CONVERGENCE * threshold_bytes)):
             return done("switched")
         can_throttle = auto_converge and throttle < throttle_max
-        if (not can_throttle and rate >= resend.raw_bytes_s
+        # stuck at the throttle now in force: a step to the ceiling in this pass still
+        # gets its pass at the lower rate before the verdict
+        if (not can_throttle
+                and throttled_rate(m.dirty_rate_bytes_s, throttle) >= resend.raw_bytes_s
                 and pending >= previous * (1 - 1e-3)):
             return done("stuck")
