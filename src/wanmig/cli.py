@@ -32,7 +32,7 @@ from .config import Scenario, load_scenario, parse_scenario
 from .errors import ConfigError, WanmigError
 from .memory import MigrationProgress
 from .orchestrator import Orchestrator
-from .parts import MEMORY
+from .parts import MEMORY, STORAGE
 from .wan.profiles import PROFILES
 from .qemu.image import build_image
 from .record import ResultRecord
@@ -157,16 +157,20 @@ WorkloadOption = Annotated[Optional[str], typer.Option(
     "--workload", help="Guest workload: idle, web or dirty.")]
 InsecureOption = Annotated[bool, typer.Option(
     "--insecure", help="Migrate without TLS (to measure what TLS costs).")]
+StorageOption = Annotated[Optional[str], typer.Option(
+    "--storage", help=f"Storage strategy: {STORAGE.help()}.")]
 
 
 def _overrides(wan: str | None, strategy: str | None, workload: str | None,
-               insecure: bool) -> dict[str, dict[str, Any]]:
+               insecure: bool, storage: str | None = None) -> dict[str, dict[str, Any]]:
     """The CLI's options as scenario values; they win over the scenario file."""
     out: dict[str, dict[str, Any]] = {}
     if wan is not None:
         out["wan"] = {"profile": wan}
     if strategy is not None:
         out.setdefault("memory", {})["strategy"] = strategy
+    if storage is not None:
+        out["storage"] = {"strategy": storage}
     if insecure:
         out.setdefault("memory", {})["tls"] = False
     if workload is not None:
@@ -176,11 +180,12 @@ def _overrides(wan: str | None, strategy: str | None, workload: str | None,
 
 @app.command()
 def demo(out: JsonOption = None, wan: WanOption = None, strategy: StrategyOption = None,
-         workload: WorkloadOption = None, insecure: InsecureOption = False) -> None:
+         workload: WorkloadOption = None, insecure: InsecureOption = False,
+         storage: StorageOption = None) -> None:
     """Migrate a running guest from site A to site B while a client watches."""
     try:
         data: dict[str, Any] = {"name": "demo",
-                                **_overrides(wan, strategy, workload, insecure)}
+                                **_overrides(wan, strategy, workload, insecure, storage)}
         _run_scenario(parse_scenario(data), out)
     except WanmigError as exc:
         raise _fail(exc) from None
@@ -194,11 +199,12 @@ def migrate(
     strategy: StrategyOption = None,
     workload: WorkloadOption = None,
     insecure: InsecureOption = False,
+    storage: StorageOption = None,
 ) -> None:
     """Run the migration a scenario file describes."""
     try:
         _run_scenario(load_scenario(
-            scenario, overrides=_overrides(wan, strategy, workload, insecure)), out)
+            scenario, overrides=_overrides(wan, strategy, workload, insecure, storage)), out)
     except WanmigError as exc:
         raise _fail(exc) from None
 

@@ -111,9 +111,23 @@ class MemorySpec(_Strict):
 
 
 class StorageSpec(_Strict):
-    """How the VM's disk gets to the destination (``wanmig.parts.STORAGE``)."""
+    """How the VM's disk gets to the destination (``wanmig.parts.STORAGE``).
+
+    Every strategy but ``shared`` gives each site its own disk and copies it
+    over the WAN; its channels use TLS whenever ``memory.tls`` is on
+    (``--insecure`` turns both off).  ``timeout_s`` bounds the bulk copy.
+    ``verify`` compares both disks block by block once the source is stopped,
+    before the destination runs (for tests and benchmarks: it lengthens the
+    outage by the comparison).  ``synchronous_writes`` is libvirt's
+    ``--copy-storage-synchronous-writes`` for ``mirror``: once the disk is
+    copied, each guest write completes only when it is at B too (QEMU's
+    ``copy-mode: write-blocking``), so the copy converges however often the
+    guest writes -- at the cost of one WAN round trip per write."""
 
     strategy: StorageStrategy = "shared"
+    timeout_s: float = Field(1800.0, gt=0, le=86400)
+    verify: bool = False
+    synchronous_writes: bool = False
 
 
 class NetworkSpec(_Strict):

@@ -9,7 +9,9 @@ them in this order and knows nothing of what they do inside::
     prepare      prepare                prepare             prepare
     storage      -                      copy                -
     memory       copy (until paused)    -                   -
-    switchover   switchover  ────────── switchover ──────── switchover   (concurrently)
+    switchover   switchover (after) ─── switchover ──────── switchover   (concurrently;
+                                                                          storage's first)
+                 -                      verify              -
                  (then the engine sends the destination ``cont``)
     redirect     -                      -                   redirect
     finish       finish                 finish              finish
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .qemu.process import VmConfig
 from .record import Phase
+from .storage.disk import image_format
 
 if TYPE_CHECKING:
     from .config import Scenario
@@ -95,6 +98,8 @@ class RunContext:
     dst: QemuVm | None = None
     #: Fields the record gets at its top level (``vm_lost``, ``guest_unresponsive``, ...).
     notes: dict[str, Any] = field(default_factory=dict)
+    #: When B's QEMU announced RESUME (``time.monotonic()``); set by the engine.
+    resumed_at: float | None = None
     faults: Faults = field(init=False)
 
     @property
@@ -104,7 +109,8 @@ class RunContext:
     def vm_config(self, site: str, disk: Path) -> VmConfig:
         """The QEMU settings for the guest at ``site`` (``b`` is a migration destination)."""
         sc, addr = self.scenario, self.testbed.addr
-        return VmConfig(name=f"vm-{site}", image=self.image, disk=disk, ram_mib=sc.vm.ram_mib,
+        return VmConfig(name=f"vm-{site}", image=self.image, disk=disk,
+                        disk_format=image_format(disk), ram_mib=sc.vm.ram_mib,
                         mac=addr.vm_mac, tap=addr.tap, ip_cidr=addr.vm_cidr, accel=self.accel,
                         netns=self.testbed.site(site).name, incoming=site == "b",
                         dirty=((sc.vm.dirty_mib, sc.vm.dirty_rate_mbps)
@@ -172,3 +178,9 @@ class StoragePart(Part, abc.ABC):
     def log_disk(self) -> Path | None:
         """Where the guest's integrity log is read from after the run (None: not made)."""
         return None
+
+    async def verify(self, ctx: RunContext) -> None:
+        """Both QEMUs stopped, B loaded and never run: compare the disks (verify mode)."""
+
+    async def check(self) -> None:
+        """After both QEMUs have stopped: checks on the disks (their fields: ``integrity``)."""

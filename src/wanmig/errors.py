@@ -9,6 +9,7 @@
      │    └── QmpTimeout    a QMP command or event did not arrive in time
      ├── NetworkError       namespaces, links or addresses could not be set up
      ├── MigrationError     the migration itself failed
+     ├── StorageError       a disk could not be made, copied or checked
      ├── ProbeError         the client-side probes could not run
      └── MeasurementError   a WAN measurement endpoint failed or did not report
 
@@ -62,6 +63,10 @@ class NetworkError(WanmigError):
 
 class MigrationError(WanmigError):
     """The migration failed (QEMU reported failure, or it did not finish in time)."""
+
+
+class StorageError(WanmigError):
+    """The VM's disk could not be created, copied to the destination, or checked."""
 
 
 class ProbeError(WanmigError):

@@ -305,4 +305,9 @@ def integrity_problems(result: IntegrityResult, *, completed: bool,
                         f"(lost or corrupted by the move; see B's console)")
     elif completed and memory_checked and not result.guest_memory_sweeps:
         problems.append("guest memory: no whole sweep of the memory check at B")
+    if result.disk_match is False:
+        problems.append(f"disk: A and B differ (first at byte {result.disk_first_difference})")
+    if result.disk_fsck_clean is False:
+        problems.append("disk: e2fsck found errors on B's disk: "
+                        + "; ".join(result.disk_fsck_problems or []))
     return problems

@@ -49,12 +49,13 @@ from .memory.select import link_facts
 from .parts import MEMORY, NETWORK, STORAGE
 from .qemu.accel import resolve_accel
 from .qemu.binary import qemu_binary
-from .qemu.image import READY_MARKER, build_image, default_build_dir, read_integrity_log
+from .qemu.image import READY_MARKER, build_image, default_build_dir
 from .qemu.process import QemuVm
 from .record import IntegrityResult, MemoryResult, NetworkResult, ResultRecord, RunEvent, \
     StorageResult, VmInfo, WanInfo
 from .registry import Registry, new_run_id
 from .runstate import RunState, Stage
+from .storage.disk import read_log
 from .testbed import Testbed
 from .watch import ClientWatch
 
@@ -312,14 +313,20 @@ class Orchestrator:
 
         self._begin("switchover")
         await ctx.faults.at("switchover")
-        # the network part moves the frames while the memory part sends the last bytes
-        await _together(memory.switchover(ctx), storage.switchover(ctx),
-                        network.switchover(ctx))
+        # the network part moves the frames while the memory part sends the last bytes;
+        # the disk is in sync first (QEMU's completion deactivates the source's disk)
+        async def disk_then_memory() -> None:
+            await storage.switchover(ctx)
+            await memory.switchover(ctx)
+
+        await _together(disk_then_memory(), network.switchover(ctx))
+        await storage.verify(ctx)
         # The point of no return: from the next line on the destination may run.
         loaded = self.instants["cont"] = time.monotonic()
         self._enter(Stage.DESTINATION_RUNNING)
         await ctx.dst.execute("cont")
-        resumed = self.instants["resume"] = await ctx.dst.wait_resumed(RESUME_TIMEOUT_S)
+        resumed = self.instants["resume"] = ctx.resumed_at = await ctx.dst.wait_resumed(
+            RESUME_TIMEOUT_S)
         # what holding B at -S costs: from loaded to QEMU's RESUME at B
         self.notes["destination_resume_ms"] = round((resumed - loaded) * 1000, 1)
         await client.mark("switchover-done")
@@ -419,10 +426,15 @@ class Orchestrator:
         self._enter_end(Stage.VM_LOST if lost else Stage.FAILED)
         return "failed", str(cause)
 
+    def _integrity(self) -> IntegrityResult:
+        """The engine's integrity fields with every part's own."""
+        return self.integrity.model_copy(
+            update={k: v for part in self.parts for k, v in part.integrity().items()})
+
     def _judge_integrity(self, status: str, error: str | None) -> tuple[str, str | None]:
         """A run whose guest lost, reordered or did not make writes has failed, whatever
         else went right (``integrity.problems``)."""
-        problems = integrity_problems(self.integrity, completed=status == "completed",
+        problems = integrity_problems(self._integrity(), completed=status == "completed",
                                       memory_checked=self.scenario.vm.workload == "dirty")
         if not problems:
             return status, error
@@ -472,6 +484,7 @@ class Orchestrator:
         disk = self.storage.log_disk
         if disk is not None and disk.exists():
             await attempt("integrity check", self._check_integrity(disk))
+            await attempt("disk check", self.storage.check())
         if (ctx is not None and ctx.dst is not None and self.scenario.vm.workload == "dirty"
                 and self.state.destination_may_have_run):
             # B's console holds the guest's own memory check (what it printed at B)
@@ -484,7 +497,7 @@ class Orchestrator:
         return errors
 
     async def _check_integrity(self, disk: Path) -> None:
-        report = check_log(await asyncio.to_thread(read_integrity_log, disk))
+        report = check_log(await read_log(disk))
         self.integrity = integrity_result(
             report, destination_disk_writes=self.integrity.destination_disk_writes)
 
@@ -535,8 +548,7 @@ class Orchestrator:
             storage=StorageResult.model_validate(self.storage.record()),
             network=NetworkResult(**self.network.record(),
                                   **(client.network_fields() if client else {})),
-            integrity=self.integrity.model_copy(
-                update={k: v for part in self.parts for k, v in part.integrity().items()}),
+            integrity=self._integrity(),
             phases=phases,
             total_ms=phases[-1].end_ms - phases[0].start_ms if phases else 0.0,
             states=[RunEvent.model_validate(s) for s in self.state.to_list()],

@@ -98,10 +98,15 @@ class MemoryResult(_Model):
 class StorageResult(_Model):
     strategy: str = "none"
     note: str | None = None
-    total_ms: float | None = None
-    bytes_on_wire: int | None = None
-    disk_bytes: int | None = None
-    time_to_dest_running_ms: float | None = None
+    total_ms: float | None = None            # the copy's start until the disk was in sync at B
+    ready_ms: float | None = None            # ... until the first full pass (mirror: ready)
+    time_to_dest_running_ms: float | None = None   # the copy's start until B ran
+    bytes_on_wire: int | None = None         # the storage channels' TCP payload (TLS included)
+    copied_bytes: int | None = None          # disk bytes the copy moved (resends included)
+    disk_bytes: int | None = None            # the source disk's allocated bytes
+    #: What the source disk holds (``storage.disk.DiskFacts.summary``).
+    disk: dict[str, int] | None = None
+    tls: bool | None = None
 
 
 class NetworkResult(_Model):
@@ -150,6 +155,13 @@ class IntegrityResult(_Model):
     memory_differing_detail: list[dict[str, Any]] | None = None  # ``memory.verify``
     memory_verify_ms: float | None = None             # B waited this long for the comparison
     memory_verify_note: str | None = None
+    #: Verify mode (``storage.verify``): both disks compared before B ran.
+    disk_first_difference: int | None = None         # byte offset
+    disk_verify_ms: float | None = None
+    #: ``e2fsck -fn`` on B's disk after the run (summary counters a mounted
+    #: filesystem has out of date do not count: ``storage.disk.FSCK_BENIGN``).
+    disk_fsck_clean: bool | None = None
+    disk_fsck_problems: list[str] | None = None
 
 
 class Phase(_Model):

@@ -35,7 +35,7 @@ from ..model.switchover import switchover_timeout_s
 from ..record import MemoryResult
 from ..testbed.netns import tx_bytes
 from .migration import MigrationState, QemuMigration
-from .plan import MigrationPlan, TlsSettings, ablate, override
+from .plan import TLS_AUTHZ_ID, TLS_OBJECT_ID, MigrationPlan, TlsSettings, ablate, override
 from .select import known_facts, nominal, plan_for, surveyed, targets_for, unsurveyed
 from .tls import DeploymentCa, MigrationTls, add_tls_creds
 from .verify import VerifyResult, compare_ram
@@ -248,22 +248,28 @@ async def _surveyed_plan(part: QemuMemory, ctx: RunContext, tls: TlsSettings | N
     return plan_for(strategy, m, targets, tls), decision
 
 
-async def install_tls(ctx: RunContext) -> TlsSettings:
-    """Certificates for this migration from the deployment's CA, loaded into both QEMUs."""
+async def install_tls(ctx: RunContext, channel: str = "tls", *,
+                      object_id: str = TLS_OBJECT_ID,
+                      authz_id: str = TLS_AUTHZ_ID) -> TlsSettings:
+    """Certificates for one channel of this migration (``channel``: their directory in
+    the run directory) from the deployment's CA, loaded into both QEMUs as
+    ``object_id`` (and the destination's ``authz_id``).  The memory stream is the
+    ``tls`` channel; the storage parts have their own."""
     assert ctx.src is not None and ctx.dst is not None
     ca = await asyncio.to_thread(DeploymentCa.load_or_create, ctx.pki_dir)
     foreign = ctx.scenario.fault.destination_cert == "foreign-ca"
     if foreign:
-        ctx.ui.step("fault injection: the destination presents a certificate of another CA")
+        ctx.ui.step(f"fault injection: the destination presents a certificate of another CA "
+                    f"({channel})")
     material = await asyncio.to_thread(
-        MigrationTls.create, ctx.run_dir / "tls", ca, ctx.testbed.addr.site_b_ip, rogue=foreign,
-        source_name=f"wanmig-source-{ctx.registry.run_id}")
-    await add_tls_creds(ctx.src, material.source_dir, "client")
+        MigrationTls.create, ctx.run_dir / channel, ca, ctx.testbed.addr.site_b_ip,
+        rogue=foreign, source_name=f"wanmig-source-{ctx.registry.run_id}")
+    await add_tls_creds(ctx.src, material.source_dir, "client", object_id)
     # tls-authz: this migration's source, not any certificate the CA signed (nor the
     # source certificate of another migration)
-    await add_tls_creds(ctx.dst, material.dest_dir, "server",
-                        client_identity=material.source_identity)
-    return TlsSettings(hostname=material.hostname)
+    await add_tls_creds(ctx.dst, material.dest_dir, "server", object_id,
+                        client_identity=material.source_identity, authz_id=authz_id)
+    return TlsSettings(hostname=material.hostname, object_id=object_id, authz_id=authz_id)
 
 
 async def cut_stream(ctx: RunContext) -> None:

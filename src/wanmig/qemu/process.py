@@ -54,11 +54,16 @@ class VmConfig:
     accel: str                 # resolved: "kvm" or "tcg"
     netns: str | None = None
     incoming: bool = False     # start with -incoming defer (a migration destination)
+    disk_format: str = "raw"   # the image format of ``disk``: raw or qcow2
     smp: int = 1
     dirty: tuple[int, float] | None = None  # guest memory dirtier (size MiB, MB/s), or none
     #: Guest RAM in this file (shared, so the host can read it: ``memory.verify``),
     #: or QEMU's anonymous memory when None.
     ram_file: Path | None = None
+
+
+#: The node name of the guest disk's format layer (``-drive ...,node-name=``).
+DISK_NODE = "disk0-format"
 
 
 def qemu_argv(cfg: VmConfig, run_dir: Path, binary: QemuBinary | None = None) -> list[str]:
@@ -79,9 +84,12 @@ def qemu_argv(cfg: VmConfig, run_dir: Path, binary: QemuBinary | None = None) ->
         "-serial", f"file:{run_dir / (cfg.name + '.console.log')}",
         "-kernel", str(cfg.image.kernel), "-initrd", str(cfg.image.initrd),
         "-append", cfg.image.cmdline(ip_cidr=cfg.ip_cidr, name="vm", dirty=cfg.dirty),
-        # Both sites see the same image (shared storage); cache=none keeps no
-        # host-side dirty state in QEMU that a switchover would have to flush.
-        "-drive", f"file={cfg.disk},format=raw,if=none,id=disk0,cache=none,aio=threads",
+        # cache=none keeps no host-side dirty state in QEMU that a switchover
+        # would have to flush (shared storage: both sites see the same image).
+        # The format node is named (DISK_NODE) for the storage parts' block jobs
+        # and NBD exports; "disk0" is the device's BlockBackend.
+        "-drive", (f"file={cfg.disk},format={cfg.disk_format},if=none,id=disk0,"
+                   f"node-name={DISK_NODE},cache=none,aio=threads"),
         "-device", "virtio-blk-pci,drive=disk0",
         "-netdev", (f"tap,id=net0,ifname={cfg.tap},script=no,downscript=no" if cfg.tap
                     else "user,id=net0,restrict=on"),

@@ -91,6 +91,36 @@ def _decision_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _storage_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
+    """What a local disk held, how long its copy took and what crossed; empty for
+    shared storage."""
+    s, i = rec.storage, rec.integrity
+    if s.disk is None:
+        return []
+    d = s.disk
+    rows = [
+        ("storage: source disk", f"{_bytes(d.get('virtual_bytes'))} virtual, "
+         f"{_bytes(d.get('allocated_bytes'))} allocated ({_bytes(d.get('overlay_bytes'))} in "
+         f"the overlay), {_bytes(d.get('zero_bytes'))} zero", "qemu-img map"),
+        ("storage: TLS (mutual x509)", _flag(s.tls), "scenario"),
+        ("storage: copy ready / in sync / B running",
+         f"{_ms(s.ready_ms)} / {_ms(s.total_ms)} / {_ms(s.time_to_dest_running_ms)}", "wanmig"),
+        ("storage: disk bytes copied", _bytes(s.copied_bytes), "QEMU (block job)"),
+        ("storage: bytes on the WAN", _bytes(s.bytes_on_wire), "site A (TCP payload)"),
+    ]
+    if i.disk_match is not None:
+        rows.append(("storage: disks at A and B match",
+                     _flag(i.disk_match) + (f" (first difference at byte "
+                                            f"{i.disk_first_difference})"
+                                            if i.disk_first_difference is not None else ""),
+                     f"qemu-img compare, {_ms(i.disk_verify_ms)} before B ran"))
+    if i.disk_fsck_clean is not None:
+        rows.append(("storage: B's filesystem",
+                     "clean" if i.disk_fsck_clean else "; ".join(i.disk_fsck_problems or []),
+                     "e2fsck -fn, after run"))
+    return rows
+
+
 def render_record(rec: ResultRecord) -> Group:
     """Header line, a table of figures and the phase timeline."""
     head = Text.assemble(("wanmig ", "bold"), (rec.scenario.get("name", "?"), "bold cyan"),
@@ -122,6 +152,7 @@ def render_record(rec: ResultRecord) -> Group:
          "–" if rec.memory.postcopy_requests is None else str(rec.memory.postcopy_requests),
          "QEMU"),
         ("storage", rec.storage.strategy, rec.storage.note or ""),
+        *_storage_rows(rec),
         ("network mode", rec.network.mode, "scenario"),
         ("client outage (largest UDP echo gap)", _ms(rec.network.client_outage_ms), "client"),
         ("long-lived TCP connection survived", _flag(rec.network.tcp_survived), "client"),

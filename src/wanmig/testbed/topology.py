@@ -59,6 +59,7 @@ class Addressing:
     vm_mac: str = "52:54:00:77:00:10"
     tap: str = "tap0"
     migration_port: int = 4444
+    nbd_port: int = 10809      # the destination's NBD server (storage strategies)
 
     @property
     def vm_cidr(self) -> str:

@@ -1,0 +1,85 @@
+"""QEMU's own NBD: the destination serves its disk, the source writes to it.
+
+This is libvirt's ``--copy-storage-all`` plumbing, over mutually
+authenticated TLS unless the run is ``--insecure``::
+
+    destination:  nbd-server-start {addr: <site B>:<nbd_port>, tls-creds, tls-authz}
+                  block-export-add {type: nbd, node-name: <disk>, name: disk0,
+                                    writable: true}
+                  (exporting a node of an incoming QEMU activates it for writing)
+    source:       blockdev-add {driver: nbd, node-name: wanmig-nbd-target,
+                                server: <site B>:<nbd_port>, export: disk0,
+                                tls-creds, tls-hostname}
+
+and, once the disk is across, the reverse: ``blockdev-del`` at the source,
+``block-export-del`` and ``nbd-server-stop`` at the destination.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from ..errors import QemuError, StorageError
+from ..qemu.process import DISK_NODE
+
+if TYPE_CHECKING:
+    from ..memory.plan import TlsSettings
+    from ..qemu.process import QemuVm
+    from ..testbed import Testbed
+
+EXPORT_NAME = "disk0"
+EXPORT_ID = "wanmig-disk-export"
+TARGET_NODE = "wanmig-nbd-target"
+#: Storage channel TLS objects, beside the memory stream's.
+TLS_OBJECT_ID = "wanmig-nbd-tls"
+TLS_AUTHZ_ID = "wanmig-nbd-tls-authz"
+
+
+async def serve_disk(dst: QemuVm, ip: str, port: int, tls: TlsSettings | None) -> None:
+    """Start B's NBD server on ``ip:port`` and export its disk, writable."""
+    args: dict[str, object] = {"addr": {"type": "inet",
+                                        "data": {"host": ip, "port": str(port)}}}
+    if tls is not None:
+        args |= {"tls-creds": tls.object_id, "tls-authz": tls.authz_id}
+    await dst.execute("nbd-server-start", args)
+    await dst.execute("block-export-add", {"type": "nbd", "id": EXPORT_ID,
+                                           "node-name": DISK_NODE, "name": EXPORT_NAME,
+                                           "writable": True})
+
+
+async def stop_serving(dst: QemuVm) -> None:
+    """Remove B's export and stop its NBD server (nothing serves once B runs).  The
+    source has detached by now, but its disconnect may still be crossing the WAN:
+    ``hard`` drops what is left of the connection."""
+    await dst.execute("block-export-del", {"id": EXPORT_ID, "mode": "hard"})
+    await dst.execute("nbd-server-stop")
+
+
+async def attach_target(src: QemuVm, ip: str, port: int, tls: TlsSettings | None) -> None:
+    """An NBD client node at A for B's export (``TARGET_NODE``); connects now, so a
+    refused certificate fails here, before any job starts."""
+    args: dict[str, object] = {"driver": "nbd", "node-name": TARGET_NODE,
+                               "server": {"type": "inet", "host": ip, "port": str(port)},
+                               "export": EXPORT_NAME}
+    if tls is not None:
+        args |= {"tls-creds": tls.object_id, "tls-hostname": tls.hostname}
+    try:
+        await src.execute("blockdev-add", args)
+    except QemuError as exc:
+        raise StorageError(f"the source could not open the destination's disk over NBD "
+                           f"({ip}:{port}): {exc}", cause=exc) from exc
+
+
+async def detach_target(src: QemuVm) -> None:
+    await src.execute("blockdev-del", {"node-name": TARGET_NODE})
+
+
+_BYTES_SENT = re.compile(r"\bbytes_sent:(\d+)")
+
+
+async def bytes_sent(testbed: Testbed, ip: str, port: int) -> int:
+    """TCP payload bytes site A has sent to ``ip:port`` on its open connections
+    (TLS records included): what the NBD channel put on the WAN so far."""
+    out = await testbed.site_a.run("ss", "-tinH", "dst", ip, "dport", "=", str(port))
+    return sum(int(m.group(1)) for m in _BYTES_SENT.finditer(out))
