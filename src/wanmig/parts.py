@@ -116,7 +116,8 @@ MEMORY = PartTable("memory", "memory strategy", [
 STORAGE = PartTable("storage", "storage strategy", [
     PartInfo("shared", "both sites open one disk image", "storage.shared:SharedStorage"),
     PartInfo("mirror", "libvirt's NBD + blockdev-mirror during memory", "storage.mirror:MirrorStorage"),
-    PartInfo("precopy", "bulk copy with dirty tracking before memory"),
+    PartInfo("precopy", "bulk copy with dirty tracking before memory",
+             "storage.precopy:PrecopyStorage"),
     PartInfo("postcopy", "run at B at once, fetch blocks on demand"),
     PartInfo("hybrid", "bulk copy, then the rest on demand"),
     PartInfo("auto", "measure, predict, choose"),

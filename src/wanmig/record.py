@@ -107,6 +107,10 @@ class StorageResult(_Model):
     #: What the source disk holds (``storage.disk.DiskFacts.summary``).
     disk: dict[str, int] | None = None
     tls: bool | None = None
+    passes: int | None = None                # precopy: copy passes (the bulk one included)
+    last_delta_bytes: int | None = None      # ... what the last, with the source paused, moved
+    write_throttle_bps: int | None = None    # ... the guest's writes were throttled to this
+    throttled_after_ms: float | None = None  # ... this long after the copy began
 
 
 class NetworkResult(_Model):

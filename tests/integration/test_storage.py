@@ -80,3 +80,19 @@ async def test_storage_channel_refuses_a_destination_of_another_ca(
     assert rec.error and "over NBD" in rec.error
     assert rec.storage.total_ms is None    # no block job ever started
     assert rec.model_extra and rec.model_extra["source_state_after_rollback"] == "running"
+
+
+async def test_precopy_sends_only_what_the_guest_wrote(leaves_nothing_behind) -> None:
+    rec = await _run("precopy", {"strategy": "precopy"})
+
+    assert rec.status == "completed", rec.error
+    _disk_intact(rec)
+    s = rec.storage
+    assert s.strategy == "precopy" and s.tls is True and s.disk
+    # B holds the base: the passes move what the guest wrote at A, never the whole
+    # disk (mirror's sync=full reads all of it: its copied_bytes >= virtual_bytes)
+    assert s.passes is not None and s.passes >= 2     # the bulk pass and the paused one
+    assert s.copied_bytes is not None and s.copied_bytes < s.disk["virtual_bytes"] // 8
+    assert s.last_delta_bytes is not None and s.last_delta_bytes < 2**20
+    assert s.write_throttle_bps is None               # an idle guest needs no throttle
+    assert s.bytes_on_wire is not None and s.bytes_on_wire >= s.copied_bytes
