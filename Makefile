@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 # QEMU (10.0 or newer, from bookworm-backports on Debian 12) is tools/apt-setup's own
-APT_PACKAGES := busybox-static kmod cpio e2fsprogs iproute2 gcc libc6-dev python3-venv procps
+APT_PACKAGES := busybox-static kmod cpio e2fsprogs iproute2 gcc libc6-dev python3-venv procps \
+                mmdebstrap
 STAMP := build/.stamps
 
 .PHONY: setup apt venv image demo test unit clean
@@ -23,6 +24,7 @@ $(STAMP)/venv: pyproject.toml requirements.lock
 
 image: venv
 	$(VENV)/bin/wanmig image build
+	tools/debian-rootfs build/debian/rootfs.tar
 
 demo: setup
 	$(VENV)/bin/wanmig demo --json results/demo.json

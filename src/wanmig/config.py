@@ -65,10 +65,17 @@ Workload = Literal["idle", "web", "dirty"]
 Ablation = Literal["auto-converge", "multifd", "zstd", "notsent-limit", "survey"]
 
 
+#: The Debian tree takes ~200 MiB; the rest is room for the guest to write.
+DEBIAN_BASE_MIN_MIB = 512
+
+
 class VmSpec(_Strict):
     """The guest.  ``workload``: ``idle``; ``web`` (the client sends HTTP
     requests at ``web_rps``); ``dirty`` (the guest rewrites a ``dirty_mib``
-    working set with incompressible data at ``dirty_rate_mbps`` MB/s)."""
+    working set with incompressible data at ``dirty_rate_mbps`` MB/s).  With
+    any workload, ``disk_write_mbps`` > 0 makes the guest rewrite a
+    ``disk_write_mib`` file on its disk at that rate, in 64 KiB O_DSYNC
+    writes whose latency it reports (``storage.diskio``)."""
 
     ram_mib: int = Field(256, ge=64, le=16384)
     disk_mib: int = Field(64, ge=16, le=65536)
@@ -76,6 +83,10 @@ class VmSpec(_Strict):
     dirty_mib: int = Field(64, ge=1, le=8192)
     dirty_rate_mbps: float = Field(20.0, ge=0, le=10000)
     web_rps: float = Field(20.0, gt=0, le=1000)
+    disk_write_mbps: float = Field(0.0, ge=0, le=1000)
+    disk_write_mib: int = Field(16, ge=1, le=8192)
+    #: What the disk's base image holds (``storage.base``): ``empty`` or ``debian``.
+    base: Literal["empty", "debian"] = "empty"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     boot_timeout_s: float = Field(90.0, gt=0, le=600)
 
@@ -84,6 +95,11 @@ class VmSpec(_Strict):
         if self.workload == "dirty" and self.dirty_mib > self.ram_mib // 2:
             raise ValueError(f"dirty_mib {self.dirty_mib} must be at most half of "
                              f"ram_mib {self.ram_mib}")
+        if self.base == "debian" and self.disk_mib < DEBIAN_BASE_MIN_MIB:
+            raise ValueError(f"the debian base needs disk_mib >= {DEBIAN_BASE_MIN_MIB}")
+        if self.disk_write_mbps and self.disk_write_mib > self.disk_mib // 2:
+            raise ValueError(f"disk_write_mib {self.disk_write_mib} must be at most half of "
+                             f"disk_mib {self.disk_mib}")
         return self
 
 

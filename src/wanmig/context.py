@@ -94,6 +94,7 @@ class RunContext:
     state: RunState
     link: LinkFacts
     pki_dir: Path
+    build_dir: Path
     src: QemuVm | None = None
     dst: QemuVm | None = None
     #: Fields the record gets at its top level (``vm_lost``, ``guest_unresponsive``, ...).
@@ -115,6 +116,8 @@ class RunContext:
                         netns=self.testbed.site(site).name, incoming=site == "b",
                         dirty=((sc.vm.dirty_mib, sc.vm.dirty_rate_mbps)
                                if sc.vm.workload == "dirty" else None),
+                        diskwrite=((sc.vm.disk_write_mib, sc.vm.disk_write_mbps)
+                                   if sc.vm.disk_write_mbps else None),
                         ram_file=(self.registry.memory_file(f"vm-{site}")
                                   if sc.memory.verify else None))
 

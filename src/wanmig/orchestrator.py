@@ -244,7 +244,9 @@ class Orchestrator:
         self.wan_info = await self._measure_wan(self.testbed)
         ctx = self.ctx = RunContext(
             scenario=sc, registry=self.registry, testbed=self.testbed, image=image,
-            accel=self.accel, ui=self.ui, state=self.state, link=link_facts(self.wan_info), pki_dir=self.pki_dir, notes=self.notes)
+            accel=self.accel, ui=self.ui, state=self.state, link=link_facts(self.wan_info),
+            pki_dir=self.pki_dir, build_dir=self.build_dir or default_build_dir(),
+            notes=self.notes)
         ctx.faults = Faults(ctx)
         await self.storage.create(ctx)
         await self._boot_source(ctx)

@@ -111,6 +111,14 @@ class StorageResult(_Model):
     last_delta_bytes: int | None = None      # ... what the last, with the source paused, moved
     write_throttle_bps: int | None = None    # ... the guest's writes were throttled to this
     throttled_after_ms: float | None = None  # ... this long after the copy began
+    #: The guest's disk write latency (``vm.disk_write_mbps``; ``storage.diskio``):
+    #: during the copy (until the switchover), and before it, as a reference.
+    guest_io_p50_ms: float | None = None
+    guest_io_p99_ms: float | None = None
+    guest_io_writes: int | None = None
+    guest_io_before_p50_ms: float | None = None
+    guest_io_before_p99_ms: float | None = None
+    guest_io_before_writes: int | None = None
 
 
 class NetworkResult(_Model):

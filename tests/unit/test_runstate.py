@@ -70,7 +70,7 @@ def test_part_tables_name_every_part_once_and_refuse_what_is_not_built() -> None
     assert MEMORY.names(implemented=True) == ("precopy", "precopy-tuned", "postcopy", "hybrid",
                                               "auto")
     assert MEMORY.names("modelled") == ("precopy", "precopy-tuned", "postcopy", "hybrid")
-    assert STORAGE.names(implemented=True) == ("shared", "mirror")
+    assert STORAGE.names(implemented=True) == ("shared", "mirror", "precopy")
     with pytest.raises(PartError, match="not implemented yet"):
         STORAGE.info("postcopy")
     assert NETWORK.names(implemented=True) == ("l2-extend",)

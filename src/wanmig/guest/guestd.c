@@ -645,10 +645,123 @@ static _Noreturn void dirty(long size_mib, double rate_mbps)
     }
 }
 
+/* ---------------------------------------------------------------- disk rewriter
+ *
+ * guestd diskwrite PATH SIZE_MIB RATE_MBPS: a file of SIZE_MIB on the data disk,
+ * written whole once before "ready", then rewritten at RATE_MBPS (10^6 bytes/s)
+ * in whole 64 KiB blocks chosen pseudo-randomly, every 10 ms slice as the
+ * dirtier does. The file is opened O_DSYNC: a write returns once it is on the
+ * virtual disk, so its latency is what the guest's storage costs (a mirror in
+ * write-blocking mode adds the WAN's round trip; a throttle, its wait). Each
+ * block is text the guest wrote, lines "wanmig block B seq S" padded to 64
+ * bytes, not zeros or random bytes. Once a second one line on stderr (the
+ * serial console):
+ *   wanmig-diskio n=N bytes=B lat=K:C,K:C,...
+ * N writes of B bytes in all that second; C of them took a latency in bucket K:
+ * [2^(K/4), 2^((K+1)/4)) microseconds (4 buckets per octave). The host-side
+ * parser is wanmig/storage/diskio.py; keep the two in step.
+ */
+#define DISKIO_BLOCK 65536
+#define DISKIO_BUCKETS 128
+
+static int lat_bucket(unsigned long long us)
+{
+    if (us < 1)
+        us = 1;
+    int e = 63 - __builtin_clzll(us);
+    int frac = e >= 2 ? (int)((us >> (e - 2)) & 3) : (int)((us << (2 - e)) & 3);
+    int b = 4 * e + frac;
+    return b < DISKIO_BUCKETS ? b : DISKIO_BUCKETS - 1;
+}
+
+static void fill_block(char *buf, size_t block, unsigned long long seq)
+{
+    char line[65];
+    int n = snprintf(line, sizeof line, "wanmig block %zu seq %llu", block, seq);
+    memset(line + n, ' ', 63 - n);
+    line[63] = '\n';
+    for (size_t off = 0; off < DISKIO_BLOCK; off += 64)
+        memcpy(buf + off, line, 64);
+}
+
+static _Noreturn void diskwrite(const char *path, long size_mib, double rate_mbps)
+{
+    const size_t blocks = ((size_t)size_mib << 20) / DISKIO_BLOCK;
+    if (blocks == 0) {
+        fprintf(stderr, "guestd: diskwrite: %ld MiB is under one block\n", size_mib);
+        exit(1);
+    }
+    int fd = open(path, O_RDWR | O_CREAT | O_DSYNC, 0644);
+    if (fd < 0)
+        die("open diskwrite file");
+    static char buf[DISKIO_BLOCK];
+    unsigned long long *seq = calloc(blocks, sizeof *seq);
+    if (!seq)
+        die("calloc");
+    for (size_t b = 0; b < blocks; b++) {
+        fill_block(buf, b, ++seq[b]);
+        if (pwrite(fd, buf, DISKIO_BLOCK, (off_t)(b * DISKIO_BLOCK)) != DISKIO_BLOCK)
+            die("fill diskwrite file");
+    }
+    struct timespec now, next, t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    rng_state = ((uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec) ^ 0xD15C;
+    detach_when_ready();
+
+    const double bytes_per_slice = rate_mbps * 1e6 * (SLICE_NS / 1e9);
+    unsigned long long counts[DISKIO_BUCKETS] = {0}, n = 0;
+    double credit = 0.0;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    time_t report_at = next.tv_sec + 1;
+    for (;;) {
+        credit += bytes_per_slice;
+        while (credit >= DISKIO_BLOCK) {
+            size_t b = xorshift64() % blocks;
+            fill_block(buf, b, ++seq[b]);
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            if (pwrite(fd, buf, DISKIO_BLOCK, (off_t)(b * DISKIO_BLOCK)) != DISKIO_BLOCK)
+                die("rewrite");
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            long long us = (t1.tv_sec - t0.tv_sec) * 1000000LL + (t1.tv_nsec - t0.tv_nsec) / 1000;
+            counts[lat_bucket(us > 0 ? (unsigned long long)us : 0)]++;
+            n++;
+            credit -= DISKIO_BLOCK;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec >= report_at) {
+            char line[4096];
+            int len = snprintf(line, sizeof line, "wanmig-diskio n=%llu bytes=%llu lat=", n,
+                               n * DISKIO_BLOCK);
+            const char *sep = "";
+            for (int k = 0; k < DISKIO_BUCKETS && len < (int)sizeof line - 32; k++) {
+                if (counts[k]) {
+                    len += snprintf(line + len, sizeof line - len, "%s%d:%llu", sep, k, counts[k]);
+                    sep = ",";
+                }
+            }
+            fprintf(stderr, "%s\n", line);
+            memset(counts, 0, sizeof counts);
+            n = 0;
+            report_at = now.tv_sec + 1;
+        }
+        next.tv_nsec += SLICE_NS;
+        if (next.tv_nsec >= 1000000000L) {
+            next.tv_nsec -= 1000000000L;
+            next.tv_sec++;
+        }
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR)
+            ;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long late = (now.tv_sec - next.tv_sec) * 1000000000LL + (now.tv_nsec - next.tv_nsec);
+        if (late > SLICE_NS)
+            next = now; /* behind (slow writes, a throttle): write less, not in bursts */
+    }
+}
+
 static int usage(void)
 {
     fprintf(stderr, "usage: guestd udp-echo PORT | tcp-echo PORT | writer PATH PERIOD_MS"
-                    " | dirty SIZE_MIB RATE_MBPS\n");
+                    " | dirty SIZE_MIB RATE_MBPS | diskwrite PATH SIZE_MIB RATE_MBPS\n");
     return 2;
 }
 
@@ -663,5 +776,7 @@ int main(int argc, char **argv)
         return writer(argv[2], argv[3]);
     if (argc == 4 && strcmp(argv[1], "dirty") == 0)
         dirty(parse_size_mib(argv[2]), parse_rate_mbps(argv[3]));
+    if (argc == 5 && strcmp(argv[1], "diskwrite") == 0)
+        diskwrite(argv[2], parse_size_mib(argv[3]), parse_rate_mbps(argv[4]));
     return usage();
 }

@@ -128,9 +128,11 @@ class GuestImage:
     digest: str
 
     def cmdline(self, *, ip_cidr: str, gateway: str | None = None, name: str = "vm",
-                dirty: tuple[int, float] | None = None) -> str:
+                dirty: tuple[int, float] | None = None,
+                diskwrite: tuple[int, float] | None = None) -> str:
         """The kernel command line for one VM; see ``render_cmdline``."""
-        return render_cmdline(ip_cidr=ip_cidr, gateway=gateway, name=name, dirty=dirty)
+        return render_cmdline(ip_cidr=ip_cidr, gateway=gateway, name=name, dirty=dirty,
+                              diskwrite=diskwrite)
 
     def to_dict(self) -> dict[str, str]:
         return {"kernel": str(self.kernel), "initrd": str(self.initrd),
@@ -183,7 +185,8 @@ def _render_dirty(dirty: tuple[int, float]) -> str:
 
 
 def render_cmdline(*, ip_cidr: str, gateway: str | None = None, name: str = "vm",
-                   dirty: tuple[int, float] | None = None) -> str:
+                   dirty: tuple[int, float] | None = None,
+                   diskwrite: tuple[int, float] | None = None) -> str:
     """Render the guest kernel command line; raises ``ConfigError`` on bad values.
 
     ``ip_cidr`` is the IPv4 address with prefix of eth0 (``10.77.0.10/24``),
@@ -192,7 +195,9 @@ def render_cmdline(*, ip_cidr: str, gateway: str | None = None, name: str = "vm"
     (``wanmig.dirty=64:20``): a working set of ``size_mib`` MiB (1..65536)
     whose pages are rewritten at ``rate_mbps`` MB/s (0..10000; 0 only holds
     the memory).  The guest also refuses a working set larger than its free
-    memory, on the console at boot.
+    memory, on the console at boot.  ``diskwrite`` ``(size_mib, rate_mbps)``
+    starts the disk rewriter (``wanmig.diskwrite=32:5``): a file of
+    ``size_mib`` on the data disk rewritten at ``rate_mbps`` MB/s.
     """
     if "/" not in ip_cidr:
         raise ConfigError(f"{ip_cidr!r} needs a prefix length, e.g. 10.77.0.10/24",
@@ -213,6 +218,8 @@ def render_cmdline(*, ip_cidr: str, gateway: str | None = None, name: str = "vm"
     args.append(f"wanmig.name={name}")
     if dirty is not None:
         args.append(f"wanmig.dirty={_render_dirty(dirty)}")
+    if diskwrite is not None:
+        args.append(f"wanmig.diskwrite={_render_dirty(diskwrite)}")
     return " ".join(args)
 
 

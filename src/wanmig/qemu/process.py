@@ -57,6 +57,7 @@ class VmConfig:
     disk_format: str = "raw"   # the image format of ``disk``: raw or qcow2
     smp: int = 1
     dirty: tuple[int, float] | None = None  # guest memory dirtier (size MiB, MB/s), or none
+    diskwrite: tuple[int, float] | None = None  # guest disk rewriter (size MiB, MB/s), or none
     #: Guest RAM in this file (shared, so the host can read it: ``memory.verify``),
     #: or QEMU's anonymous memory when None.
     ram_file: Path | None = None
@@ -83,7 +84,8 @@ def qemu_argv(cfg: VmConfig, run_dir: Path, binary: QemuBinary | None = None) ->
         "-qmp", f"unix:{observer_socket(run_dir, cfg.name)},server=on,wait=off",
         "-serial", f"file:{run_dir / (cfg.name + '.console.log')}",
         "-kernel", str(cfg.image.kernel), "-initrd", str(cfg.image.initrd),
-        "-append", cfg.image.cmdline(ip_cidr=cfg.ip_cidr, name="vm", dirty=cfg.dirty),
+        "-append", cfg.image.cmdline(ip_cidr=cfg.ip_cidr, name="vm", dirty=cfg.dirty,
+                                     diskwrite=cfg.diskwrite),
         # cache=none keeps no host-side dirty state in QEMU that a switchover
         # would have to flush (shared storage: both sites see the same image).
         # The format node is named (DISK_NODE) for the storage parts' block jobs

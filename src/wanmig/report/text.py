@@ -108,6 +108,18 @@ def _storage_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
         ("storage: disk bytes copied", _bytes(s.copied_bytes), "QEMU (block job)"),
         ("storage: bytes on the WAN", _bytes(s.bytes_on_wire), "site A (TCP payload)"),
     ]
+    if s.passes is not None:
+        rows.append(("storage: passes / last delta", f"{s.passes} / {_bytes(s.last_delta_bytes)}",
+                     "QEMU (backup jobs)"))
+    if s.write_throttle_bps is not None:
+        rows.append(("storage: guest writes throttled to",
+                     f"{s.write_throttle_bps * 8 / 1e6:.2f} Mbit/s after "
+                     f"{_ms(s.throttled_after_ms)}", "block_set_io_throttle"))
+    if s.guest_io_writes is not None:
+        rows.append(("storage: guest write latency p50 / p99 (before the copy)",
+                     f"{_ms(s.guest_io_p50_ms)} / {_ms(s.guest_io_p99_ms)} "
+                     f"({_ms(s.guest_io_before_p50_ms)} / {_ms(s.guest_io_before_p99_ms)})",
+                     "guest (64 KiB O_DSYNC writes)"))
     if i.disk_match is not None:
         rows.append(("storage: disks at A and B match",
                      _flag(i.disk_match) + (f" (first difference at byte "

@@ -176,8 +176,11 @@ class LocalDisks:
     target: Path
 
     @classmethod
-    def at(cls, run_dir: Path) -> LocalDisks:
-        return cls(base=run_dir / "base.raw", source=run_dir / "site-a" / "disk.qcow2",
+    def at(cls, run_dir: Path, base: Path | None = None) -> LocalDisks:
+        """The layout under ``run_dir``; ``base``: a shared, prebuilt base image instead
+        of an empty one made in the run directory."""
+        return cls(base=base or run_dir / "base.raw",
+                   source=run_dir / "site-a" / "disk.qcow2",
                    target=run_dir / "site-b" / "disk.qcow2")
 
     def for_site(self, site: str) -> Path:
@@ -186,9 +189,11 @@ class LocalDisks:
     async def create(self, size_mib: int, *, target_on_base: bool) -> None:
         """The base (read-only from now on), A's overlay on it, and B's disk: an
         overlay on its own base when ``target_on_base``, else an empty image of the
-        same size (what libvirt's ``--copy-storage-all`` fills)."""
-        await asyncio.to_thread(create_data_disk, self.base, size_mib)
-        self.base.chmod(0o444)
+        same size (what libvirt's ``--copy-storage-all`` fills).  A base that exists
+        already (a prebuilt one) is used as it is."""
+        if not self.base.exists():
+            await asyncio.to_thread(create_data_disk, self.base, size_mib)
+            self.base.chmod(0o444)
         await create_overlay(self.source, self.base)
         if target_on_base:
             await create_overlay(self.target, self.base)

@@ -20,11 +20,12 @@ compressed, and the guest's writes during the copy cross again.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import ClassVar
 
 from ..context import RunContext
-from ..errors import StorageError
+from ..errors import StorageError, WanmigError
 from ..qemu.process import DISK_NODE
 from . import nbd
 from .jobs import ProgressSteps, job_status, wait_concluded, wait_ready
@@ -61,15 +62,18 @@ class MirrorStorage(NbdCopy):
     async def switchover(self, ctx: RunContext) -> None:
         """The source is paused: end the mirror in sync, close the NBD channel."""
         assert ctx.src is not None and ctx.dst is not None
+        self._note_io(ctx)
         await ctx.src.execute("block-job-cancel", {"device": JOB_ID})
         st = await wait_concluded(ctx.src, JOB_ID, CANCEL_TIMEOUT_S, what="the disk mirror")
         self.ended = time.monotonic()
         self.copied_bytes = st.done
         await self._count_wire(ctx)
-        await self._close(ctx)
+        self._close_later(ctx)
 
     async def rollback(self, ctx: RunContext) -> None:
         assert ctx.src is not None
+        with contextlib.suppress(WanmigError):
+            await self._closed()
         if await job_status(ctx.src, JOB_ID) is not None:
             await ctx.src.execute("block-job-cancel", {"device": JOB_ID, "force": True})
             try:

@@ -9,6 +9,7 @@ ends with the source paused (``switchover``, then ``_close``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,7 +20,9 @@ from ..memory.parts import install_tls
 from ..memory.plan import TlsSettings
 from ..record import StorageResult
 from . import nbd
+from .base import debian_base
 from .disk import DiskComparison, DiskFacts, FsckResult, LocalDisks, compare, disk_facts, fsck
+from .diskio import diskio_from_lines
 
 
 def elapsed_ms(a: float | None, b: float | None) -> float | None:
@@ -42,12 +45,16 @@ class NbdCopy(StoragePart):
         self.started: float | None = None       # the copy began
         self.ready_at: float | None = None      # its first full pass ended
         self.ended: float | None = None         # the disk was in sync at B
+        self.closed: float | None = None        # ... and its channel closed
         self.wire_bytes: int | None = None
         self.copied_bytes: int | None = None
         self.comparison: DiskComparison | None = None
         self.verify_ms: float | None = None
         self.fsck_result: FsckResult | None = None
+        self.io: dict[str, Any] = {}
+        self._io_from = 0
         self._attached = self._serving = False
+        self._closing: asyncio.Task[None] | None = None
 
     @property
     def resumed(self) -> float | None:
@@ -58,7 +65,10 @@ class NbdCopy(StoragePart):
 
     async def create(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        self.disks = LocalDisks.at(ctx.run_dir)
+        vm = ctx.scenario.vm
+        base = (await asyncio.to_thread(debian_base, ctx.build_dir, vm.disk_mib)
+                if vm.base == "debian" else None)
+        self.disks = LocalDisks.at(ctx.run_dir, base)
         await self.disks.create(ctx.scenario.vm.disk_mib, target_on_base=self.target_on_base)
 
     def disk_for(self, site: str) -> Path:
@@ -85,11 +95,30 @@ class NbdCopy(StoragePart):
         await nbd.attach_target(ctx.src, addr.site_b_ip, addr.nbd_port, self.tls)
         self._attached = True
         self.source_facts = await disk_facts(self.disks.source)
+        self._io_from = len(ctx.src.console_lines())
+
+    def _note_io(self, ctx: RunContext) -> None:
+        """The guest's disk write latency (``diskio``) before the copy and during it, from
+        A's console; called as the switchover begins."""
+        assert ctx.src is not None
+        lines = ctx.src.console_lines()
+        self.io = {**diskio_from_lines(lines[:self._io_from]).summary("guest_io_before"),
+                   **diskio_from_lines(lines[self._io_from:]).summary("guest_io")}
 
     async def _count_wire(self, ctx: RunContext) -> None:
         """The NBD channel's bytes so far (read before it closes)."""
         addr = ctx.testbed.addr
         self.wire_bytes = await nbd.bytes_sent(ctx.testbed, addr.site_b_ip, addr.nbd_port)
+
+    def _close_later(self, ctx: RunContext) -> None:
+        """Close the channel while the memory part completes (``verify`` waits for it,
+        before B runs): the disk is in sync, nothing more crosses on it."""
+        self._closing = asyncio.create_task(self._close(ctx))
+
+    async def _closed(self) -> None:
+        if self._closing is not None:
+            task, self._closing = self._closing, None
+            await task
 
     async def _close(self, ctx: RunContext) -> None:
         if self._attached and ctx.src is not None:
@@ -98,12 +127,23 @@ class NbdCopy(StoragePart):
         if self._serving and ctx.dst is not None and ctx.dst.returncode is None:
             await nbd.stop_serving(ctx.dst)
             self._serving = False
+        self.closed = time.monotonic()
+
+    def instants(self) -> dict[str, float]:
+        """The switchover's storage steps: the disk in sync at B, its channel closed."""
+        out = {}
+        if self.ended is not None:
+            out["disk_in_sync"] = self.ended
+        if self.closed is not None and self.ended is not None:
+            out["disk_channel_closed"] = self.closed
+        return out
 
     # -- checks -------------------------------------------------------------------
 
     async def verify(self, ctx: RunContext) -> None:
-        """Verify mode: both disks compared while B waits paused; a difference is a
-        StorageError while B has never run."""
+        """The channel closed; in verify mode both disks compared while B waits paused
+        (a difference is a StorageError while B has never run)."""
+        await self._closed()
         if not ctx.scenario.storage.verify or self.disks is None:
             return
         ctx.ui.step("verify: comparing the disks at A and B block by block")
@@ -135,7 +175,7 @@ class NbdCopy(StoragePart):
             bytes_on_wire=self.wire_bytes, copied_bytes=self.copied_bytes,
             disk_bytes=facts.allocated_bytes if facts else None,
             disk=facts.summary() if facts else None, tls=self.tls is not None,
-            **self.extra_record()).model_dump()
+            **self.io, **self.extra_record()).model_dump()
 
     def integrity(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -11,7 +11,8 @@ own block jobs, to B's NBD export::
     blockdev-backup sync=bitmap bitmap-mode=on-success     pass 2, 3, ...: the blocks
                                                            written meanwhile
     ... until what is dirty fits in ``DELTA_S`` of the link, then the memory
-    migration starts; passes go on in the background while it runs;
+    migration starts; passes go on in the background while it runs, back to
+    back whenever more than that is dirty;
     switchover (source paused): the last pass, then B's disk is A's.
 
 When a pass leaves at least as much dirty as it found (the guest rewrites its
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..context import RunContext
-from ..errors import StorageError
+from ..errors import StorageError, WanmigError
 from ..qemu.process import DISK_NODE
 from . import nbd
 from .jobs import job_status, wait_concluded
@@ -43,8 +44,8 @@ GRANULARITY = 64 * 1024
 DELTA_S = 0.05
 #: Passes a precopy may take before it throttles the guest regardless.
 MAX_PASSES_UNTHROTTLED = 8
-#: The background passes during the memory migration start when this much is dirty.
-BACKGROUND_DIRTY_BYTES = 256 * 1024
+#: How often the background passes look at the bitmap while little is dirty.
+BACKGROUND_POLL_S = 0.05
 PASS_TIMEOUT_S = 600.0
 
 
@@ -125,15 +126,24 @@ class PrecopyStorage(NbdCopy):
                 raise StorageError(f"the disk precopy did not converge in "
                                    f"{ctx.scenario.storage.timeout_s:g} s: "
                                    f"{p.dirty_after / 1e6:.1f} MB still dirty")
-            before = p.dirty_after
-            p = await self._pass(ctx, "bitmap")
+            p = await self._next_pass(ctx, threshold, limit_passes=True)
             ctx.ui.step(f"precopy: pass {len(self.passes)} copied {p.copied / 1e6:.1f} MB in "
                         f"{p.seconds:.1f} s; {p.dirty_after / 1e6:.2f} MB dirty")
-            if p.dirty_after >= before or len(self.passes) > MAX_PASSES_UNTHROTTLED:
-                await self._slow_writes(ctx, p)
         ctx.ui.step(f"precopy: converged after {len(self.passes)} passes "
                     f"({self.copied_bytes / 1e6:.1f} MB); passes go on during the memory copy")
-        self._background = asyncio.create_task(self._keep_up(ctx))
+        self._background = asyncio.create_task(self._keep_up(ctx, threshold))
+
+    async def _next_pass(self, ctx: RunContext, threshold: float, *,
+                         limit_passes: bool = False) -> Pass:
+        """A bitmap pass.  If it leaves more than ``threshold`` dirty and no less than it
+        copied (the guest wrote as fast as the pass drained), or (``limit_passes``) it
+        is past ``MAX_PASSES_UNTHROTTLED``, the guest's writes are throttled (further)."""
+        p = await self._pass(ctx, "bitmap")
+        if p.dirty_after > threshold and (
+                p.dirty_after >= p.copied
+                or (limit_passes and len(self.passes) > MAX_PASSES_UNTHROTTLED)):
+            await self._slow_writes(ctx, p)
+        return p
 
     async def _slow_writes(self, ctx: RunContext, p: Pass) -> None:
         """The guest writes faster than the passes drain: throttle its writes, to half
@@ -147,13 +157,15 @@ class PrecopyStorage(NbdCopy):
         ctx.ui.step(f"precopy: the guest dirties its disk faster than the link drains it: "
                     f"its writes throttled to {bps * 8 / 1e6:.2f} Mbit/s")
 
-    async def _keep_up(self, ctx: RunContext) -> None:
-        """During the memory copy: a pass whenever enough is dirty, until switchover."""
+    async def _keep_up(self, ctx: RunContext, threshold: float) -> None:
+        """During the memory copy: passes back to back while more than ``threshold`` is
+        dirty (throttling as before), so the paused last pass stays short."""
         while not self._stop.is_set():
-            if await self._dirty_bytes(ctx) >= BACKGROUND_DIRTY_BYTES:
-                await self._pass(ctx, "bitmap")
+            if await self._dirty_bytes(ctx) > threshold:
+                await self._next_pass(ctx, threshold)
+                continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=0.5)
+                await asyncio.wait_for(self._stop.wait(), timeout=BACKGROUND_POLL_S)
 
     async def _end_background(self) -> None:
         self._stop.set()
@@ -163,6 +175,7 @@ class PrecopyStorage(NbdCopy):
 
     async def switchover(self, ctx: RunContext) -> None:
         """The source is paused: the last pass, then B's disk is A's."""
+        self._note_io(ctx)
         await self._end_background()
         last = await self._pass(ctx, "bitmap")
         if last.dirty_after:
@@ -170,10 +183,12 @@ class PrecopyStorage(NbdCopy):
                                f"({last.dirty_after} bytes dirty after the last pass)")
         self.ended = time.monotonic()
         await self._count_wire(ctx)
-        await self._close(ctx)
+        self._close_later(ctx)
 
     async def rollback(self, ctx: RunContext) -> None:
         assert ctx.src is not None
+        with contextlib.suppress(WanmigError):
+            await self._closed()
         with contextlib.suppress(StorageError):
             await self._end_background()
         if await job_status(ctx.src, JOB_ID) is not None:

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 from ..context import RunContext, StoragePart
 from ..qemu.image import create_data_disk
 from ..record import StorageResult
+from .base import debian_base
+from .disk import create_overlay
 
 
 class SharedStorage(StoragePart):
@@ -25,9 +27,16 @@ class SharedStorage(StoragePart):
         self.image: Path | None = None
 
     async def create(self, ctx: RunContext) -> None:
-        """The data disk, before the source boots."""
+        """The data disk, before the source boots: a raw ext2 image, or with the
+        ``debian`` base an overlay on it."""
+        vm = ctx.scenario.vm
+        if vm.base == "debian":
+            base = await asyncio.to_thread(debian_base, ctx.build_dir, vm.disk_mib)
+            self.image = ctx.run_dir / "disk.qcow2"
+            await create_overlay(self.image, base)
+            return
         self.image = ctx.run_dir / "disk.raw"
-        await asyncio.to_thread(create_data_disk, self.image, ctx.scenario.vm.disk_mib)
+        await asyncio.to_thread(create_data_disk, self.image, vm.disk_mib)
 
     def disk_for(self, site: str) -> Path:
         """The image the QEMU at ``site`` opens: the same one at both."""

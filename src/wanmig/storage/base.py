@@ -1,0 +1,70 @@
+"""The base image both sites hold: what the VM's disk is an overlay on.
+
+``[vm] base``:
+
+* ``empty`` (the default, for tests and memory runs): an ext2 filesystem
+  holding only the integrity log, made in the run directory (milliseconds).
+* ``debian``: a real Debian root filesystem (minbase with nginx-light and
+  redis-server, ``tools/debian-rootfs``, which ``make setup`` runs) in an
+  ext2 filesystem of ``disk_mib``, beside the integrity log.  Built once per
+  tarball and size into ``<build dir>/bases/`` and shared read-only by every
+  run, as a golden image is by the hosts of both data centres.
+
+The busybox guest mounts the base's filesystem at ``/data`` either way: its
+disk holds what a real VM's root does, and what it writes lands in its overlay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..errors import StorageError
+from ..qemu.image import INTEGRITY_LOG_NAME
+
+#: Bump when the way a base is made changes (the cache key includes it).
+LAYOUT = 1
+ROOTFS_TAR = Path("debian") / "rootfs.tar"
+TIMEOUT_S = 600
+
+
+def rootfs_tar(build_dir: Path) -> Path:
+    return build_dir / ROOTFS_TAR
+
+
+def debian_base(build_dir: Path, size_mib: int) -> Path:
+    """The cached ``debian`` base image of ``size_mib`` (built now if missing)."""
+    tar = rootfs_tar(build_dir)
+    if not tar.is_file():
+        raise StorageError(f"the debian base needs {tar}: run `make setup` "
+                           f"(tools/debian-rootfs {tar})")
+    st = tar.stat()
+    key = hashlib.sha256(f"{LAYOUT}:{st.st_size}:{st.st_mtime_ns}:{size_mib}".encode())
+    out = build_dir / "bases" / f"debian-{size_mib}m-{key.hexdigest()[:12]}.raw"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        root, image = Path(tmp) / "root", Path(tmp) / "base.raw"
+        root.mkdir()
+        _run(["tar", "-xf", str(tar), "-C", str(root), "--numeric-owner"], "unpacking the rootfs")
+        (root / INTEGRITY_LOG_NAME).touch()
+        with image.open("wb") as f:
+            f.truncate(size_mib * 2**20)
+        _run(["mkfs.ext2", "-F", "-q", "-L", "wanmig-data", "-d", str(root), str(image)],
+             f"mkfs.ext2 of the {size_mib} MiB debian base (is it large enough?)")
+        image.chmod(0o444)
+        os.replace(image, out)
+    return out
+
+
+def _run(argv: list[str], what: str) -> None:
+    try:
+        subprocess.run(argv, check=True, capture_output=True, timeout=TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError) as exc:
+        err = getattr(exc, "stderr", b"") or b""
+        raise StorageError(f"{what} failed: {err.decode(errors='replace').strip()[-300:]}",
+                           cause=exc) from exc
