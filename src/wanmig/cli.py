@@ -27,6 +27,7 @@ from rich.progress import (
 
 from .bench import floor as floor_bench
 from .bench import memory as memory_bench
+from .bench import storage as storage_bench
 from .bench import wan as wan_bench
 from .config import Scenario, load_scenario, parse_scenario
 from .errors import ConfigError, WanmigError
@@ -267,6 +268,24 @@ def bench_memory(
         strategies=strategy or None, workloads=workload or None, profile=wan, repeat=repeat,
         floor_cycles=floor_cycles, timeout_s=timeout, out=out, ui=RichUi(),
         say=lambda m: console.print(f"[bold]{escape(m)}[/]")), out)
+
+
+@bench_app.command("storage")
+def bench_storage(
+    out: BenchJsonOption,
+    strategy: Annotated[Optional[list[str]], typer.Option(
+        "--strategy", help=f"Only these cases (repeatable): "
+                           f"{', '.join(storage_bench.STRATEGIES)}; default: all.")] = None,
+    workload: Annotated[Optional[list[str]], typer.Option(
+        "--workload", help=f"Only these workloads (repeatable): "
+                           f"{', '.join(storage_bench.WORKLOADS)}; default: all.")] = None,
+    wan: Annotated[str, typer.Option("--wan", help="WAN profile.")] = storage_bench.PROFILE,
+    repeat: RepeatOption = storage_bench.DEFAULT_REPEAT,
+) -> None:
+    """Every storage strategy on a 2 GiB Debian disk over one WAN (a few minutes a repeat)."""
+    _bench(storage_bench.run_storage_bench(
+        strategies=strategy or None, workloads=workload or None, profile=wan, repeat=repeat,
+        out=out, ui=RichUi(), say=lambda m: console.print(f"[bold]{escape(m)}[/]")), out)
 
 
 @bench_app.command("floor")

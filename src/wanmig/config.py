@@ -232,7 +232,7 @@ class FaultSpec(_Strict):
     #: ``foreign-ca``: the destination presents a certificate another CA signed.
     destination_cert: Literal["valid", "foreign-ca"] = "valid"
     #: The WAN link drops everything for ``link_down_s`` seconds, starting in this phase.
-    link_down_phase: Literal["none", "memory", "switchover"] = "none"
+    link_down_phase: Literal["none", "storage", "memory", "switchover"] = "none"
     link_down_s: float = Field(0.0, ge=0, le=600)
     #: ``destination``: one page of B's RAM is changed just before verify mode
     #: compares the copies (needs ``memory.verify``): the check must catch it.
@@ -268,6 +268,10 @@ class Scenario(_Strict):
     def _faults_fit(self) -> "Scenario":
         if self.fault.link_down_phase != "none" and self.wan.link is None:
             raise ConfigError("a link outage needs an emulated WAN (wan.profile is 'none')",
+                              field="fault.link_down_phase")
+        if self.fault.link_down_phase == "storage" and self.storage.strategy == "shared":
+            raise ConfigError("a link outage during the disk copy needs a storage strategy "
+                              "that copies (storage.strategy is 'shared')",
                               field="fault.link_down_phase")
         if self.fault.corrupt_page != "none" and not self.memory.verify:
             raise ConfigError("corrupting a page is only seen with memory.verify = true",

@@ -4,6 +4,7 @@ The engine calls ``Faults.at(point)`` at fixed points of a run; a fault whose
 setting names that point fires there::
 
     point             kill_destination     link_down_phase
+    storage-progress                       "storage"      (the disk copy has moved bytes)
     memory-progress   "memory"             "memory"       (first bytes of the stream sent)
     pre-switchover    "pre-switchover"                    (source paused, nothing sent yet)
     switchover                             "switchover"   (before the last bytes leave)
@@ -34,7 +35,8 @@ KILL_POINTS = {"memory": "memory-progress", "pre-switchover": "pre-switchover",
                "after-resume": "after-resume", "postcopy": "postcopy"}
 #: How long the guest runs at B on borrowed pages before a ``postcopy`` kill.
 POSTCOPY_RUN_S = 0.5
-LINK_POINTS = {"memory": "memory-progress", "switchover": "switchover"}
+LINK_POINTS = {"storage": "storage-progress", "memory": "memory-progress",
+               "switchover": "switchover"}
 
 
 class Faults:

@@ -407,9 +407,17 @@ class Orchestrator:
     async def _rollback(self, ctx: RunContext, cause: WanmigError) -> None:
         assert ctx.src is not None and self.client is not None
         self.ui.step(f"rolling back: {cause}")
-        # the frames go back to A before the memory part resumes the source there
+        # the frames go back to A before the memory part resumes the source there; one
+        # part's failure does not keep the next from undoing its own (the source resumes)
+        failures: list[WanmigError] = []
         for part in (self.network, self.storage, self.memory):
-            await part.rollback(ctx)
+            try:
+                await part.rollback(ctx)
+            except WanmigError as exc:
+                log.warning("%s rollback failed: %s", part, exc)
+                failures.append(exc)
+        if failures:
+            raise failures[0]
         self._enter_end(Stage.ROLLED_BACK)
         self.notes["source_state_after_rollback"] = await ctx.src.run_state()
         await self.client.mark("rolled-back")

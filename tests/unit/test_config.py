@@ -53,6 +53,24 @@ def test_dirty_working_set_must_fit_the_guest() -> None:
     assert info.value.field == "vm" and "at most half" in str(info.value)
 
 
+@pytest.mark.parametrize("data, words", [
+    ({"vm": {"base": "debian", "disk_mib": 256}}, "disk_mib >= 512"),
+    ({"vm": {"disk_mib": 64, "disk_write_mbps": 5, "disk_write_mib": 40}}, "at most half"),
+    ({"storage": {"strategy": "shared"}, "fault": {"link_down_phase": "storage",
+                                                     "link_down_s": 5}}, "copies"),
+])
+def test_disk_settings_that_cannot_work_are_refused(data: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        parse_scenario(data)
+
+
+def test_local_disk_settings_are_accepted() -> None:
+    sc = parse_scenario({"vm": {"base": "debian", "disk_mib": 2048, "disk_write_mbps": 5},
+                         "storage": {"strategy": "precopy", "verify": True},
+                         "fault": {"link_down_phase": "storage", "link_down_s": 10}})
+    assert sc.storage.timeout_s == 1800 and not sc.storage.synchronous_writes
+
+
 def test_cli_options_override_the_file(tmp_path: Path) -> None:
     f = tmp_path / "s.toml"
     f.write_text('[memory]\nstrategy = "precopy"\n[vm]\nworkload = "idle"\n')

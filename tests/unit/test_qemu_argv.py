@@ -50,6 +50,16 @@ def test_dirty_workload_reaches_the_kernel_command_line() -> None:
     assert "wanmig.dirty" not in plain[plain.index("-append") + 1]
 
 
+def test_disk_rewriter_and_image_format_reach_qemu() -> None:
+    argv = qemu_argv(_cfg(disk=Path("/r/site-a/disk.qcow2"), disk_format="qcow2",
+                          diskwrite=(16, 5.0)), Path("/run/x"))
+    assert "wanmig.diskwrite=16:5" in argv[argv.index("-append") + 1].split()
+    drive = argv[argv.index("-drive") + 1]
+    assert "file=/r/site-a/disk.qcow2,format=qcow2" in drive and "node-name=disk0-format" in drive
+    assert "format=raw" in qemu_argv(_cfg(), Path("/run/x"))[
+        qemu_argv(_cfg(), Path("/run/x")).index("-drive") + 1]
+
+
 def test_old_qemu_is_refused_with_how_to_get_10() -> None:
     assert parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)") \
         == (7, 2, 22)

@@ -576,6 +576,26 @@ static double parse_rate_mbps(const char *s)
     return v;
 }
 
+/* Sleep until the next 10 ms slice after *next (absolute deadlines). Behind by more
+ * than a slice (a starved vCPU, a rate beyond what it can write, slow or throttled
+ * disk writes): the slice already due runs at once, the others are dropped -- less
+ * is written, never in bursts. */
+static void next_slice(struct timespec *next)
+{
+    next->tv_nsec += SLICE_NS;
+    if (next->tv_nsec >= 1000000000L) {
+        next->tv_nsec -= 1000000000L;
+        next->tv_sec++;
+    }
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, next, NULL) == EINTR)
+        ;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long late = (now.tv_sec - next->tv_sec) * 1000000000LL + (now.tv_nsec - next->tv_nsec);
+    if (late > SLICE_NS)
+        *next = now;
+}
+
 static _Noreturn void dirty(long size_mib, double rate_mbps)
 {
     const size_t size = (size_t)size_mib << 20;
@@ -629,19 +649,7 @@ static _Noreturn void dirty(long size_mib, double rate_mbps)
             credit -= PAGE;
         }
         sweep_step(&ws, sweep_per_slice);
-        next.tv_nsec += SLICE_NS;
-        if (next.tv_nsec >= 1000000000L) {
-            next.tv_nsec -= 1000000000L;
-            next.tv_sec++;
-        }
-        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR)
-            ;
-        /* Behind by more than a slice (starved vCPU, or RATE beyond what it can
-         * write): the slice already due runs at once, the others are dropped. */
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long long late = (now.tv_sec - next.tv_sec) * 1000000000LL + (now.tv_nsec - next.tv_nsec);
-        if (late > SLICE_NS)
-            next = now;
+        next_slice(&next);
     }
 }
 
@@ -744,17 +752,7 @@ static _Noreturn void diskwrite(const char *path, long size_mib, double rate_mbp
             n = 0;
             report_at = now.tv_sec + 1;
         }
-        next.tv_nsec += SLICE_NS;
-        if (next.tv_nsec >= 1000000000L) {
-            next.tv_nsec -= 1000000000L;
-            next.tv_sec++;
-        }
-        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR)
-            ;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long long late = (now.tv_sec - next.tv_sec) * 1000000000LL + (now.tv_nsec - next.tv_nsec);
-        if (late > SLICE_NS)
-            next = now; /* behind (slow writes, a throttle): write less, not in bursts */
+        next_slice(&next);
     }
 }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,16 +43,18 @@ async def job_status(vm: QemuVm, job_id: str) -> JobStatus | None:
     return None
 
 
+Progress = Callable[[JobStatus], Awaitable[None]]
+
+
 async def _until(vm: QemuVm, job_id: str, statuses: tuple[str, ...], timeout_s: float,
-                 what: str, on_progress: Callable[[JobStatus], None] | None,
-                 poll_s: float = POLL_S) -> JobStatus:
+                 what: str, on_progress: Progress | None, poll_s: float = POLL_S) -> JobStatus:
     deadline = time.monotonic() + timeout_s
     while True:
         st = await job_status(vm, job_id)
         if st is None:
             raise StorageError(f"{what}: QEMU has no job {job_id!r}")
         if on_progress is not None:
-            on_progress(st)
+            await on_progress(st)
         if st.status in statuses:
             return st
         if st.status == "concluded":
@@ -66,16 +68,16 @@ async def _until(vm: QemuVm, job_id: str, statuses: tuple[str, ...], timeout_s: 
 
 
 async def wait_ready(vm: QemuVm, job_id: str, timeout_s: float, *, what: str,
-                     on_progress: Callable[[JobStatus], None] | None = None) -> JobStatus:
+                     on_progress: Progress | None = None) -> JobStatus:
     """Until a mirror job has copied everything once and tracks writes (``ready``)."""
     return await _until(vm, job_id, ("ready",), timeout_s, what, on_progress)
 
 
-async def wait_concluded(vm: QemuVm, job_id: str, timeout_s: float, *,
-                         what: str) -> JobStatus:
+async def wait_concluded(vm: QemuVm, job_id: str, timeout_s: float, *, what: str,
+                         on_progress: Progress | None = None) -> JobStatus:
     """Until the job has ended; dismisses it.  StorageError if it ended in an error.
-    Polled every ``END_POLL_S``: an end is awaited while the guest is paused."""
-    st = await _until(vm, job_id, ("concluded",), timeout_s, what, None, END_POLL_S)
+    Polled every ``END_POLL_S`` (an end may be awaited while the guest is paused)."""
+    st = await _until(vm, job_id, ("concluded",), timeout_s, what, on_progress, END_POLL_S)
     await dismiss(vm, job_id)
     if st.error:
         raise StorageError(f"{what} failed: {st.error}")
@@ -87,15 +89,19 @@ async def dismiss(vm: QemuVm, job_id: str) -> None:
 
 
 class ProgressSteps:
-    """Tells the person watching how far a copy is, every ``step`` of it and at the
-    end, with the rate so far and an ETA."""
+    """Tells the person watching how far a copy is, every ``step`` of it, with the rate
+    so far and an ETA; ``moved`` is awaited once, when the first bytes have moved."""
 
-    def __init__(self, say: Callable[[str], None], what: str, step: float = 0.1) -> None:
-        self.say, self.what, self.step = say, what, step
+    def __init__(self, say: Callable[[str], None], what: str, step: float = 0.1, *,
+                 moved: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.say, self.what, self.step, self.moved = say, what, step, moved
         self.t0 = time.monotonic()
         self.next = step
 
-    def __call__(self, st: JobStatus) -> None:
+    async def __call__(self, st: JobStatus) -> None:
+        if self.moved is not None and st.done > 0:
+            moved, self.moved = self.moved, None
+            await moved()
         if st.total <= 0 or st.fraction < self.next or self.next >= 1.0:
             return  # the end is the caller's to say
         elapsed = time.monotonic() - self.t0

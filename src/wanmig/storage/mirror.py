@@ -20,15 +20,13 @@ compressed, and the guest's writes during the copy cross again.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import ClassVar
 
 from ..context import RunContext
-from ..errors import StorageError, WanmigError
 from ..qemu.process import DISK_NODE
 from . import nbd
-from .jobs import ProgressSteps, job_status, wait_concluded, wait_ready
+from .jobs import ProgressSteps, wait_concluded, wait_ready
 from .nbdcopy import NbdCopy
 
 JOB_ID = "wanmig-mirror"
@@ -54,7 +52,8 @@ class MirrorStorage(NbdCopy):
             "sync": "full", "auto-dismiss": False,
             "copy-mode": "write-blocking" if spec.synchronous_writes else "background"})
         await wait_ready(ctx.src, JOB_ID, spec.timeout_s, what="the disk mirror",
-                         on_progress=ProgressSteps(ctx.ui.step, "mirror"))
+                         on_progress=ProgressSteps(ctx.ui.step, "mirror",
+                                                   moved=lambda: ctx.faults.at("storage-progress")))
         self.ready_at = time.monotonic()
         ctx.ui.step(f"mirror: ready after {self.ready_at - self.started:.1f} s; it copies the "
                     f"guest's writes as they happen until the switchover")
@@ -65,19 +64,8 @@ class MirrorStorage(NbdCopy):
         self._note_io(ctx)
         await ctx.src.execute("block-job-cancel", {"device": JOB_ID})
         st = await wait_concluded(ctx.src, JOB_ID, CANCEL_TIMEOUT_S, what="the disk mirror")
-        self.ended = time.monotonic()
         self.copied_bytes = st.done
-        await self._count_wire(ctx)
-        self._close_later(ctx)
+        await self._in_sync(ctx)
 
     async def rollback(self, ctx: RunContext) -> None:
-        assert ctx.src is not None
-        with contextlib.suppress(WanmigError):
-            await self._closed()
-        if await job_status(ctx.src, JOB_ID) is not None:
-            await ctx.src.execute("block-job-cancel", {"device": JOB_ID, "force": True})
-            try:
-                await wait_concluded(ctx.src, JOB_ID, CANCEL_TIMEOUT_S, what="the disk mirror")
-            except StorageError:  # a failed job is what we are cancelling
-                pass
-        await self._close(ctx)
+        await self._abandon(ctx, JOB_ID, "the disk mirror")

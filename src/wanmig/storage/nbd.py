@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 EXPORT_NAME = "disk0"
 EXPORT_ID = "wanmig-disk-export"
 TARGET_NODE = "wanmig-nbd-target"
+#: A broken connection is reopened by QEMU's NBD client; requests wait this long for it.
+#: TCP itself rides out an outage that breaks nothing (the copy just stalls); this is for
+#: a connection that does break.  Short, because a rollback after the destination died
+#: waits for it too (the job's requests drain first).
+RECONNECT_DELAY_S = 10
 #: Storage channel TLS objects, beside the memory stream's.
 TLS_OBJECT_ID = "wanmig-nbd-tls"
 TLS_AUTHZ_ID = "wanmig-nbd-tls-authz"
@@ -58,10 +63,12 @@ async def stop_serving(dst: QemuVm) -> None:
 
 async def attach_target(src: QemuVm, ip: str, port: int, tls: TlsSettings | None) -> None:
     """An NBD client node at A for B's export (``TARGET_NODE``); connects now, so a
-    refused certificate fails here, before any job starts."""
+    refused certificate fails here, before any job starts.  A connection that breaks
+    later is reopened (``reconnect-delay``), and the block job resumes where it was."""
     args: dict[str, object] = {"driver": "nbd", "node-name": TARGET_NODE,
-                               "server": {"type": "inet", "host": ip, "port": str(port)},
-                               "export": EXPORT_NAME}
+                               "server": {"type": "inet", "host": ip, "port": str(port),
+                                          "keep-alive": True},
+                               "export": EXPORT_NAME, "reconnect-delay": RECONNECT_DELAY_S}
     if tls is not None:
         args |= {"tls-creds": tls.object_id, "tls-hostname": tls.hostname}
     try:

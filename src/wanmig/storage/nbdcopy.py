@@ -10,12 +10,13 @@ ends with the source paused (``switchover``, then ``_close``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..context import RunContext, StoragePart
-from ..errors import StorageError
+from ..errors import StorageError, WanmigError
 from ..memory.parts import install_tls
 from ..memory.plan import TlsSettings
 from ..record import StorageResult
@@ -23,6 +24,11 @@ from . import nbd
 from .base import debian_base
 from .disk import DiskComparison, DiskFacts, FsckResult, LocalDisks, compare, disk_facts, fsck
 from .diskio import diskio_from_lines
+from .jobs import job_status, wait_concluded
+
+
+#: How long a cancelled job may take to go (a rollback).
+ABANDON_TIMEOUT_S = 60.0
 
 
 def elapsed_ms(a: float | None, b: float | None) -> float | None:
@@ -109,6 +115,27 @@ class NbdCopy(StoragePart):
         """The NBD channel's bytes so far (read before it closes)."""
         addr = ctx.testbed.addr
         self.wire_bytes = await nbd.bytes_sent(ctx.testbed, addr.site_b_ip, addr.nbd_port)
+
+    async def _in_sync(self, ctx: RunContext) -> None:
+        """The disk is in sync at B: note when, count the channel's bytes, close it."""
+        self.ended = time.monotonic()
+        await self._count_wire(ctx)
+        self._close_later(ctx)
+
+    async def _abandon(self, ctx: RunContext, job_id: str, what: str) -> None:
+        """Rollback: a pending close finished, a job still there cancelled, the channel
+        closed (the guest stays at A)."""
+        assert ctx.src is not None
+        with contextlib.suppress(WanmigError):
+            await self._closed()
+        st = await job_status(ctx.src, job_id)
+        if st is not None:
+            # a job whose target died (B is fenced first) may have ended by itself
+            if st.status != "concluded":
+                await ctx.src.execute("block-job-cancel", {"device": job_id, "force": True})
+            with contextlib.suppress(StorageError):   # a failed job is what we cancel
+                await wait_concluded(ctx.src, job_id, ABANDON_TIMEOUT_S, what=what)
+        await self._close(ctx)
 
     def _close_later(self, ctx: RunContext) -> None:
         """Close the channel while the memory part completes (``verify`` waits for it,

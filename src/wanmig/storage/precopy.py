@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..context import RunContext
-from ..errors import StorageError, WanmigError
+from ..errors import StorageError
 from ..qemu.process import DISK_NODE
 from . import nbd
-from .jobs import job_status, wait_concluded
+from .jobs import ProgressSteps, wait_concluded
 from .nbdcopy import NbdCopy, elapsed_ms
 
 BITMAP = "wanmig-precopy"
@@ -83,7 +83,8 @@ class PrecopyStorage(NbdCopy):
                         return int(bm["count"])
         raise StorageError(f"the source's disk has no dirty bitmap {BITMAP!r}")
 
-    async def _pass(self, ctx: RunContext, sync: str) -> Pass:
+    async def _pass(self, ctx: RunContext, sync: str,
+                    progress: ProgressSteps | None = None) -> Pass:
         """One backup job to B: ``top`` (A's overlay) or ``bitmap`` (what was written)."""
         assert ctx.src is not None
         args: dict[str, Any] = {"job-id": JOB_ID, "device": DISK_NODE,
@@ -92,7 +93,8 @@ class PrecopyStorage(NbdCopy):
             args |= {"bitmap": BITMAP, "bitmap-mode": "on-success"}
         t0 = time.monotonic()
         await ctx.src.execute("blockdev-backup", args)
-        st = await wait_concluded(ctx.src, JOB_ID, PASS_TIMEOUT_S, what=f"disk pass {sync}")
+        st = await wait_concluded(ctx.src, JOB_ID, PASS_TIMEOUT_S, what=f"disk pass {sync}",
+                                  on_progress=progress)
         p = Pass(copied=st.done, seconds=time.monotonic() - t0,
                  dirty_after=await self._dirty_bytes(ctx))
         self.passes.append(p)
@@ -118,7 +120,8 @@ class PrecopyStorage(NbdCopy):
         self.started = time.monotonic()
         await ctx.src.execute("block-dirty-bitmap-add", {
             "node": DISK_NODE, "name": BITMAP, "granularity": GRANULARITY})
-        p = await self._pass(ctx, "top")
+        p = await self._pass(ctx, "top", ProgressSteps(
+            ctx.ui.step, "precopy: bulk pass", moved=lambda: ctx.faults.at("storage-progress")))
         self.ready_at = time.monotonic()
         deadline = self.started + ctx.scenario.storage.timeout_s
         while p.dirty_after > threshold:
@@ -181,23 +184,14 @@ class PrecopyStorage(NbdCopy):
         if last.dirty_after:
             raise StorageError(f"the disk was written while the source was paused "
                                f"({last.dirty_after} bytes dirty after the last pass)")
-        self.ended = time.monotonic()
-        await self._count_wire(ctx)
-        self._close_later(ctx)
+        await self._in_sync(ctx)
 
     async def rollback(self, ctx: RunContext) -> None:
-        assert ctx.src is not None
-        with contextlib.suppress(WanmigError):
-            await self._closed()
         with contextlib.suppress(StorageError):
             await self._end_background()
-        if await job_status(ctx.src, JOB_ID) is not None:
-            await ctx.src.execute("block-job-cancel", {"device": JOB_ID, "force": True})
-            with contextlib.suppress(StorageError):
-                await wait_concluded(ctx.src, JOB_ID, PASS_TIMEOUT_S, what="the disk pass")
+        await self._abandon(ctx, JOB_ID, "the disk pass")
         if self.throttle_bps is not None:
             await self._throttle(ctx, 0)   # the guest stays at A: its writes unthrottled
-        await self._close(ctx)
 
     def extra_record(self) -> dict[str, Any]:
         return {"passes": len(self.passes) or None,

@@ -1,0 +1,165 @@
+"""``wanmig bench storage``: every storage strategy on the same guest and WAN.
+
+The guest's disk is the ``debian`` base (a real Debian root, ~200 MB
+allocated in 2 GiB) with an overlay of what the guest wrote; memory moves
+with ``precopy-tuned`` in every case, so the storage strategies differ
+alone.  Cases, each with verify on (both disks compared before B runs):
+
+* ``mirror`` -- libvirt's ``--copy-storage-all`` with its defaults, the baseline;
+* ``mirror-sync`` -- the same with ``--copy-storage-synchronous-writes``;
+* ``precopy`` -- ours: A's overlay over B's own base, in dirty-bitmap passes;
+
+each idle and with the guest rewriting its disk (``disk-N``: ``disk_write_mbps``
+N MB/s).  Each record keeps its storage block (total, ready, time to B running,
+bytes on the WAN, what the disk holds, the write throttle, the guest's write
+latency), the client's outage and the integrity checks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import parse_scenario
+from ..context import Ui
+from ..errors import ConfigError
+from ..orchestrator import Orchestrator
+from .runner import BenchRun, Entry, Figures, Say, medians
+
+PROFILE = "continental"
+RAM_MIB = 256
+DISK_MIB = 2048
+DEFAULT_REPEAT = 1
+#: A copy that is not ready by then is a result (libvirt's mirror need never be).
+STORAGE_TIMEOUT_S = 120.0
+STRATEGIES: dict[str, dict[str, Any]] = {
+    "mirror": {"strategy": "mirror"},
+    "mirror-sync": {"strategy": "mirror", "synchronous_writes": True},
+    "precopy": {"strategy": "precopy"},
+}
+WORKLOADS: dict[str, dict[str, Any]] = {"idle": {}, "disk-5": {"disk_write_mbps": 5.0}}
+BASELINE = "mirror"
+BYTES_SHARE = 0.2          # the best strategy's bytes on the WAN / the baseline's
+
+
+@dataclass(frozen=True)
+class Case:
+    strategy: str
+    workload: str
+    profile: str = PROFILE
+
+    @property
+    def name(self) -> str:
+        return f"{self.strategy}/{self.workload}"
+
+    @property
+    def labels(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "workload": self.workload, "profile": self.profile}
+
+    def scenario(self) -> dict[str, Any]:
+        return {"name": f"bench-storage-{self.strategy}-{self.workload}",
+                "vm": {"ram_mib": RAM_MIB, "disk_mib": DISK_MIB, "base": "debian",
+                       **WORKLOADS[self.workload]},
+                "memory": {"strategy": "precopy-tuned", "verify": True},
+                "storage": {"verify": True, "timeout_s": STORAGE_TIMEOUT_S,
+                            **STRATEGIES[self.strategy]},
+                "wan": {"profile": self.profile}}
+
+
+def plan_cases(strategies: Sequence[str] | None = None,
+               workloads: Sequence[str] | None = None, *, profile: str = PROFILE) -> list[Case]:
+    for s in strategies or ():
+        if s not in STRATEGIES:
+            raise ConfigError(f"unknown storage case {s!r}; known: {', '.join(STRATEGIES)}",
+                              field="strategy")
+    for w in workloads or ():
+        if w not in WORKLOADS:
+            raise ConfigError(f"unknown workload {w!r}; known: {', '.join(WORKLOADS)}",
+                              field="workload")
+    return [Case(s, w, profile) for s in (strategies or STRATEGIES)
+            for w in (workloads or WORKLOADS)]
+
+
+def _storage(entry: Entry) -> dict[str, Any]:
+    return entry.get("storage") or {}
+
+
+def _fixed_ms(entry: Entry) -> float | None:
+    """The copy's time beyond its bytes at the link's rate: what it costs besides moving data."""
+    s, link = _storage(entry), (entry.get("wan") or {}).get("link") or {}
+    if s.get("total_ms") is None or not s.get("bytes_on_wire") or not link.get("rate_mbit"):
+        return None
+    return round(s["total_ms"] - s["bytes_on_wire"] * 8 / (link["rate_mbit"] * 1e3), 1)
+
+
+FIGURES: Figures = {
+    "completed": lambda r: 1.0 if r.get("status") == "completed" else 0.0,
+    "total_ms": lambda r: _storage(r).get("total_ms"),
+    "ready_ms": lambda r: _storage(r).get("ready_ms"),
+    "dest_running_ms": lambda r: _storage(r).get("time_to_dest_running_ms"),
+    "bytes_on_wire": lambda r: _storage(r).get("bytes_on_wire"),
+    "copied_bytes": lambda r: _storage(r).get("copied_bytes"),
+    "disk_bytes": lambda r: _storage(r).get("disk_bytes"),
+    "fixed_ms": _fixed_ms,
+    "outage_ms": lambda r: (r.get("network") or {}).get("client_outage_ms"),
+    "io_p50_ms": lambda r: _storage(r).get("guest_io_p50_ms"),
+    "io_p99_ms": lambda r: _storage(r).get("guest_io_p99_ms"),
+    "throttle_bps": lambda r: _storage(r).get("write_throttle_bps"),
+    "disk_mismatch": lambda r: (None if (r.get("integrity") or {}).get("disk_match") is None
+                                else float(not r["integrity"]["disk_match"])),
+}
+
+
+def evaluate_checks(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+    rows = {row["case"]: medians(row) for row in summary}
+    for workload in WORKLOADS:
+        base = rows.get(f"{BASELINE}/{workload}")
+        done = {case: m for case, m in rows.items()
+                if case.endswith(f"/{workload}") and m.get("completed") and m.get("bytes_on_wire")}
+        if not done:
+            continue
+        best_case, best = min(done.items(), key=lambda kv: kv[1]["bytes_on_wire"])
+        if base is None or not base.get("completed"):
+            checks.append({"check": f"best bytes on the WAN ≤ {BYTES_SHARE:g} × {BASELINE}'s "
+                                    f"({workload})", "ok": None,
+                           "detail": f"{BASELINE} did not complete; best {best_case} "
+                                     f"{best['bytes_on_wire'] / 1e6:.2f} MB"})
+            continue
+        share = best["bytes_on_wire"] / base["bytes_on_wire"]
+        checks.append({"check": f"best bytes on the WAN ≤ {BYTES_SHARE:g} × {BASELINE}'s "
+                                f"({workload})", "ok": share <= BYTES_SHARE,
+                       "detail": f"{best_case} {best['bytes_on_wire'] / 1e6:.2f} MB vs "
+                                 f"{base['bytes_on_wire'] / 1e6:.1f} MB ({share:.3f}×)"})
+    mism = [case for case, m in rows.items() if m.get("disk_mismatch")]
+    checks.append({"check": "disks match in every verified run", "ok": not mism,
+                   "detail": f"{len(rows)} cases; mismatched: {', '.join(mism) or 'none'}"})
+    return checks
+
+
+async def run_storage_bench(*, strategies: Sequence[str] | None = None,
+                            workloads: Sequence[str] | None = None, profile: str = PROFILE,
+                            repeat: int = DEFAULT_REPEAT, out: Path | None = None,
+                            build_dir: Path | None = None, ui: Ui | None = None,
+                            say: Say | None = None) -> dict[str, Any]:
+    """The matrix, each case ``repeat`` times; the runner's document, kind ``storage``."""
+    cases = plan_cases(strategies, workloads, profile=profile)
+    scenarios = {c: parse_scenario(c.scenario()) for c in cases}
+    bench = BenchRun("storage", cases, figures=FIGURES, checks=evaluate_checks,
+                     settings={"ram_mib": RAM_MIB, "disk_mib": DISK_MIB, "profile": profile,
+                               "base": "debian", "storage_timeout_s": STORAGE_TIMEOUT_S},
+                     repeat=repeat, out=out, say=say)
+
+    async def migrate(case: Case, index: int) -> Entry:
+        record = await Orchestrator(scenarios[case], build_dir=build_dir, ui=ui).run()
+        s = record.storage
+        bench.say(f"    {record.status}: storage {s.strategy} in sync after {s.total_ms} ms, "
+                  f"{(s.bytes_on_wire or 0) / 1e6:.2f} MB on the WAN, outage "
+                  f"{record.network.client_outage_ms} ms"
+                  + (f"; {record.error}" if record.error else ""))
+        return json.loads(record.model_dump_json())
+
+    return await bench.run(migrate)

@@ -1,0 +1,47 @@
+"""The ``wanmig bench storage`` results as a table: one row per case, then the checks."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+
+from .bench import figure, runs_of, runs_note, verdict
+
+
+def render_storage_bench(doc: dict[str, Any]) -> Group:
+    settings = doc.get("settings") or {}
+    table = Table(title=f"storage strategies, {settings.get('base', '?')} base of "
+                        f"{settings.get('disk_mib', '?')} MiB on "
+                        f"{settings.get('profile', '?')}{runs_note(doc)}", header_style="bold")
+    for col in ("case", "status", "in sync s", "ready s", "B running s", "MB on WAN",
+                "MB copied", "MB allocated", "fixed s", "outage ms", "write p50 ms",
+                "write p99 ms", "throttle Mbit/s"):
+        table.add_column(col, justify="left" if col in ("case", "status") else "right")
+    for row in doc.get("summary", []):
+        statuses = Counter(r.get("status", "?") for r in runs_of(doc, row["case"]))
+        table.add_row(
+            row["case"], ", ".join(s if len(statuses) == 1 else f"{s} ×{n}"
+                                   for s, n in statuses.items()),
+            figure(row, "total_ms", scale=1000, ranged=True),
+            figure(row, "ready_ms", scale=1000), figure(row, "dest_running_ms", scale=1000),
+            figure(row, "bytes_on_wire", "{:.2f}", scale=1e6, ranged=True),
+            figure(row, "copied_bytes", scale=1e6), figure(row, "disk_bytes", scale=1e6),
+            figure(row, "fixed_ms", scale=1000),
+            figure(row, "outage_ms", "{:.0f}", ranged=True),
+            figure(row, "io_p50_ms", "{:.1f}"), figure(row, "io_p99_ms", "{:.0f}"),
+            figure(row, "throttle_bps", "{:.2f}", scale=1e6 / 8))
+    checks = Table(title="targets", header_style="bold")
+    for col in ("check", "result", "detail"):
+        checks.add_column(col)
+    for c in doc.get("checks", []):
+        checks.add_row(c["check"], verdict(c.get("ok")), c.get("detail", ""))
+    errors = Table(title="why runs did not complete", header_style="bold")
+    errors.add_column("case")
+    errors.add_column("error")
+    failed = [r for r in doc.get("results", []) if r.get("status") != "completed"]
+    for r in failed:
+        errors.add_row((r.get("bench") or {}).get("case", "?"), str(r.get("error")))
+    return Group(table, checks, *([errors] if failed else []))

@@ -1,0 +1,46 @@
+"""The storage bench's matrix and checks, on made-up summaries."""
+
+import pytest
+
+from wanmig.bench.storage import FIGURES, evaluate_checks, plan_cases
+from wanmig.bench.runner import summarise
+from wanmig.errors import ConfigError
+
+
+def _entry(case: str, status: str, wire: int | None, match: bool | None = True) -> dict:
+    return {"status": status, "bench": {"case": case},
+            "storage": {"bytes_on_wire": wire, "total_ms": 20000.0},
+            "wan": {"link": {"rate_mbit": 100}}, "integrity": {"disk_match": match}}
+
+
+def test_matrix_and_unknown_names() -> None:
+    names = [c.name for c in plan_cases()]
+    assert names == ["mirror/idle", "mirror/disk-5", "mirror-sync/idle", "mirror-sync/disk-5",
+                     "precopy/idle", "precopy/disk-5"]
+    sc = plan_cases(["precopy"], ["disk-5"])[0].scenario()
+    assert sc["vm"]["base"] == "debian" and sc["vm"]["disk_write_mbps"] == 5.0
+    assert sc["storage"]["verify"] and sc["memory"]["verify"]
+    with pytest.raises(ConfigError):
+        plan_cases(["scp"])
+    with pytest.raises(ConfigError):
+        plan_cases(workloads=["fio"])
+
+
+def test_bytes_target_against_the_baseline_and_without_it() -> None:
+    results = [_entry("mirror/idle", "completed", 200_000_000),
+               _entry("precopy/idle", "completed", 500_000),
+               _entry("mirror/disk-5", "rolled_back", None),
+               _entry("mirror-sync/disk-5", "completed", 230_000_000),
+               _entry("precopy/disk-5", "completed", 20_000_000, match=False)]
+    checks = {c["check"]: c for c in evaluate_checks(summarise(results, FIGURES))}
+    idle = checks["best bytes on the WAN ≤ 0.2 × mirror's (idle)"]
+    assert idle["ok"] is True and "precopy/idle" in idle["detail"]
+    busy = checks["best bytes on the WAN ≤ 0.2 × mirror's (disk-5)"]
+    assert busy["ok"] is None and "did not complete" in busy["detail"]
+    match = checks["disks match in every verified run"]
+    assert match["ok"] is False and "precopy/disk-5" in match["detail"]
+
+
+def test_fixed_cost_is_the_time_beyond_the_bytes_at_the_link_rate() -> None:
+    e = _entry("precopy/idle", "completed", 12_500_000)   # 1 s at 100 Mbit/s
+    assert FIGURES["fixed_ms"](e) == 19000.0
