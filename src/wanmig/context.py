@@ -11,7 +11,7 @@ them in this order and knows nothing of what they do inside::
     memory       copy (until paused)    -                   -
     switchover   switchover (after) ─── switchover ──────── switchover   (concurrently;
                                                                           storage's first)
-                 -                      verify              -
+                 -                      before_run          -
                  (then the engine sends the destination ``cont``)
     redirect     -                      -                   redirect
     finish       finish                 finish              finish
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .qemu.process import VmConfig
 from .record import Phase
-from .storage.disk import image_format
+from .storage.disk import has_backing, image_format
 
 if TYPE_CHECKING:
     from .config import Scenario
@@ -111,7 +111,8 @@ class RunContext:
         """The QEMU settings for the guest at ``site`` (``b`` is a migration destination)."""
         sc, addr = self.scenario, self.testbed.addr
         return VmConfig(name=f"vm-{site}", image=self.image, disk=disk,
-                        disk_format=image_format(disk), ram_mib=sc.vm.ram_mib,
+                        disk_format=image_format(disk), disk_backed=has_backing(disk),
+                        ram_mib=sc.vm.ram_mib,
                         mac=addr.vm_mac, tap=addr.tap, ip_cidr=addr.vm_cidr, accel=self.accel,
                         netns=self.testbed.site(site).name, incoming=site == "b",
                         dirty=((sc.vm.dirty_mib, sc.vm.dirty_rate_mbps)
@@ -182,8 +183,9 @@ class StoragePart(Part, abc.ABC):
         """Where the guest's integrity log is read from after the run (None: not made)."""
         return None
 
-    async def verify(self, ctx: RunContext) -> None:
-        """Both QEMUs stopped, B loaded and never run: compare the disks (verify mode)."""
+    async def before_run(self, ctx: RunContext) -> None:
+        """Both QEMUs stopped, B loaded and never run: the last changes to B's disk and
+        the checks on it (verify mode compares the disks here)."""
 
     async def check(self) -> None:
         """After both QEMUs have stopped: checks on the disks (their fields: ``integrity``)."""

@@ -322,7 +322,7 @@ class Orchestrator:
             await memory.switchover(ctx)
 
         await _together(disk_then_memory(), network.switchover(ctx))
-        await storage.verify(ctx)
+        await storage.before_run(ctx)
         # The point of no return: from the next line on the destination may run.
         loaded = self.instants["cont"] = time.monotonic()
         self._enter(Stage.DESTINATION_RUNNING)

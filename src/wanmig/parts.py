@@ -118,7 +118,8 @@ STORAGE = PartTable("storage", "storage strategy", [
     PartInfo("mirror", "libvirt's NBD + blockdev-mirror during memory", "storage.mirror:MirrorStorage"),
     PartInfo("precopy", "bulk copy with dirty tracking before memory",
              "storage.precopy:PrecopyStorage"),
-    PartInfo("postcopy", "run at B at once, fetch blocks on demand"),
+    PartInfo("postcopy", "run at B at once, fetch blocks on demand",
+             "storage.postcopy:PostcopyStorage"),
     PartInfo("hybrid", "bulk copy, then the rest on demand"),
     PartInfo("auto", "measure, predict, choose"),
 ])

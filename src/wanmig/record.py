@@ -111,6 +111,8 @@ class StorageResult(_Model):
     last_delta_bytes: int | None = None      # ... what the last, with the source paused, moved
     write_throttle_bps: int | None = None    # ... the guest's writes were throttled to this
     throttled_after_ms: float | None = None  # ... this long after the copy began
+    layer_ms: float | None = None            # postcopy: A's overlay put under B's disk
+    stream_ms: float | None = None           # ... the stream after B ran
     #: The guest's disk write latency (``vm.disk_write_mbps``; ``storage.diskio``):
     #: during the copy (until the switchover), and before it, as a reference.
     guest_io_p50_ms: float | None = None
@@ -170,6 +172,7 @@ class IntegrityResult(_Model):
     #: Verify mode (``storage.verify``): both disks compared before B ran.
     disk_first_difference: int | None = None         # byte offset
     disk_verify_ms: float | None = None
+    disk_verify_note: str | None = None              # why the disks were not compared
     #: ``e2fsck -fn`` on B's disk after the run (summary counters a mounted
     #: filesystem has out of date do not count: ``storage.disk.FSCK_BENIGN``).
     disk_fsck_clean: bool | None = None

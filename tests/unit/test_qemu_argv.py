@@ -52,10 +52,11 @@ def test_dirty_workload_reaches_the_kernel_command_line() -> None:
 
 def test_disk_rewriter_and_image_format_reach_qemu() -> None:
     argv = qemu_argv(_cfg(disk=Path("/r/site-a/disk.qcow2"), disk_format="qcow2",
-                          diskwrite=(16, 5.0)), Path("/run/x"))
+                          disk_backed=True, diskwrite=(16, 5.0)), Path("/run/x"))
     assert "wanmig.diskwrite=16:5" in argv[argv.index("-append") + 1].split()
     drive = argv[argv.index("-drive") + 1]
     assert "file=/r/site-a/disk.qcow2,format=qcow2" in drive and "node-name=disk0-format" in drive
+    assert "file.node-name=disk0-file" in drive and "backing.node-name=disk0-base" in drive
     assert "format=raw" in qemu_argv(_cfg(), Path("/run/x"))[
         qemu_argv(_cfg(), Path("/run/x")).index("-drive") + 1]
 

@@ -86,3 +86,9 @@ def test_fsck_reports_structural_damage(tmp_path: Path, disks: LocalDisks) -> No
 
 def test_read_log_flattens_a_qcow2_chain(disks: LocalDisks) -> None:
     assert asyncio.run(read_log(disks.source)) == b""
+
+
+def test_has_backing_reads_the_qcow2_header(disks: LocalDisks) -> None:
+    from wanmig.storage.disk import has_backing
+    assert has_backing(disks.source) and not has_backing(disks.target)
+    assert not has_backing(disks.base)

@@ -249,25 +249,31 @@ async def _surveyed_plan(part: QemuMemory, ctx: RunContext, tls: TlsSettings | N
 
 
 async def install_tls(ctx: RunContext, channel: str = "tls", *,
-                      object_id: str = TLS_OBJECT_ID,
-                      authz_id: str = TLS_AUTHZ_ID) -> TlsSettings:
+                      object_id: str = TLS_OBJECT_ID, authz_id: str = TLS_AUTHZ_ID,
+                      server_site: str = "b") -> TlsSettings:
     """Certificates for one channel of this migration (``channel``: their directory in
     the run directory) from the deployment's CA, loaded into both QEMUs as
-    ``object_id`` (and the destination's ``authz_id``).  The memory stream is the
-    ``tls`` channel; the storage parts have their own."""
+    ``object_id`` (and the server's ``authz_id``).  The server is B's QEMU, or A's
+    (``server_site``) for a channel B opens to A.  The memory stream is the ``tls``
+    channel; the storage parts have their own."""
     assert ctx.src is not None and ctx.dst is not None
+    addr = ctx.testbed.addr
+    server, client = (ctx.dst, ctx.src) if server_site == "b" else (ctx.src, ctx.dst)
     ca = await asyncio.to_thread(DeploymentCa.load_or_create, ctx.pki_dir)
-    foreign = ctx.scenario.fault.destination_cert == "foreign-ca"
+    # the fault is the destination's certificate: only where the destination serves
+    foreign = ctx.scenario.fault.destination_cert == "foreign-ca" and server_site == "b"
     if foreign:
         ctx.ui.step(f"fault injection: the destination presents a certificate of another CA "
                     f"({channel})")
     material = await asyncio.to_thread(
-        MigrationTls.create, ctx.run_dir / channel, ca, ctx.testbed.addr.site_b_ip,
-        rogue=foreign, source_name=f"wanmig-source-{ctx.registry.run_id}")
-    await add_tls_creds(ctx.src, material.source_dir, "client", object_id)
-    # tls-authz: this migration's source, not any certificate the CA signed (nor the
-    # source certificate of another migration)
-    await add_tls_creds(ctx.dst, material.dest_dir, "server", object_id,
+        MigrationTls.create, ctx.run_dir / channel, ca,
+        addr.site_b_ip if server_site == "b" else addr.site_a_ip, rogue=foreign,
+        source_name=f"wanmig-{'source' if server_site == 'b' else 'destination'}-"
+                    f"{ctx.registry.run_id}")
+    await add_tls_creds(client, material.source_dir, "client", object_id)
+    # tls-authz: this migration's client, not any certificate the CA signed (nor the
+    # client certificate of another migration)
+    await add_tls_creds(server, material.dest_dir, "server", object_id,
                         client_identity=material.source_identity, authz_id=authz_id)
     return TlsSettings(hostname=material.hostname, object_id=object_id, authz_id=authz_id)
 

@@ -55,6 +55,7 @@ class VmConfig:
     netns: str | None = None
     incoming: bool = False     # start with -incoming defer (a migration destination)
     disk_format: str = "raw"   # the image format of ``disk``: raw or qcow2
+    disk_backed: bool = False  # ``disk`` is an overlay: its backing image is DISK_BASE_NODE
     smp: int = 1
     dirty: tuple[int, float] | None = None  # guest memory dirtier (size MiB, MB/s), or none
     diskwrite: tuple[int, float] | None = None  # guest disk rewriter (size MiB, MB/s), or none
@@ -63,8 +64,11 @@ class VmConfig:
     ram_file: Path | None = None
 
 
-#: The node name of the guest disk's format layer (``-drive ...,node-name=``).
+#: The node names of the guest disk's format layer (``-drive ...,node-name=``), of the
+#: file under it, and of its backing image (qcow2 overlays: the base).
 DISK_NODE = "disk0-format"
+DISK_FILE_NODE = "disk0-file"
+DISK_BASE_NODE = "disk0-base"
 
 
 def qemu_argv(cfg: VmConfig, run_dir: Path, binary: QemuBinary | None = None) -> list[str]:
@@ -91,7 +95,9 @@ def qemu_argv(cfg: VmConfig, run_dir: Path, binary: QemuBinary | None = None) ->
         # The format node is named (DISK_NODE) for the storage parts' block jobs
         # and NBD exports; "disk0" is the device's BlockBackend.
         "-drive", (f"file={cfg.disk},format={cfg.disk_format},if=none,id=disk0,"
-                   f"node-name={DISK_NODE},cache=none,aio=threads"),
+                   f"node-name={DISK_NODE},file.node-name={DISK_FILE_NODE},"
+                   + (f"backing.node-name={DISK_BASE_NODE}," if cfg.disk_backed else "")
+                   + "cache=none,aio=threads"),
         "-device", "virtio-blk-pci,drive=disk0",
         "-netdev", (f"tap,id=net0,ifname={cfg.tap},script=no,downscript=no" if cfg.tap
                     else "user,id=net0,restrict=on"),

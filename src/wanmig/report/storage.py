@@ -17,7 +17,7 @@ def render_storage_bench(doc: dict[str, Any]) -> Group:
                         f"{settings.get('disk_mib', '?')} MiB on "
                         f"{settings.get('profile', '?')}{runs_note(doc)}", header_style="bold")
     for col in ("case", "status", "in sync s", "ready s", "B running s", "MB on WAN",
-                "MB copied", "MB allocated", "fixed s", "outage ms", "write p50 ms",
+                "MB copied", "MB allocated", "fixed s", "outage ms", "net outage ms", "write p50 ms",
                 "write p99 ms", "throttle Mbit/s"):
         table.add_column(col, justify="left" if col in ("case", "status") else "right")
     for row in doc.get("summary", []):
@@ -31,6 +31,7 @@ def render_storage_bench(doc: dict[str, Any]) -> Group:
             figure(row, "copied_bytes", scale=1e6), figure(row, "disk_bytes", scale=1e6),
             figure(row, "fixed_ms", scale=1000),
             figure(row, "outage_ms", "{:.0f}", ranged=True),
+            figure(row, "net_outage_ms", "{:.0f}", ranged=True),
             figure(row, "io_p50_ms", "{:.1f}"), figure(row, "io_p99_ms", "{:.0f}"),
             figure(row, "throttle_bps", "{:.2f}", scale=1e6 / 8))
     checks = Table(title="targets", header_style="bold")

@@ -49,6 +49,15 @@ def image_format(path: Path) -> str:
     return "qcow2" if Path(path).suffix == ".qcow2" else "raw"
 
 
+def has_backing(path: Path) -> bool:
+    """Whether a qcow2 image names a backing file (its header's backing_file_offset)."""
+    if image_format(path) != "qcow2":
+        return False
+    with Path(path).open("rb") as f:
+        header = f.read(16)
+    return len(header) == 16 and int.from_bytes(header[8:16], "big") != 0
+
+
 async def qemu_img(*args: str, what: str, check: bool = True) -> tuple[int, str]:
     """Run ``qemu-img ARGS``; its exit code and stdout (StorageError on failure when
     ``check``)."""

@@ -12,7 +12,9 @@ authenticated TLS unless the run is ``--insecure``::
                                 tls-creds, tls-hostname}
 
 and, once the disk is across, the reverse: ``blockdev-del`` at the source,
-``block-export-del`` and ``nbd-server-stop`` at the destination.
+``block-export-del`` and ``nbd-server-stop`` at the destination.  ``postcopy``
+turns the channel round (A serves, B reads): ``serve_node`` and ``attach_node``
+take any node and either site.
 """
 
 from __future__ import annotations
@@ -41,41 +43,52 @@ TLS_OBJECT_ID = "wanmig-nbd-tls"
 TLS_AUTHZ_ID = "wanmig-nbd-tls-authz"
 
 
-async def serve_disk(dst: QemuVm, ip: str, port: int, tls: TlsSettings | None) -> None:
-    """Start B's NBD server on ``ip:port`` and export its disk, writable."""
+async def serve_node(vm: QemuVm, ip: str, port: int, tls: TlsSettings | None, *,
+                     node: str, name: str, writable: bool) -> None:
+    """Start ``vm``'s NBD server on ``ip:port`` and export ``node`` as ``name``."""
     args: dict[str, object] = {"addr": {"type": "inet",
                                         "data": {"host": ip, "port": str(port)}}}
     if tls is not None:
         args |= {"tls-creds": tls.object_id, "tls-authz": tls.authz_id}
-    await dst.execute("nbd-server-start", args)
-    await dst.execute("block-export-add", {"type": "nbd", "id": EXPORT_ID,
-                                           "node-name": DISK_NODE, "name": EXPORT_NAME,
-                                           "writable": True})
+    await vm.execute("nbd-server-start", args)
+    await vm.execute("block-export-add", {"type": "nbd", "id": EXPORT_ID, "node-name": node,
+                                          "name": name, "writable": writable})
 
 
-async def stop_serving(dst: QemuVm) -> None:
-    """Remove B's export and stop its NBD server (nothing serves once B runs).  The
-    source has detached by now, but its disconnect may still be crossing the WAN:
-    ``hard`` drops what is left of the connection."""
-    await dst.execute("block-export-del", {"id": EXPORT_ID, "mode": "hard"})
-    await dst.execute("nbd-server-stop")
+async def serve_disk(dst: QemuVm, ip: str, port: int, tls: TlsSettings | None) -> None:
+    """B serves its disk, writable (exporting a node of an incoming QEMU activates it)."""
+    await serve_node(dst, ip, port, tls, node=DISK_NODE, name=EXPORT_NAME, writable=True)
 
 
-async def attach_target(src: QemuVm, ip: str, port: int, tls: TlsSettings | None) -> None:
-    """An NBD client node at A for B's export (``TARGET_NODE``); connects now, so a
-    refused certificate fails here, before any job starts.  A connection that breaks
-    later is reopened (``reconnect-delay``), and the block job resumes where it was."""
-    args: dict[str, object] = {"driver": "nbd", "node-name": TARGET_NODE,
+async def stop_serving(vm: QemuVm) -> None:
+    """Remove the export and stop the NBD server.  The client has detached by now, but
+    its disconnect may still be crossing the WAN: ``hard`` drops what is left of it."""
+    await vm.execute("block-export-del", {"id": EXPORT_ID, "mode": "hard"})
+    await vm.execute("nbd-server-stop")
+
+
+async def attach_node(vm: QemuVm, ip: str, port: int, tls: TlsSettings | None, *,
+                      node: str, export: str, read_only: bool = False) -> None:
+    """An NBD client node ``node`` in ``vm`` for the export at ``ip:port``; connects
+    now, so a refused certificate fails here, before any job starts.  A connection
+    that breaks later is reopened (``reconnect-delay``) and a job resumes where it was."""
+    args: dict[str, object] = {"driver": "nbd", "node-name": node,
                                "server": {"type": "inet", "host": ip, "port": str(port),
                                           "keep-alive": True},
-                               "export": EXPORT_NAME, "reconnect-delay": RECONNECT_DELAY_S}
+                               "export": export, "reconnect-delay": RECONNECT_DELAY_S,
+                               "read-only": read_only}
     if tls is not None:
         args |= {"tls-creds": tls.object_id, "tls-hostname": tls.hostname}
     try:
-        await src.execute("blockdev-add", args)
+        await vm.execute("blockdev-add", args)
     except QemuError as exc:
-        raise StorageError(f"the source could not open the destination's disk over NBD "
+        raise StorageError(f"{vm.name} could not open the other site's disk over NBD "
                            f"({ip}:{port}): {exc}", cause=exc) from exc
+
+
+async def attach_target(src: QemuVm, ip: str, port: int, tls: TlsSettings | None) -> None:
+    """A opens B's exported disk as ``TARGET_NODE``."""
+    await attach_node(src, ip, port, tls, node=TARGET_NODE, export=EXPORT_NAME)
 
 
 async def detach_target(src: QemuVm) -> None:
@@ -85,8 +98,9 @@ async def detach_target(src: QemuVm) -> None:
 _BYTES_SENT = re.compile(r"\bbytes_sent:(\d+)")
 
 
-async def bytes_sent(testbed: Testbed, ip: str, port: int) -> int:
-    """TCP payload bytes site A has sent to ``ip:port`` on its open connections
-    (TLS records included): what the NBD channel put on the WAN so far."""
-    out = await testbed.site_a.run("ss", "-tinH", "dst", ip, "dport", "=", str(port))
+async def bytes_sent(testbed: Testbed, selector: tuple[str, ...]) -> int:
+    """TCP payload bytes site A has sent on its open connections that ``ss`` selects
+    (``dst IP dport = PORT``, ``sport = PORT``), TLS records included: what the NBD
+    channel put on the WAN so far."""
+    out = await testbed.site_a.run("ss", "-tinH", *selector)
     return sum(int(m.group(1)) for m in _BYTES_SENT.finditer(out))

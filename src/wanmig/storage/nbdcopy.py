@@ -1,10 +1,12 @@
 """What every strategy that copies a local disk over QEMU's NBD has in common.
 
-``NbdCopy`` owns the run's ``LocalDisks``, the storage channel's TLS, B's
-export and A's NBD client node, the verify-mode comparison, the e2fsck after
-the run and the record.  A strategy (``mirror``, ``precopy``) says how B's
-disk starts (``target_on_base``), how the copy runs (``copy``) and how it
-ends with the source paused (``switchover``, then ``_close``).
+``NbdCopy`` owns the run's ``LocalDisks``, the storage channel's TLS, its
+NBD server and client (B serves and A writes to it; ``postcopy`` turns it
+round, ``server_site``), the verify-mode comparison, the e2fsck after the run
+and the record.  A strategy (``mirror``, ``precopy``, ``postcopy``) says how
+B's disk starts (``target_on_base``), how the copy runs (``copy``, and
+``finish`` for what goes on after B runs) and how it ends (``switchover``,
+``before_run``, ``_close``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class NbdCopy(StoragePart):
         self.copied_bytes: int | None = None
         self.comparison: DiskComparison | None = None
         self.verify_ms: float | None = None
+        self.verify_note: str | None = None
         self.fsck_result: FsckResult | None = None
         self.io: dict[str, Any] = {}
         self._io_from = 0
@@ -90,18 +93,28 @@ class NbdCopy(StoragePart):
 
     # -- the channel --------------------------------------------------------------
 
+    #: Which site's QEMU serves the NBD channel (B receives writes; A serves reads).
+    server_site: ClassVar[str] = "b"
+
     async def prepare(self, ctx: RunContext) -> None:
         assert ctx.src is not None and ctx.dst is not None and self.disks is not None
         if ctx.scenario.memory.tls:
-            self.tls = await install_tls(ctx, "tls-nbd", object_id=nbd.TLS_OBJECT_ID,
-                                         authz_id=nbd.TLS_AUTHZ_ID)
+            self.tls = await install_tls(ctx, f"tls-nbd-{self.server_site}",
+                                         object_id=nbd.TLS_OBJECT_ID,
+                                         authz_id=nbd.TLS_AUTHZ_ID,
+                                         server_site=self.server_site)
+        await self._open_channel(ctx)
+        self.source_facts = await disk_facts(self.disks.source)
+        self._io_from = len(ctx.src.console_lines())
+
+    async def _open_channel(self, ctx: RunContext) -> None:
+        """B serves its disk, A opens it."""
+        assert ctx.src is not None and ctx.dst is not None
         addr = ctx.testbed.addr
         await nbd.serve_disk(ctx.dst, addr.site_b_ip, addr.nbd_port, self.tls)
         self._serving = True
         await nbd.attach_target(ctx.src, addr.site_b_ip, addr.nbd_port, self.tls)
         self._attached = True
-        self.source_facts = await disk_facts(self.disks.source)
-        self._io_from = len(ctx.src.console_lines())
 
     def _note_io(self, ctx: RunContext) -> None:
         """The guest's disk write latency (``diskio``) before the copy and during it, from
@@ -112,9 +125,11 @@ class NbdCopy(StoragePart):
                    **diskio_from_lines(lines[self._io_from:]).summary("guest_io")}
 
     async def _count_wire(self, ctx: RunContext) -> None:
-        """The NBD channel's bytes so far (read before it closes)."""
+        """The NBD channel's bytes so far, as site A sent them (read before it closes)."""
         addr = ctx.testbed.addr
-        self.wire_bytes = await nbd.bytes_sent(ctx.testbed, addr.site_b_ip, addr.nbd_port)
+        self.wire_bytes = await nbd.bytes_sent(
+            ctx.testbed, ("dst", addr.site_b_ip, "dport", "=", str(addr.nbd_port))
+            if self.server_site == "b" else ("sport", "=", str(addr.nbd_port)))
 
     async def _in_sync(self, ctx: RunContext) -> None:
         """The disk is in sync at B: note when, count the channel's bytes, close it."""
@@ -167,7 +182,7 @@ class NbdCopy(StoragePart):
 
     # -- checks -------------------------------------------------------------------
 
-    async def verify(self, ctx: RunContext) -> None:
+    async def before_run(self, ctx: RunContext) -> None:
         """The channel closed; in verify mode both disks compared while B waits paused
         (a difference is a StorageError while B has never run)."""
         await self._closed()
@@ -210,6 +225,8 @@ class NbdCopy(StoragePart):
             out |= {"disk_match": self.comparison.match,
                     "disk_first_difference": self.comparison.first_difference,
                     "disk_verify_ms": self.verify_ms}
+        if self.verify_note is not None:
+            out["disk_verify_note"] = self.verify_note
         if self.fsck_result is not None:
             out |= {"disk_fsck_clean": self.fsck_result.clean,
                     "disk_fsck_problems": self.fsck_result.problems or None}

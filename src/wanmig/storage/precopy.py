@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..context import RunContext
-from ..errors import StorageError
+from ..errors import StorageError, WanmigError
 from ..qemu.process import DISK_NODE
 from . import nbd
 from .jobs import ProgressSteps, wait_concluded
@@ -187,11 +187,17 @@ class PrecopyStorage(NbdCopy):
         await self._in_sync(ctx)
 
     async def rollback(self, ctx: RunContext) -> None:
+        assert ctx.src is not None
         with contextlib.suppress(StorageError):
             await self._end_background()
         await self._abandon(ctx, JOB_ID, "the disk pass")
+        # the guest stays at A: its writes unthrottled, no longer tracked
         if self.throttle_bps is not None:
-            await self._throttle(ctx, 0)   # the guest stays at A: its writes unthrottled
+            await self._throttle(ctx, 0)
+        if self.passes or self.started is not None:
+            with contextlib.suppress(WanmigError):   # it may never have been added
+                await ctx.src.execute("block-dirty-bitmap-remove",
+                                      {"node": DISK_NODE, "name": BITMAP})
 
     def extra_record(self) -> dict[str, Any]:
         return {"passes": len(self.passes) or None,
