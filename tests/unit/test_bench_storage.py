@@ -17,7 +17,9 @@ def test_matrix_and_unknown_names() -> None:
     names = [c.name for c in plan_cases()]
     assert names == ["mirror/idle", "mirror/disk-5", "mirror-sync/idle", "mirror-sync/disk-5",
                      "precopy/idle", "precopy/disk-5", "postcopy/idle", "postcopy/disk-5",
-                     "postcopy-1g/idle", "postcopy-4g/idle"]
+                     "postcopy-1g/idle", "postcopy-4g/idle", "mirror-sync-insecure/idle"]
+    plain = plan_cases(["mirror-sync-insecure"], ["idle"])[0].scenario()
+    assert plain["memory"]["tls"] is False and plain["storage"]["synchronous_writes"]
     big = plan_cases(["postcopy-4g"], ["idle"])[0].scenario()
     assert big["vm"]["disk_mib"] == 4096 and big["storage"]["strategy"] == "postcopy"
     sc = plan_cases(["precopy"], ["disk-5"])[0].scenario()

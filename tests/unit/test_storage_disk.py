@@ -92,3 +92,10 @@ def test_has_backing_reads_the_qcow2_header(disks: LocalDisks) -> None:
     from wanmig.storage.disk import has_backing
     assert has_backing(disks.source) and not has_backing(disks.target)
     assert not has_backing(disks.base)
+
+
+def test_a_destination_without_room_is_refused_with_the_figures(tmp_path: Path) -> None:
+    from wanmig.storage.disk import check_room
+    check_room(tmp_path, 1 << 20)                      # this machine's /tmp has room
+    with pytest.raises(StorageError, match=r"has \d+ MiB free; the disk needs \d+ MiB"):
+        check_room(tmp_path, 1 << 60)                  # an exabyte does not fit anywhere

@@ -43,9 +43,12 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "precopy": {"strategy": "precopy"},
     "postcopy": {"strategy": "postcopy"},
 }
-#: Cases beyond the matrix: postcopy on other disk sizes (time to B running must not grow).
+#: Cases beyond the matrix, idle: postcopy on other disk sizes (time to B running must
+#: not grow), and the biggest copy without TLS (what TLS costs).
 SIZED: dict[str, tuple[str, int]] = {"postcopy-1g": ("postcopy", 1024),
                                      "postcopy-4g": ("postcopy", 4096)}
+INSECURE = {"mirror-sync-insecure": "mirror-sync"}
+TLS_COST_SHARE = 0.10
 WORKLOADS: dict[str, dict[str, Any]] = {"idle": {}, "disk-5": {"disk_write_mbps": 5.0}}
 BASELINE = "mirror"
 FALLBACK = "mirror-sync"
@@ -68,11 +71,13 @@ class Case:
         return {"strategy": self.strategy, "workload": self.workload, "profile": self.profile}
 
     def scenario(self) -> dict[str, Any]:
-        strategy, disk_mib = SIZED.get(self.strategy, (self.strategy, DISK_MIB))
+        strategy = INSECURE.get(self.strategy, self.strategy)
+        strategy, disk_mib = SIZED.get(strategy, (strategy, DISK_MIB))
         return {"name": f"bench-storage-{self.strategy}-{self.workload}",
                 "vm": {"ram_mib": RAM_MIB, "disk_mib": disk_mib, "base": "debian",
                        **WORKLOADS[self.workload]},
-                "memory": {"strategy": "precopy-tuned", "verify": True},
+                "memory": {"strategy": "precopy-tuned", "verify": True,
+                           "tls": self.strategy not in INSECURE},
                 "storage": {"verify": True, "timeout_s": STORAGE_TIMEOUT_S,
                             **STRATEGIES[strategy]},
                 "wan": {"profile": self.profile}}
@@ -81,7 +86,7 @@ class Case:
 def plan_cases(strategies: Sequence[str] | None = None,
                workloads: Sequence[str] | None = None, *, profile: str = PROFILE) -> list[Case]:
     """Every strategy × workload, then (by default) the sized postcopy cases, idle."""
-    known = [*STRATEGIES, *SIZED]
+    known = [*STRATEGIES, *SIZED, *INSECURE]
     for s in strategies or ():
         if s not in known:
             raise ConfigError(f"unknown storage case {s!r}; known: {', '.join(known)}",
@@ -93,7 +98,7 @@ def plan_cases(strategies: Sequence[str] | None = None,
     if strategies:
         return [Case(s, w, profile) for s in strategies for w in (workloads or WORKLOADS)]
     return ([Case(s, w, profile) for s in STRATEGIES for w in (workloads or WORKLOADS)]
-            + [Case(s, "idle", profile) for s in SIZED])
+            + [Case(s, "idle", profile) for s in (*SIZED, *INSECURE)])
 
 
 def _storage(entry: Entry) -> dict[str, Any]:
@@ -174,6 +179,14 @@ def evaluate_checks(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                        "detail": f"{m['dest_running_ms'] / 1000:.1f} s vs "
                                  f"{(m.get('memory_total_ms') or 0) / 1000:.1f} s + "
                                  f"{POSTCOPY_SLACK_MS / 1000:g} s"})
+    for insecure, secure in INSECURE.items():
+        a, b = rows.get(f"{secure}/idle"), rows.get(f"{insecure}/idle")
+        if a and b and a.get("ready_ms") and b.get("ready_ms"):
+            cost = a["ready_ms"] / b["ready_ms"] - 1
+            checks.append({"check": f"TLS costs ≤ {TLS_COST_SHARE:.0%} of the disk copy "
+                                    f"({secure}, idle)", "ok": cost <= TLS_COST_SHARE,
+                           "detail": f"copy {a['ready_ms'] / 1000:.1f} s with TLS, "
+                                     f"{b['ready_ms'] / 1000:.1f} s without ({cost:+.1%})"})
     mism = [case for case, m in rows.items() if m.get("disk_mismatch")]
     checks.append({"check": "disks match in every verified run", "ok": not mism,
                    "detail": f"{len(rows)} cases; mismatched: {', '.join(mism) or 'none'}"})

@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,24 @@ async def disk_facts(path: Path) -> DiskFacts:
                 top += length
     return DiskFacts(virtual_bytes=virtual, allocated_bytes=allocated, zero_bytes=zero,
                      top_bytes=top)
+
+
+#: Room a destination needs beyond the bytes it receives: qcow2 metadata and what the
+#: guest writes while it moves.
+ROOM_MARGIN = 0.1
+ROOM_MARGIN_BYTES = 16 * 2**20
+
+
+def check_room(directory: Path, receives: int) -> None:
+    """StorageError unless ``directory``'s filesystem can hold ``receives`` bytes of disk
+    (with ``ROOM_MARGIN``): said before anything is copied, not when the copy fails."""
+    needed = int(receives * (1 + ROOM_MARGIN)) + ROOM_MARGIN_BYTES
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise StorageError(f"the destination's disk directory {directory} has "
+                           f"{free / 2**20:.0f} MiB free; the disk needs "
+                           f"{needed / 2**20:.0f} MiB there ({receives / 2**20:.0f} MiB of "
+                           f"data and room for metadata and new writes)")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from ..memory.plan import TlsSettings
 from ..record import StorageResult
 from . import nbd
 from .base import debian_base
-from .disk import DiskComparison, DiskFacts, FsckResult, LocalDisks, compare, disk_facts, fsck
+from .disk import (DiskComparison, DiskFacts, FsckResult, LocalDisks, check_room, compare,
+                   disk_facts, fsck)
 from .diskio import diskio_from_lines
 from .jobs import job_status, wait_concluded
 
@@ -103,8 +104,12 @@ class NbdCopy(StoragePart):
                                          object_id=nbd.TLS_OBJECT_ID,
                                          authz_id=nbd.TLS_AUTHZ_ID,
                                          server_site=self.server_site)
+        self.source_facts = facts = await disk_facts(self.disks.source)
+        # B receives the whole allocated disk, or (B holds the base) A's overlay
+        await asyncio.to_thread(check_room, self.disks.target.parent,
+                                facts.top_bytes if self.target_on_base
+                                else facts.allocated_bytes)
         await self._open_channel(ctx)
-        self.source_facts = await disk_facts(self.disks.source)
         self._io_from = len(ctx.src.console_lines())
 
     async def _open_channel(self, ctx: RunContext) -> None:
