@@ -112,6 +112,7 @@ class StorageResult(_Model):
     write_throttle_bps: int | None = None    # ... the guest's writes were throttled to this
     throttled_after_ms: float | None = None  # ... this long after the copy began
     layer_ms: float | None = None            # postcopy: A's overlay put under B's disk
+    layer_steps_ms: dict[str, float] | None = None   # ... step by step
     stream_ms: float | None = None           # ... the stream after B ran
     #: The guest's disk write latency (``vm.disk_write_mbps``; ``storage.diskio``):
     #: during the copy (until the switchover), and before it, as a reference.

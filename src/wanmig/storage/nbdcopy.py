@@ -158,7 +158,7 @@ class NbdCopy(StoragePart):
         await self._close(ctx)
 
     def _close_later(self, ctx: RunContext) -> None:
-        """Close the channel while the memory part completes (``verify`` waits for it,
+        """Close the channel while the memory part completes (``before_run`` waits for it,
         before B runs): the disk is in sync, nothing more crosses on it."""
         self._closing = asyncio.create_task(self._close(ctx))
 

@@ -66,6 +66,8 @@ class PostcopyStorage(NbdCopy):
         self._layered = False
         self.stream_ms: float | None = None
         self._exported_size: int | None = None
+        self.layer_ms: float | None = None
+        self.layer_steps_ms: dict[str, float] = {}
 
     async def create(self, ctx: RunContext) -> None:
         """The disks; then A's overlay file is extended, sparse, past anything the guest
@@ -109,18 +111,24 @@ class PostcopyStorage(NbdCopy):
         if size != self._exported_size:
             raise StorageError(f"A's overlay grew past what B can read over NBD ({size} "
                                f"bytes, exported {self._exported_size}); B is not started")
-        t0 = time.monotonic()
-        # QEMU 10 activates an incoming QEMU's disks only at cont; B's must be active
-        # to take a new backing (it still never ran: A's disk is inactive by now)
-        await ctx.dst.execute("blockdev-set-active", {"active": True})
-        await ctx.dst.execute("blockdev-set-active", {"node-name": REMOTE_FILE_NODE,
-                                                      "active": True})
-        await ctx.dst.execute("blockdev-add", {
-            "driver": "qcow2", "node-name": REMOTE_OVERLAY_NODE, "file": REMOTE_FILE_NODE,
-            "backing": DISK_BASE_NODE, "read-only": True})
-        await ctx.dst.execute("blockdev-reopen", {"options": [{
-            "driver": "qcow2", "node-name": DISK_NODE, "file": DISK_FILE_NODE,
-            "backing": REMOTE_OVERLAY_NODE}]})
+        steps = (
+            # QEMU 10 activates an incoming QEMU's disks only at cont; B's must be active
+            # to take a new backing (it still never ran: A's disk is inactive by now)
+            ("activate", "blockdev-set-active", {"active": True}),
+            ("activate_nbd", "blockdev-set-active", {"node-name": REMOTE_FILE_NODE,
+                                                     "active": True}),
+            ("open_overlay", "blockdev-add", {
+                "driver": "qcow2", "node-name": REMOTE_OVERLAY_NODE,
+                "file": REMOTE_FILE_NODE, "backing": DISK_BASE_NODE, "read-only": True}),
+            ("reopen_disk", "blockdev-reopen", {"options": [{
+                "driver": "qcow2", "node-name": DISK_NODE, "file": DISK_FILE_NODE,
+                "backing": REMOTE_OVERLAY_NODE}]}),
+        )
+        t0 = t = time.monotonic()
+        for name, command, args in steps:
+            await ctx.dst.execute(command, args)
+            self.layer_steps_ms[name] = round((time.monotonic() - t) * 1000, 1)
+            t = time.monotonic()
         self._layered = True
         self.layer_ms = round((time.monotonic() - t0) * 1000, 1)
         if ctx.scenario.storage.verify:
@@ -163,4 +171,5 @@ class PostcopyStorage(NbdCopy):
         await self._abandon(ctx, JOB_ID, "the disk stream")
 
     def extra_record(self) -> dict[str, Any]:
-        return {"stream_ms": self.stream_ms, "layer_ms": getattr(self, "layer_ms", None)}
+        return {"stream_ms": self.stream_ms, "layer_ms": self.layer_ms,
+                "layer_steps_ms": self.layer_steps_ms or None}
