@@ -38,6 +38,8 @@ from .fileio import atomic_write
 STATE_DIR = Path(os.environ.get("WANMIG_STATE_DIR", "/run/wanmig"))
 #: Guest RAM as files, for runs that compare it (``memory.verify``): in memory, never on disk.
 MEMORY_DIR = Path(os.environ.get("WANMIG_MEMORY_DIR", "/dev/shm/wanmig"))
+#: ``wanmig clean`` leaves a run directory without a state file alone this long.
+KEPT_DIR_MIN_AGE_S = 60.0
 DIR_MODE = 0o700
 
 log = logging.getLogger("wanmig.registry")
@@ -207,4 +209,14 @@ def clean_leftovers(*, force: bool = False) -> list[str]:
         path.unlink(missing_ok=True)
         stage = data.get("stage")
         removed.append(f"run {data['run_id']}" + (f" (it was {stage})" if stage else ""))
+    # run directories a failed run kept for inspection (``close(keep_run_dir=True)``):
+    # nothing owns them any more, and a local disk's images can be large.  One made in
+    # the last KEPT_DIR_MIN_AGE_S may be a run starting now (its state not written yet).
+    live = {p.stem for p in STATE_DIR.glob("*.json")}
+    now = time.time()
+    for kept in sorted(p for p in STATE_DIR.iterdir() if p.is_dir() and p.name not in live):
+        if now - kept.stat().st_mtime < KEPT_DIR_MIN_AGE_S:
+            continue
+        shutil.rmtree(kept, ignore_errors=True)
+        removed.append(f"kept run directory {kept.name}")
     return removed

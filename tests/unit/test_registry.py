@@ -72,5 +72,10 @@ def test_guest_ram_files_are_private_and_never_kept(tmp_path: Path,
     crashed.memory_file("vm-b").write_bytes(b"guest")
     crashed.owner_pid = 2**22 + 1  # no such process: the run's owner is gone
     crashed._save()
+    os.utime(reg.run_dir, (1, 1))     # kept long ago; a fresh one is left alone
+    fresh = tmp_path / "state" / "r4"
+    fresh.mkdir()
     removed = registry_module.clean_leftovers()
     assert "run r3" in removed and not (tmp_path / "shm" / "r3").exists()
+    assert "kept run directory r2" in removed and not reg.run_dir.exists()
+    assert fresh.exists() and "kept run directory r4" not in removed
