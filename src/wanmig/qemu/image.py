@@ -631,8 +631,9 @@ def build_image(build_dir: Path | None = None, *, force: bool = False,
 # --------------------------------------------------------------------------- data disk
 
 
-def create_data_disk(path: Path, size_mib: int = 64) -> None:
-    """Create a raw ext2 data disk holding an empty ``/integrity.log``.
+def create_data_disk(path: Path, size_mib: int = 64, tree: Path | None = None) -> None:
+    """Create a raw ext2 data disk holding an empty ``/integrity.log`` (beside the files
+    of ``tree``, when given: a directory, which gets the log too).
 
     The file is created on the host by mkfs (``-d`` populates it), so the guest
     finds the log in place and the host can read it back even before the first boot.
@@ -647,9 +648,10 @@ def create_data_disk(path: Path, size_mib: int = 64) -> None:
     except OSError as exc:
         raise ImageError(f"cannot create data disk {path}: {exc}") from exc
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / INTEGRITY_LOG_NAME).touch()
-        _run(["mkfs.ext2", "-F", "-q", "-L", "wanmig-data", "-d", tmp, str(path)],
-             what=f"mkfs.ext2 {path.name}")
+        root = tree or Path(tmp)
+        (root / INTEGRITY_LOG_NAME).touch()
+        _run(["mkfs.ext2", "-F", "-q", "-L", "wanmig-data", "-d", str(root), str(path)],
+             what=f"mkfs.ext2 {path.name} ({size_mib} MiB: large enough?)")
 
 
 def read_integrity_log(disk: Path) -> bytes:

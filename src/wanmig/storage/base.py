@@ -16,14 +16,19 @@ disk holds what a real VM's root does, and what it writes lands in its overlay.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import StorageError
-from ..qemu.image import INTEGRITY_LOG_NAME
+from ..qemu.image import create_data_disk
+
+if TYPE_CHECKING:
+    from ..context import RunContext
 
 #: Bump when the way a base is made changes (the cache key includes it).
 LAYOUT = 1
@@ -50,21 +55,22 @@ def debian_base(build_dir: Path, size_mib: int) -> Path:
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         root, image = Path(tmp) / "root", Path(tmp) / "base.raw"
         root.mkdir()
-        _run(["tar", "-xf", str(tar), "-C", str(root), "--numeric-owner"], "unpacking the rootfs")
-        (root / INTEGRITY_LOG_NAME).touch()
-        with image.open("wb") as f:
-            f.truncate(size_mib * 2**20)
-        _run(["mkfs.ext2", "-F", "-q", "-L", "wanmig-data", "-d", str(root), str(image)],
-             f"mkfs.ext2 of the {size_mib} MiB debian base (is it large enough?)")
+        try:
+            subprocess.run(["tar", "-xf", str(tar), "-C", str(root), "--numeric-owner"],
+                           check=True, capture_output=True, timeout=TIMEOUT_S)
+        except (OSError, subprocess.SubprocessError) as exc:
+            err = (getattr(exc, "stderr", b"") or b"").decode(errors="replace").strip()
+            raise StorageError(f"unpacking {tar} failed: {err[-300:]}", cause=exc) from exc
+        create_data_disk(image, size_mib, tree=root)
         image.chmod(0o444)
         os.replace(image, out)
     return out
 
 
-def _run(argv: list[str], what: str) -> None:
-    try:
-        subprocess.run(argv, check=True, capture_output=True, timeout=TIMEOUT_S)
-    except (OSError, subprocess.SubprocessError) as exc:
-        err = getattr(exc, "stderr", b"") or b""
-        raise StorageError(f"{what} failed: {err.decode(errors='replace').strip()[-300:]}",
-                           cause=exc) from exc
+async def base_image(ctx: RunContext) -> Path | None:
+    """The prebuilt base the scenario's disk is an overlay on (``debian``), or None
+    (``empty``: the storage part makes its own)."""
+    vm = ctx.scenario.vm
+    if vm.base != "debian":
+        return None
+    return await asyncio.to_thread(debian_base, ctx.build_dir, vm.disk_mib)

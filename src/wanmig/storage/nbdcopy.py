@@ -23,7 +23,7 @@ from ..memory.parts import install_tls
 from ..memory.plan import TlsSettings
 from ..record import StorageResult
 from . import nbd
-from .base import debian_base
+from .base import base_image
 from .disk import (DiskComparison, DiskFacts, FsckResult, LocalDisks, check_room, compare,
                    disk_facts, fsck)
 from .diskio import diskio_from_lines
@@ -75,10 +75,7 @@ class NbdCopy(StoragePart):
 
     async def create(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        vm = ctx.scenario.vm
-        base = (await asyncio.to_thread(debian_base, ctx.build_dir, vm.disk_mib)
-                if vm.base == "debian" else None)
-        self.disks = LocalDisks.at(ctx.run_dir, base)
+        self.disks = LocalDisks.at(ctx.run_dir, await base_image(ctx))
         await self.disks.create(ctx.scenario.vm.disk_mib, target_on_base=self.target_on_base)
 
     def disk_for(self, site: str) -> Path:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from ..context import RunContext, StoragePart
 from ..qemu.image import create_data_disk
 from ..record import StorageResult
-from .base import debian_base
+from .base import base_image
 from .disk import create_overlay
 
 
@@ -30,8 +30,7 @@ class SharedStorage(StoragePart):
         """The data disk, before the source boots: a raw ext2 image, or with the
         ``debian`` base an overlay on it."""
         vm = ctx.scenario.vm
-        if vm.base == "debian":
-            base = await asyncio.to_thread(debian_base, ctx.build_dir, vm.disk_mib)
+        if (base := await base_image(ctx)) is not None:
             self.image = ctx.run_dir / "disk.qcow2"
             await create_overlay(self.image, base)
             return
