@@ -120,7 +120,8 @@ STORAGE = PartTable("storage", "storage strategy", [
              "storage.precopy:PrecopyStorage"),
     PartInfo("postcopy", "run at B at once, fetch blocks on demand",
              "storage.postcopy:PostcopyStorage"),
-    PartInfo("hybrid", "bulk copy, then the rest on demand"),
+    PartInfo("hybrid", "bulk copy while A runs, the later writes on demand at B",
+             "storage.hybrid:HybridStorage"),
     PartInfo("auto", "measure, predict, choose"),
 ])
 

@@ -114,6 +114,8 @@ class StorageResult(_Model):
     layer_ms: float | None = None            # postcopy: A's overlay put under B's disk
     layer_steps_ms: dict[str, float] | None = None   # ... step by step
     stream_ms: float | None = None           # ... the stream after B ran
+    streamed_bytes: int | None = None        # ... what it copied from A
+    bulk_bytes: int | None = None            # hybrid: A's writes before the copy, sent in bulk
     #: The guest's disk write latency (``vm.disk_write_mbps``; ``storage.diskio``):
     #: during the copy (until the switchover), and before it, as a reference.
     guest_io_p50_ms: float | None = None

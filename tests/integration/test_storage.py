@@ -149,7 +149,36 @@ async def test_postcopy_runs_b_at_once_and_streams_the_overlay_after(
     assert s.time_to_dest_running_ms is not None and s.total_ms is not None
     assert s.time_to_dest_running_ms < s.total_ms
     assert s.layer_ms is not None and s.stream_ms is not None
+    # the stream copied A's overlay: what the guest wrote there, before and after prepare
+    assert s.streamed_bytes is not None and s.copied_bytes == s.streamed_bytes
+    assert s.streamed_bytes >= s.disk["overlay_bytes"]
     # A's overlay (the rewriter's 16 MiB file) crossed, not much more (NBD sends holes
     # as such, so a little less is possible); the base did not
     assert s.bytes_on_wire is not None
     assert 0.9 * s.disk["overlay_bytes"] <= s.bytes_on_wire < s.disk["overlay_bytes"] + 8 * 2**20
+
+
+async def test_hybrid_sends_the_bulk_first_and_leaves_only_later_writes_to_b(
+        leaves_nothing_behind) -> None:
+    rec = await _run("hybrid-disk", {"strategy": "hybrid"},
+                     vm={**SMALL_VM, "disk_write_mbps": 1.0, "disk_write_mib": 16})
+
+    assert rec.status == "completed", rec.error
+    i = rec.integrity
+    assert i.disk_match is None and i.disk_verify_note and "not compared" in i.disk_verify_note
+    assert i.disk_fsck_clean is True, i.disk_fsck_problems
+    assert i.ok and i.guest_log_gaps == 0 and i.guest_log_out_of_order == 0
+    assert i.destination_disk_writes and i.destination_disk_writes > 0
+    s = rec.storage
+    assert s.strategy == "hybrid" and s.tls is True and s.disk
+    # the bulk is what A's guest had written when the copy began (the rewriter's file),
+    # sent before memory; B ran, then streamed only what the guest wrote after that
+    assert s.bulk_bytes is not None and s.bulk_bytes >= 0.9 * s.disk["overlay_bytes"]
+    assert s.ready_ms is not None and s.time_to_dest_running_ms is not None
+    assert s.ready_ms < s.time_to_dest_running_ms < s.total_ms
+    assert s.streamed_bytes is not None and 0 < s.streamed_bytes < s.bulk_bytes
+    assert s.copied_bytes == s.bulk_bytes + s.streamed_bytes
+    assert s.layer_steps_ms and set(s.layer_steps_ms) >= {"snapshot", "open_overlay"}
+    # the bulk crossed once (no passes), the base never did
+    assert s.bytes_on_wire is not None
+    assert s.bulk_bytes <= s.bytes_on_wire < s.copied_bytes + 8 * 2**20

@@ -70,7 +70,8 @@ def test_part_tables_name_every_part_once_and_refuse_what_is_not_built() -> None
     assert MEMORY.names(implemented=True) == ("precopy", "precopy-tuned", "postcopy", "hybrid",
                                               "auto")
     assert MEMORY.names("modelled") == ("precopy", "precopy-tuned", "postcopy", "hybrid")
-    assert STORAGE.names(implemented=True) == ("shared", "mirror", "precopy", "postcopy")
+    assert STORAGE.names(implemented=True) == ("shared", "mirror", "precopy", "postcopy",
+                                              "hybrid")
     with pytest.raises(PartError, match="not implemented yet"):
         STORAGE.info("hybrid")
     assert NETWORK.names(implemented=True) == ("l2-extend",)

@@ -99,3 +99,20 @@ def test_a_destination_without_room_is_refused_with_the_figures(tmp_path: Path) 
     check_room(tmp_path, 1 << 20)                      # this machine's /tmp has room
     with pytest.raises(StorageError, match=r"has \d+ MiB free; the disk needs \d+ MiB"):
         check_room(tmp_path, 1 << 60)                  # an exabyte does not fit anywhere
+
+
+def test_fsck_takes_an_inode_lagging_its_last_append_as_benign(tmp_path: Path,
+                                                               disks: LocalDisks) -> None:
+    raw = tmp_path / "append.raw"
+    _run("qemu-img", "convert", "-O", "raw", str(disks.source), str(raw))
+    (tmp_path / "payload").write_bytes(b"x" * 8192)
+    _run("debugfs", "-w", "-R", f"write {tmp_path / 'payload'} payload", str(raw))
+    # the inode as it was before its last block was linked: size and count behind
+    _run("debugfs", "-w", "-R", "sif payload size 4096", str(raw))
+    _run("debugfs", "-w", "-R", "sif payload blocks 2", str(raw))
+    result = asyncio.run(fsck(raw))
+    assert result.clean, result.problems
+    # an inode that claims more blocks than it has is damage
+    _run("debugfs", "-w", "-R", "sif payload blocks 400", str(raw))
+    result = asyncio.run(fsck(raw))
+    assert not result.clean and any("i_blocks is 400" in p for p in result.problems)

@@ -38,9 +38,16 @@ TARGET_NODE = "wanmig-nbd-target"
 #: a connection that does break.  Short, because a rollback after the destination died
 #: waits for it too (the job's requests drain first).
 RECONNECT_DELAY_S = 10
-#: Storage channel TLS objects, beside the memory stream's.
+#: Storage channel TLS objects, beside the memory stream's: one pair per direction
+#: (``hybrid`` has both channels open at once), by the site that serves.
 TLS_OBJECT_ID = "wanmig-nbd-tls"
 TLS_AUTHZ_ID = "wanmig-nbd-tls-authz"
+
+
+def tls_ids(server_site: str) -> tuple[str, str]:
+    """The TLS object and authz ids of the storage channel that ``server_site`` serves."""
+    suffix = "" if server_site == "b" else f"-{server_site}"
+    return TLS_OBJECT_ID + suffix, TLS_AUTHZ_ID + suffix
 
 
 async def serve_node(vm: QemuVm, ip: str, port: int, tls: TlsSettings | None, *,

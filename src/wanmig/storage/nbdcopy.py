@@ -1,9 +1,11 @@
 """What every strategy that copies a local disk over QEMU's NBD has in common.
 
-``NbdCopy`` owns the run's ``LocalDisks``, the storage channel's TLS, its
-NBD server and client (B serves and A writes to it; ``postcopy`` turns it
-round, ``server_site``), the verify-mode comparison, the e2fsck after the run
-and the record.  A strategy (``mirror``, ``precopy``, ``postcopy``) says how
+``NbdCopy`` owns the run's ``LocalDisks``, the storage channels' TLS, their
+NBD servers and clients -- the *push* channel (B serves its disk, A writes
+to it) and the *pull* channel (A serves an image file, B reads it:
+``postcopy``; ``hybrid`` uses both) -- the verify-mode comparison, the
+e2fsck after the run and the record.  A strategy (``mirror``, ``precopy``,
+``postcopy``, ``hybrid``) says how
 B's disk starts (``target_on_base``), how the copy runs (``copy``, and
 ``finish`` for what goes on after B runs) and how it ends (``switchover``,
 ``before_run``, ``_close``).
@@ -32,6 +34,12 @@ from .jobs import job_status, wait_concluded
 
 #: How long a cancelled job may take to go (a rollback).
 ABANDON_TIMEOUT_S = 60.0
+#: The pull channel (B reads an image file of A's; ``postcopy``, ``hybrid``): the file
+#: node at A, its export, B's NBD client of it, and the qcow2 B layers over that.
+PULL_SOURCE_NODE = "wanmig-pull-file"
+PULL_EXPORT = "pull"
+PULL_FILE_NODE = "wanmig-a-file"
+PULL_OVERLAY_NODE = "wanmig-a-overlay"
 
 
 def elapsed_ms(a: float | None, b: float | None) -> float | None:
@@ -63,7 +71,8 @@ class NbdCopy(StoragePart):
         self.fsck_result: FsckResult | None = None
         self.io: dict[str, Any] = {}
         self._io_from = 0
-        self._attached = self._serving = False
+        self._attached = self._serving = False              # the push channel
+        self._pull_attached = self._pull_serving = False    # the pull channel
         self._closing: asyncio.Task[None] | None = None
 
     @property
@@ -96,11 +105,7 @@ class NbdCopy(StoragePart):
 
     async def prepare(self, ctx: RunContext) -> None:
         assert ctx.src is not None and ctx.dst is not None and self.disks is not None
-        if ctx.scenario.memory.tls:
-            self.tls = await install_tls(ctx, f"tls-nbd-{self.server_site}",
-                                         object_id=nbd.TLS_OBJECT_ID,
-                                         authz_id=nbd.TLS_AUTHZ_ID,
-                                         server_site=self.server_site)
+        self.tls = await self._channel_tls(ctx, self.server_site)
         self.source_facts = facts = await disk_facts(self.disks.source)
         # B receives the whole allocated disk, or (B holds the base) A's overlay
         await asyncio.to_thread(check_room, self.disks.target.parent,
@@ -109,14 +114,55 @@ class NbdCopy(StoragePart):
         await self._open_channel(ctx)
         self._io_from = len(ctx.src.console_lines())
 
+    @staticmethod
+    async def _channel_tls(ctx: RunContext, server_site: str) -> TlsSettings | None:
+        """The certificates of the channel ``server_site`` serves (None: ``--insecure``)."""
+        if not ctx.scenario.memory.tls:
+            return None
+        object_id, authz_id = nbd.tls_ids(server_site)
+        return await install_tls(ctx, f"tls-nbd-{server_site}", object_id=object_id,
+                                 authz_id=authz_id, server_site=server_site)
+
     async def _open_channel(self, ctx: RunContext) -> None:
-        """B serves its disk, A opens it."""
+        """The strategy's channel: by default A pushes to B's disk."""
+        await self._open_push(ctx, self.tls)
+
+    async def _open_push(self, ctx: RunContext, tls: TlsSettings | None) -> None:
+        """B serves its disk, A opens it as ``nbd.TARGET_NODE``: A writes to B."""
         assert ctx.src is not None and ctx.dst is not None
         addr = ctx.testbed.addr
-        await nbd.serve_disk(ctx.dst, addr.site_b_ip, addr.nbd_port, self.tls)
+        await nbd.serve_disk(ctx.dst, addr.site_b_ip, addr.nbd_port, tls)
         self._serving = True
-        await nbd.attach_target(ctx.src, addr.site_b_ip, addr.nbd_port, self.tls)
+        await nbd.attach_target(ctx.src, addr.site_b_ip, addr.nbd_port, tls)
         self._attached = True
+
+    async def _open_pull(self, ctx: RunContext, path: Path, tls: TlsSettings | None) -> None:
+        """A serves the image *file* ``path`` read-only (``locking=off``, O_DIRECT: the
+        guest's own nodes hold it too); B connects now, so the TLS handshake is not in
+        the outage, and reads nothing yet (``PULL_FILE_NODE``)."""
+        assert ctx.src is not None and ctx.dst is not None
+        addr = ctx.testbed.addr
+        await ctx.src.execute("blockdev-add", {
+            "driver": "file", "node-name": PULL_SOURCE_NODE, "filename": str(path.absolute()),
+            "read-only": True, "locking": "off", "cache": {"direct": True}, "aio": "threads"})
+        await nbd.serve_node(ctx.src, addr.site_a_ip, addr.nbd_port, tls,
+                             node=PULL_SOURCE_NODE, name=PULL_EXPORT, writable=False)
+        self._pull_serving = True
+        await nbd.attach_node(ctx.dst, addr.site_a_ip, addr.nbd_port, tls,
+                              node=PULL_FILE_NODE, export=PULL_EXPORT, read_only=True)
+        self._pull_attached = True
+
+    async def _wire(self, ctx: RunContext, server_site: str) -> int:
+        """The bytes site A has sent so far on the channel ``server_site`` serves (read
+        before it closes)."""
+        addr = ctx.testbed.addr
+        return await nbd.bytes_sent(
+            ctx.testbed, ("dst", addr.site_b_ip, "dport", "=", str(addr.nbd_port))
+            if server_site == "b" else ("sport", "=", str(addr.nbd_port)))
+
+    async def _count_wire(self, ctx: RunContext) -> None:
+        """The channel's bytes, as site A sent them (read before it closes)."""
+        self.wire_bytes = await self._wire(ctx, self.server_site)
 
     def _note_io(self, ctx: RunContext) -> None:
         """The guest's disk write latency (``diskio``) before the copy and during it, from
@@ -165,13 +211,31 @@ class NbdCopy(StoragePart):
             await task
 
     async def _close(self, ctx: RunContext) -> None:
+        await self._close_push(ctx)
+        self.closed = time.monotonic()
+
+    async def _close_push(self, ctx: RunContext) -> None:
         if self._attached and ctx.src is not None:
             await nbd.detach_target(ctx.src)
             self._attached = False
         if self._serving and ctx.dst is not None and ctx.dst.returncode is None:
             await nbd.stop_serving(ctx.dst)
             self._serving = False
-        self.closed = time.monotonic()
+
+    async def _close_pull(self, ctx: RunContext, *, in_use: bool) -> None:
+        """B's client of A's file goes unless ``in_use`` (B's disk still reads through
+        it: ``PULL_FILE_NODE`` and the qcow2 over it, ``PULL_OVERLAY_NODE``); A stops
+        serving."""
+        if self._pull_attached and ctx.dst is not None and ctx.dst.returncode is None:
+            if not in_use:
+                with contextlib.suppress(WanmigError):   # only once it was layered
+                    await ctx.dst.execute("blockdev-del", {"node-name": PULL_OVERLAY_NODE})
+                await ctx.dst.execute("blockdev-del", {"node-name": PULL_FILE_NODE})
+                self._pull_attached = False
+        if self._pull_serving and ctx.src is not None and ctx.src.returncode is None:
+            await nbd.stop_serving(ctx.src)
+            await ctx.src.execute("blockdev-del", {"node-name": PULL_SOURCE_NODE})
+            self._pull_serving = False
 
     def instants(self) -> dict[str, float]:
         """The switchover's storage steps: the disk in sync at B, its channel closed."""
@@ -200,8 +264,9 @@ class NbdCopy(StoragePart):
 
     async def check(self) -> None:
         """After both QEMUs stopped: B's filesystem is whole (``e2fsck -fn``)."""
-        if self.disks is not None and self.resumed is not None:
-            self.fsck_result = await fsck(self.disks.target)
+        disk = self.log_disk
+        if disk is not None and self.resumed is not None:
+            self.fsck_result = await fsck(disk)
 
     # -- record -------------------------------------------------------------------
 

@@ -4,8 +4,7 @@
 Nothing of the disk crosses before the switchover.  B's disk is an overlay
 on B's own base.  At A, a second, read-only node on A's overlay *file* (made
 larger up front, sparse, so that it never grows past what B connected to: see
-``create``; the
-qcow2 container itself, ``locking=off``, O_DIRECT) is exported over NBD from
+``extend_sparse``; the qcow2 container itself, ``locking=off``, O_DIRECT) is exported over NBD from
 the start, and B opens it as a protocol node then, so the TLS handshake is
 not in the outage.  Once memory has completed (A's disk flushed and
 inactive) and before B runs, B layers a qcow2 driver over that NBD node with
@@ -33,25 +32,38 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ..context import RunContext
 from ..errors import StorageError
 from ..qemu.process import DISK_BASE_NODE, DISK_FILE_NODE, DISK_NODE
-from . import nbd
+from .disk import disk_facts
 from .jobs import ProgressSteps, wait_concluded
-from .nbdcopy import NbdCopy
+from .nbdcopy import PULL_FILE_NODE, PULL_OVERLAY_NODE, NbdCopy
 
 JOB_ID = "wanmig-stream"
-SOURCE_FILE_NODE = "wanmig-overlay-file"   # at A: A's overlay file, read-only
-SOURCE_EXPORT = "overlay"
-REMOTE_FILE_NODE = "wanmig-a-file"         # at B: NBD client of that export
-REMOTE_OVERLAY_NODE = "wanmig-a-overlay"   # at B: qcow2 over it, backed by B's base
 STREAM_TIMEOUT_S = 3600.0
 #: A's overlay file is made this much larger than the virtual disk (metadata: L2 tables
-#: are 1/8192 of the data, refcounts less): see ``create``.
+#: are 1/8192 of the data, refcounts less): see ``extend_sparse``.
 OVERLAY_SLACK_DIVISOR = 64
 OVERLAY_SLACK_BYTES = 64 * 2**20
+
+#: One step of putting A's image under B's disk: its name in ``layer_steps_ms``, the
+#: QMP command and its arguments.
+Step = tuple[str, str, dict[str, Any]]
+
+
+async def extend_sparse(path: Path, disk_mib: int) -> int:
+    """Extend the qcow2 file ``path``, sparse, past anything a guest of ``disk_mib`` can
+    make it hold, and return its size: an NBD export's size is fixed when B connects,
+    and a qcow2 file grows as clusters are allocated.  qcow2 allocates into the unused
+    tail (no refcount covers it) instead of growing the file, so B can read every
+    cluster A's guest writes after the connection was made."""
+    virtual = disk_mib * 2**20
+    await asyncio.to_thread(os.truncate, path, virtual + virtual // OVERLAY_SLACK_DIVISOR
+                            + OVERLAY_SLACK_BYTES)
+    return path.stat().st_size
 
 
 class PostcopyStorage(NbdCopy):
@@ -60,42 +72,37 @@ class PostcopyStorage(NbdCopy):
     server_site: ClassVar[str] = "a"
     note: ClassVar[str] = ("B runs at once on its base, A's overlay read over NBD, then "
                            "block-stream")
+    #: The node B streams into, and the node below what it streams (the chain's end).
+    stream_top: ClassVar[str] = DISK_NODE
+    stream_base: ClassVar[str] = DISK_BASE_NODE
 
     def __init__(self) -> None:
         super().__init__()
         self._layered = False
         self.stream_ms: float | None = None
+        self.streamed_bytes: int | None = None
         self._exported_size: int | None = None
         self.layer_ms: float | None = None
         self.layer_steps_ms: dict[str, float] = {}
 
+    @property
+    def pulled(self) -> Path:
+        """The image file of A's that B reads over the WAN: A's overlay."""
+        assert self.disks is not None, "create() first"
+        return self.disks.source
+
     async def create(self, ctx: RunContext) -> None:
-        """The disks; then A's overlay file is extended, sparse, past anything the guest
-        can make it hold: an NBD export's size is fixed when B connects, and a qcow2
-        file grows as clusters are allocated.  qcow2 allocates into the unused tail
-        (no refcount covers it) instead of growing the file, so B can read every
-        cluster A's guest writes after the connection was made."""
+        """The disks; then the file B will read is extended (``extend_sparse``)."""
         await super().create(ctx)
-        assert self.disks is not None
-        virtual = ctx.scenario.vm.disk_mib * 2**20
-        await asyncio.to_thread(os.truncate, self.disks.source,
-                                virtual + virtual // OVERLAY_SLACK_DIVISOR + OVERLAY_SLACK_BYTES)
-        self._exported_size = self.disks.source.stat().st_size
+        await self._make_images()
+        self._exported_size = await extend_sparse(self.pulled, ctx.scenario.vm.disk_mib)
+
+    async def _make_images(self) -> None:
+        """Images beyond the two disks (none here)."""
 
     async def _open_channel(self, ctx: RunContext) -> None:
-        """A serves its overlay file; B connects to it now (nothing is read yet)."""
-        assert ctx.src is not None and ctx.dst is not None and self.disks is not None
-        addr = ctx.testbed.addr
-        await ctx.src.execute("blockdev-add", {
-            "driver": "file", "node-name": SOURCE_FILE_NODE,
-            "filename": str(self.disks.source.absolute()), "read-only": True,
-            "locking": "off", "cache": {"direct": True}, "aio": "threads"})
-        await nbd.serve_node(ctx.src, addr.site_a_ip, addr.nbd_port, self.tls,
-                             node=SOURCE_FILE_NODE, name=SOURCE_EXPORT, writable=False)
-        self._serving = True
-        await nbd.attach_node(ctx.dst, addr.site_a_ip, addr.nbd_port, self.tls,
-                              node=REMOTE_FILE_NODE, export=SOURCE_EXPORT, read_only=True)
-        self._attached = True
+        """A serves the file B reads; B connects to it now (nothing is read yet)."""
+        await self._open_pull(ctx, self.pulled, self.tls)
 
     async def copy(self, ctx: RunContext) -> None:
         self.started = time.monotonic()
@@ -104,26 +111,32 @@ class PostcopyStorage(NbdCopy):
     async def switchover(self, ctx: RunContext) -> None:
         self._note_io(ctx)
 
+    def _layer_steps(self) -> list[Step]:
+        """A's overlay, read over NBD with B's base beneath it, becomes the backing of
+        B's (empty) overlay."""
+        return [
+            ("open_overlay", "blockdev-add", {
+                "driver": "qcow2", "node-name": PULL_OVERLAY_NODE,
+                "file": PULL_FILE_NODE, "backing": DISK_BASE_NODE, "read-only": True}),
+            ("reopen_disk", "blockdev-reopen", {"options": [{
+                "driver": "qcow2", "node-name": DISK_NODE, "file": DISK_FILE_NODE,
+                "backing": PULL_OVERLAY_NODE}]}),
+        ]
+
     async def before_run(self, ctx: RunContext) -> None:
-        """A's overlay under B's disk, over the WAN, with B's base beneath it."""
-        assert ctx.dst is not None and self.disks is not None
-        size = self.disks.source.stat().st_size
+        """A's image under B's disk, over the WAN (``_layer_steps``), each step timed."""
+        assert ctx.dst is not None
+        size = self.pulled.stat().st_size
         if size != self._exported_size:
-            raise StorageError(f"A's overlay grew past what B can read over NBD ({size} "
+            raise StorageError(f"A's image grew past what B can read over NBD ({size} "
                                f"bytes, exported {self._exported_size}); B is not started")
-        steps = (
+        steps: list[Step] = [
             # QEMU 10 activates an incoming QEMU's disks only at cont; B's must be active
             # to take a new backing (it still never ran: A's disk is inactive by now)
             ("activate", "blockdev-set-active", {"active": True}),
-            ("activate_nbd", "blockdev-set-active", {"node-name": REMOTE_FILE_NODE,
+            ("activate_nbd", "blockdev-set-active", {"node-name": PULL_FILE_NODE,
                                                      "active": True}),
-            ("open_overlay", "blockdev-add", {
-                "driver": "qcow2", "node-name": REMOTE_OVERLAY_NODE,
-                "file": REMOTE_FILE_NODE, "backing": DISK_BASE_NODE, "read-only": True}),
-            ("reopen_disk", "blockdev-reopen", {"options": [{
-                "driver": "qcow2", "node-name": DISK_NODE, "file": DISK_FILE_NODE,
-                "backing": REMOTE_OVERLAY_NODE}]}),
-        )
+            *self._layer_steps()]
         t0 = t = time.monotonic()
         for name, command, args in steps:
             await ctx.dst.execute(command, args)
@@ -136,30 +149,26 @@ class PostcopyStorage(NbdCopy):
                                 "the stream ends after B runs")
 
     async def finish(self, ctx: RunContext) -> None:
-        """B runs: stream A's overlay into B's, then B no longer needs A."""
+        """B runs: stream what it reads from A into B's disk, then B no longer needs A."""
         assert ctx.dst is not None
         t0 = time.monotonic()
         await ctx.dst.execute("block-stream", {
-            "job-id": JOB_ID, "device": DISK_NODE, "base-node": DISK_BASE_NODE,
+            "job-id": JOB_ID, "device": self.stream_top, "base-node": self.stream_base,
             "auto-dismiss": False})
-        st = await wait_concluded(ctx.dst, JOB_ID, STREAM_TIMEOUT_S, what="the disk stream",
-                                  on_progress=ProgressSteps(ctx.ui.step, "postcopy: stream"))
+        await wait_concluded(ctx.dst, JOB_ID, STREAM_TIMEOUT_S, what="the disk stream",
+                                  on_progress=ProgressSteps(ctx.ui.step,
+                                                            f"{self.name}: stream"))
         self.stream_ms = round((time.monotonic() - t0) * 1000, 1)
-        self.copied_bytes = st.done
+        # the job's progress counts the whole disk; it copied what A's image holds
+        self.streamed_bytes = (await disk_facts(self.pulled)).top_bytes
+        self.copied_bytes = (self.copied_bytes or 0) + self.streamed_bytes
         self._layered = False
         await self._in_sync(ctx)
         await self._closed()
 
     async def _close(self, ctx: RunContext) -> None:
-        if self._attached and ctx.dst is not None and ctx.dst.returncode is None:
-            if not self._layered:   # still in B's chain: B's disk needs it
-                await ctx.dst.execute("blockdev-del", {"node-name": REMOTE_OVERLAY_NODE})
-                await ctx.dst.execute("blockdev-del", {"node-name": REMOTE_FILE_NODE})
-                self._attached = False
-        if self._serving and ctx.src is not None and ctx.src.returncode is None:
-            await nbd.stop_serving(ctx.src)
-            await ctx.src.execute("blockdev-del", {"node-name": SOURCE_FILE_NODE})
-            self._serving = False
+        # B's chain still reads through the pull channel until the stream ended
+        await self._close_pull(ctx, in_use=self._layered)
         self.closed = time.monotonic()
 
     async def rollback(self, ctx: RunContext) -> None:
@@ -167,5 +176,6 @@ class PostcopyStorage(NbdCopy):
         await self._abandon(ctx, JOB_ID, "the disk stream")
 
     def extra_record(self) -> dict[str, Any]:
-        return {"stream_ms": self.stream_ms, "layer_ms": self.layer_ms,
+        return {"stream_ms": self.stream_ms, "streamed_bytes": self.streamed_bytes,
+                "layer_ms": self.layer_ms,
                 "layer_steps_ms": self.layer_steps_ms or None}
