@@ -73,7 +73,7 @@ def test_part_tables_name_every_part_once_and_refuse_what_is_not_built() -> None
     assert STORAGE.names(implemented=True) == ("shared", "mirror", "precopy", "postcopy",
                                               "hybrid")
     with pytest.raises(PartError, match="not implemented yet"):
-        STORAGE.info("hybrid")
+        STORAGE.info("auto")
     assert NETWORK.names(implemented=True) == ("l2-extend",)
     with pytest.raises(PartError, match="not implemented yet"):
         NETWORK.info("dns-tunnel")
