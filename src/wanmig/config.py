@@ -138,12 +138,18 @@ class StorageSpec(_Strict):
     ``--copy-storage-synchronous-writes`` for ``mirror``: once the disk is
     copied, each guest write completes only when it is at B too (QEMU's
     ``copy-mode: write-blocking``), so the copy converges however often the
-    guest writes -- at the cost of one WAN round trip per write."""
+    guest writes -- at the cost of one WAN round trip per write.  ``auto``
+    measures the guest's disk dirty rate for ``survey_s`` before it chooses
+    (``wanmig.model.storage``); ``dest_running_within_s`` tells it that B must
+    run that soon after the copy starts (an evacuation), which rules out the
+    strategies predicted to take longer."""
 
     strategy: StorageStrategy = "shared"
     timeout_s: float = Field(1800.0, gt=0, le=86400)
     verify: bool = False
     synchronous_writes: bool = False
+    survey_s: float = Field(2.0, gt=0, le=60)
+    dest_running_within_s: float | None = Field(None, gt=0)
 
 
 class NetworkSpec(_Strict):

@@ -101,6 +101,9 @@ class RunContext:
     notes: dict[str, Any] = field(default_factory=dict)
     #: When B's QEMU announced RESUME (``time.monotonic()``); set by the engine.
     resumed_at: float | None = None
+    #: The memory copy's predicted time (s), when the memory part predicted it at
+    #: ``prepare`` (the surveyed strategies); storage's ``auto`` plans with it.
+    memory_predicted_s: float | None = None
     faults: Faults = field(init=False)
 
     @property

@@ -122,7 +122,8 @@ STORAGE = PartTable("storage", "storage strategy", [
              "storage.postcopy:PostcopyStorage"),
     PartInfo("hybrid", "bulk copy while A runs, the later writes on demand at B",
              "storage.hybrid:HybridStorage"),
-    PartInfo("auto", "measure, predict, choose"),
+    PartInfo("auto", "measure the disk's writes and the link, predict, run the best",
+             "storage.auto:AutoStorage"),
 ])
 
 NETWORK = PartTable("network", "network mode", [

@@ -116,6 +116,12 @@ class StorageResult(_Model):
     stream_ms: float | None = None           # ... the stream after B ran
     streamed_bytes: int | None = None        # ... what it copied from A
     bulk_bytes: int | None = None            # hybrid: A's writes before the copy, sent in bulk
+    #: auto: the strategy it ran, why, what it measured and predicted (``model.storage``).
+    chosen: str | None = None
+    reason: str | None = None
+    measurements: dict[str, Any] | None = None
+    predictions: list[dict[str, Any]] | None = None
+    predicted: dict[str, Any] | None = None
     #: The guest's disk write latency (``vm.disk_write_mbps``; ``storage.diskio``):
     #: during the copy (until the switchover), and before it, as a reference.
     guest_io_p50_ms: float | None = None

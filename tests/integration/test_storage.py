@@ -182,3 +182,42 @@ async def test_hybrid_sends_the_bulk_first_and_leaves_only_later_writes_to_b(
     # the bulk crossed once (no passes), the base never did
     assert s.bytes_on_wire is not None
     assert s.bulk_bytes <= s.bytes_on_wire < s.copied_bytes + 8 * 2**20
+
+
+async def test_auto_measures_the_disk_and_runs_precopy_for_a_quiet_guest(
+        leaves_nothing_behind) -> None:
+    rec = await _run("auto-quiet", {"strategy": "auto"})
+
+    assert rec.status == "completed", rec.error
+    _disk_intact(rec)
+    s = rec.storage
+    assert s.strategy == "auto" and s.chosen == "precopy" and s.reason
+    assert s.passes is not None              # the chosen part's own fields are there
+    m = s.measurements
+    assert m and m["overlay_bytes"] > 0 and m["drain_bytes_s"] > 0
+    # only the integrity log is written: far below the link
+    assert m["dirty_bytes_s"] < 0.1 * m["drain_bytes_s"]
+    assert s.predictions and {p["strategy"] for p in s.predictions} == {
+        "mirror", "precopy", "hybrid", "postcopy"}
+    assert s.predicted and s.predicted["strategy"] == "precopy"
+
+
+async def test_auto_runs_hybrid_when_the_guest_writes_near_the_links_rate(
+        leaves_nothing_behind) -> None:
+    # 20 Mbit/s drains ~2.3 MB/s; the guest rewrites its 16 MiB file at 1 MB/s (more
+    # new 64 KiB blocks per second, its writes not aligned to them): precopy would need
+    # too many passes and throttle the guest; postcopy would stream the whole overlay
+    # after B runs, hybrid only what was written after its bulk began
+    rec = await _run("auto-busy", {"strategy": "auto"},
+                     vm={**SMALL_VM, "disk_write_mbps": 1.0, "disk_write_mib": 16},
+                     wan={"rate_mbit": 20})
+
+    assert rec.status == "completed", rec.error
+    s = rec.storage
+    assert s.chosen == "hybrid", s.reason
+    assert s.measurements and s.measurements["dirty_bytes_s"] > 0.5e6
+    assert s.measurements["memory_s_from"] == "the memory part's prediction"
+    assert s.bulk_bytes and s.streamed_bytes is not None
+    i = rec.integrity
+    assert i.disk_fsck_clean is True, i.disk_fsck_problems
+    assert i.ok and i.guest_log_gaps == 0 and i.guest_log_out_of_order == 0

@@ -84,6 +84,9 @@ class QemuMemory(Part):
         tls = await install_tls(ctx) if ctx.scenario.memory.tls else None
         preempt = await _has_capability(ctx, "postcopy-preempt")
         plan, self.decision = await self.choose_plan(ctx, tls, preempt)
+        predicted = (self.decision or {}).get("predicted") or {}
+        if predicted.get("total_ms") is not None:
+            ctx.memory_predicted_s = predicted["total_ms"] / 1000
         spec = ctx.scenario.memory
         self.plan = override(ablate(plan, spec.ablate), spec.parameters)
         addr = ctx.testbed.addr

@@ -87,6 +87,10 @@ class NbdCopy(StoragePart):
         self.disks = LocalDisks.at(ctx.run_dir, await base_image(ctx))
         await self.disks.create(ctx.scenario.vm.disk_mib, target_on_base=self.target_on_base)
 
+    def adopt(self, ctx: RunContext, disks: LocalDisks) -> None:
+        """Take over disks another part made (``auto`` makes them before it chooses)."""
+        self.ctx, self.disks = ctx, disks
+
     def disk_for(self, site: str) -> Path:
         assert self.disks is not None, "create() first"
         return self.disks.for_site(site)

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 from ..context import RunContext
 from ..errors import StorageError
 from ..qemu.process import DISK_BASE_NODE, DISK_FILE_NODE, DISK_NODE
-from .disk import disk_facts
+from .disk import LocalDisks, disk_facts
 from .jobs import ProgressSteps, wait_concluded
 from .nbdcopy import PULL_FILE_NODE, PULL_OVERLAY_NODE, NbdCopy
 
@@ -96,6 +96,10 @@ class PostcopyStorage(NbdCopy):
         await super().create(ctx)
         await self._make_images()
         self._exported_size = await extend_sparse(self.pulled, ctx.scenario.vm.disk_mib)
+
+    def adopt(self, ctx: RunContext, disks: LocalDisks) -> None:
+        super().adopt(ctx, disks)
+        self._exported_size = self.pulled.stat().st_size
 
     async def _make_images(self) -> None:
         """Images beyond the two disks (none here)."""

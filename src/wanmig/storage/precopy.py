@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 from ..context import RunContext
 from ..errors import StorageError, WanmigError
-from ..qemu.process import DISK_NODE
+from ..qemu.process import DISK_NODE, QemuVm
 from . import nbd
 from .jobs import ProgressSteps, wait_concluded
 from .nbdcopy import NbdCopy, elapsed_ms
@@ -47,6 +47,16 @@ MAX_PASSES_UNTHROTTLED = 8
 #: How often the background passes look at the bitmap while little is dirty.
 BACKGROUND_POLL_S = 0.05
 PASS_TIMEOUT_S = 600.0
+
+
+async def bitmap_count(vm: QemuVm, name: str) -> int:
+    """The bytes the dirty bitmap ``name`` on the guest's disk has marked."""
+    for node in await vm.execute("query-named-block-nodes", {"flat": True}):
+        if node.get("node-name") == DISK_NODE:
+            for bm in node.get("dirty-bitmaps", []):
+                if bm.get("name") == name:
+                    return int(bm["count"])
+    raise StorageError(f"{vm.name}'s disk has no dirty bitmap {name!r}")
 
 
 @dataclass(frozen=True)
@@ -76,12 +86,7 @@ class PrecopyStorage(NbdCopy):
 
     async def _dirty_bytes(self, ctx: RunContext) -> int:
         assert ctx.src is not None
-        for node in await ctx.src.execute("query-named-block-nodes", {"flat": True}):
-            if node.get("node-name") == DISK_NODE:
-                for bm in node.get("dirty-bitmaps", []):
-                    if bm.get("name") == BITMAP:
-                        return int(bm["count"])
-        raise StorageError(f"the source's disk has no dirty bitmap {BITMAP!r}")
+        return await bitmap_count(ctx.src, BITMAP)
 
     async def _pass(self, ctx: RunContext, sync: str,
                     progress: ProgressSteps | None = None) -> Pass:
