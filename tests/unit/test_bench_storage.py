@@ -15,9 +15,13 @@ def _entry(case: str, status: str, wire: int | None, match: bool | None = True) 
 
 def test_matrix_and_unknown_names() -> None:
     names = [c.name for c in plan_cases()]
-    assert names == ["mirror/idle", "mirror/disk-5", "mirror-sync/idle", "mirror-sync/disk-5",
-                     "precopy/idle", "precopy/disk-5", "postcopy/idle", "postcopy/disk-5",
-                     "postcopy-1g/idle", "postcopy-4g/idle", "mirror-sync-insecure/idle"]
+    assert names == [f"{s}/{w}" for s in ("mirror", "mirror-sync", "precopy", "postcopy",
+                                          "hybrid", "auto")
+                     for w in ("idle", "disk-5", "fast-10")] + [
+        "postcopy-1g/idle", "postcopy-4g/idle", "mirror-sync-insecure/idle"]
+    fast = plan_cases(["hybrid"], ["fast-10"])[0].scenario()
+    assert fast["wan"] == {"profile": "continental", "rate_mbit": 40}
+    assert fast["vm"]["disk_write_mbps"] == 10.0 and fast["storage"]["strategy"] == "hybrid"
     plain = plan_cases(["mirror-sync-insecure"], ["idle"])[0].scenario()
     assert plain["memory"]["tls"] is False and plain["storage"]["synchronous_writes"]
     big = plan_cases(["postcopy-4g"], ["idle"])[0].scenario()
@@ -50,3 +54,23 @@ def test_bytes_target_against_the_baseline_and_without_it() -> None:
 def test_fixed_cost_is_the_time_beyond_the_bytes_at_the_link_rate() -> None:
     e = _entry("precopy/idle", "completed", 12_500_000)   # 1 s at 100 Mbit/s
     assert FIGURES["fixed_ms"](e) == 19000.0
+    e["memory"] = {"wire_bytes": 12_500_000}               # the memory shares the link
+    assert FIGURES["transfer_ms"](e) == 2000.0 and FIGURES["fixed_ms"](e) == 18000.0
+
+
+def test_a_busier_case_may_take_its_bytes_at_the_link_rate_plus_idles_fixed_cost() -> None:
+    def entry(case: str, total: float, wire: int) -> dict:
+        e = _entry(case, "completed", wire)
+        e["storage"]["total_ms"] = total
+        e["memory"] = {"wire_bytes": 12_500_000}              # 1 s at 100 Mbit/s
+        return e
+
+    results = [entry("precopy/idle", 6000.0, 1_250_000),     # 1.1 s of bytes: 4.9 s fixed
+               entry("precopy/disk-5", 12000.0, 62_500_000), # 6 s of bytes: 6.6 + 4.9
+               entry("hybrid/idle", 6000.0, 1_250_000),
+               entry("hybrid/disk-5", 11000.0, 62_500_000)]
+    checks = {c["check"]: c for c in evaluate_checks(summarise(results, FIGURES))}
+    slow = checks["precopy/disk-5: total ≤ 1.1 × bytes/rate + fixed"]
+    assert slow["ok"] is False and "12.0 s vs 1.1 × 6.0 s + 4.9 s" in slow["detail"]
+    assert checks["hybrid/disk-5: total ≤ 1.1 × bytes/rate + fixed"]["ok"] is True
+    assert not any(c.startswith("precopy/idle:") for c in checks)

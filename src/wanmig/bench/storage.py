@@ -42,6 +42,8 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "mirror-sync": {"strategy": "mirror", "synchronous_writes": True},
     "precopy": {"strategy": "precopy"},
     "postcopy": {"strategy": "postcopy"},
+    "hybrid": {"strategy": "hybrid"},
+    "auto": {"strategy": "auto"},
 }
 #: Cases beyond the matrix, idle: postcopy on other disk sizes (time to B running must
 #: not grow), and the biggest copy without TLS (what TLS costs).
@@ -49,7 +51,18 @@ SIZED: dict[str, tuple[str, int]] = {"postcopy-1g": ("postcopy", 1024),
                                      "postcopy-4g": ("postcopy", 4096)}
 INSECURE = {"mirror-sync-insecure": "mirror-sync"}
 TLS_COST_SHARE = 0.10
-WORKLOADS: dict[str, dict[str, Any]] = {"idle": {}, "disk-5": {"disk_write_mbps": 5.0}}
+#: Each workload: the guest's ``[vm]`` settings and the link's overrides.  ``disk-5``
+#: rewrites a 16 MiB file at 5 MB/s on the 100 Mbit/s link (40 % of what it drains);
+#: ``fast-10`` rewrites it at 10 MB/s over 40 Mbit/s: faster than the link drains it.
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "idle": {},
+    "disk-5": {"vm": {"disk_write_mbps": 5.0}},
+    "fast-10": {"vm": {"disk_write_mbps": 10.0}, "wan": {"rate_mbit": 40}},
+}
+#: What a copy's total may take beyond its bytes at the link's rate: this share on the
+#: transfer time, plus the strategy's fixed cost measured in the same bench (its idle
+#: case: total less its bytes at the link's rate).
+SCALE_SHARE = 1.1
 BASELINE = "mirror"
 FALLBACK = "mirror-sync"
 BYTES_SHARE = 0.2          # the best strategy's bytes on the WAN / the baseline's
@@ -73,14 +86,15 @@ class Case:
     def scenario(self) -> dict[str, Any]:
         strategy = INSECURE.get(self.strategy, self.strategy)
         strategy, disk_mib = SIZED.get(strategy, (strategy, DISK_MIB))
+        workload = WORKLOADS[self.workload]
         return {"name": f"bench-storage-{self.strategy}-{self.workload}",
                 "vm": {"ram_mib": RAM_MIB, "disk_mib": disk_mib, "base": "debian",
-                       **WORKLOADS[self.workload]},
+                       **workload.get("vm", {})},
                 "memory": {"strategy": "precopy-tuned", "verify": True,
                            "tls": self.strategy not in INSECURE},
                 "storage": {"verify": True, "timeout_s": STORAGE_TIMEOUT_S,
                             **STRATEGIES[strategy]},
-                "wan": {"profile": self.profile}}
+                "wan": {"profile": self.profile, **workload.get("wan", {})}}
 
 
 def plan_cases(strategies: Sequence[str] | None = None,
@@ -105,12 +119,22 @@ def _storage(entry: Entry) -> dict[str, Any]:
     return entry.get("storage") or {}
 
 
+def _transfer_ms(entry: Entry) -> float | None:
+    """The bytes that crossed while the disk moved -- the disk's and the memory's, which
+    share the link within the storage total -- at the link's rate."""
+    s, link = _storage(entry), (entry.get("wan") or {}).get("link") or {}
+    if not s.get("bytes_on_wire") or not link.get("rate_mbit"):
+        return None
+    memory = (entry.get("memory") or {}).get("wire_bytes") or 0
+    return round((s["bytes_on_wire"] + memory) * 8 / (link["rate_mbit"] * 1e3), 1)
+
+
 def _fixed_ms(entry: Entry) -> float | None:
     """The copy's time beyond its bytes at the link's rate: what it costs besides moving data."""
-    s, link = _storage(entry), (entry.get("wan") or {}).get("link") or {}
-    if s.get("total_ms") is None or not s.get("bytes_on_wire") or not link.get("rate_mbit"):
+    total, transfer = _storage(entry).get("total_ms"), _transfer_ms(entry)
+    if total is None or transfer is None:
         return None
-    return round(s["total_ms"] - s["bytes_on_wire"] * 8 / (link["rate_mbit"] * 1e3), 1)
+    return round(total - transfer, 1)
 
 
 def _net_outage(entry: Entry) -> float | None:
@@ -130,16 +154,38 @@ FIGURES: Figures = {
     "bytes_on_wire": lambda r: _storage(r).get("bytes_on_wire"),
     "copied_bytes": lambda r: _storage(r).get("copied_bytes"),
     "disk_bytes": lambda r: _storage(r).get("disk_bytes"),
+    "transfer_ms": _transfer_ms,
     "fixed_ms": _fixed_ms,
     "outage_ms": lambda r: (r.get("network") or {}).get("client_outage_ms"),
     "net_outage_ms": _net_outage,
     "io_p50_ms": lambda r: _storage(r).get("guest_io_p50_ms"),
     "io_p99_ms": lambda r: _storage(r).get("guest_io_p99_ms"),
     "throttle_bps": lambda r: _storage(r).get("write_throttle_bps"),
+    "bulk_bytes": lambda r: _storage(r).get("bulk_bytes"),
+    "streamed_bytes": lambda r: _storage(r).get("streamed_bytes"),
     "memory_total_ms": lambda r: (r.get("memory") or {}).get("total_ms"),
     "disk_mismatch": lambda r: (None if (r.get("integrity") or {}).get("disk_match") is None
                                 else float(not r["integrity"]["disk_match"])),
 }
+
+
+def _scaling_checks(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each case that moved more than its strategy's idle case: total ≤ SCALE_SHARE ×
+    its transfer time + the idle case's fixed cost (both from this bench)."""
+    checks = []
+    for case, m in rows.items():
+        strategy, _, workload = case.partition("/")
+        idle = rows.get(f"{strategy}/idle")
+        if (workload == "idle" or idle is None or idle.get("fixed_ms") is None
+                or m.get("total_ms") is None or m.get("transfer_ms") is None):
+            continue
+        bound = SCALE_SHARE * m["transfer_ms"] + idle["fixed_ms"]
+        checks.append({"check": f"{case}: total ≤ {SCALE_SHARE:g} × bytes/rate + fixed",
+                       "ok": m["total_ms"] <= bound,
+                       "detail": f"{m['total_ms'] / 1000:.1f} s vs {SCALE_SHARE:g} × "
+                                 f"{m['transfer_ms'] / 1000:.1f} s + "
+                                 f"{idle['fixed_ms'] / 1000:.1f} s (idle's fixed cost)"})
+    return checks
 
 
 def evaluate_checks(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -187,6 +233,7 @@ def evaluate_checks(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                                     f"({secure}, idle)", "ok": cost <= TLS_COST_SHARE,
                            "detail": f"copy {a['ready_ms'] / 1000:.1f} s with TLS, "
                                      f"{b['ready_ms'] / 1000:.1f} s without ({cost:+.1%})"})
+    checks += _scaling_checks(rows)
     mism = [case for case, m in rows.items() if m.get("disk_mismatch")]
     checks.append({"check": "disks match in every verified run", "ok": not mism,
                    "detail": f"{len(rows)} cases; mismatched: {', '.join(mism) or 'none'}"})

@@ -16,15 +16,19 @@ def render_storage_bench(doc: dict[str, Any]) -> Group:
     table = Table(title=f"storage strategies, {settings.get('base', '?')} base of "
                         f"{settings.get('disk_mib', '?')} MiB on "
                         f"{settings.get('profile', '?')}{runs_note(doc)}", header_style="bold")
-    for col in ("case", "status", "in sync s", "ready s", "B running s", "MB on WAN",
+    for col in ("case", "status", "ran", "in sync s", "ready s", "B running s", "MB on WAN",
                 "MB copied", "MB allocated", "fixed s", "outage ms", "net outage ms", "write p50 ms",
                 "write p99 ms", "throttle Mbit/s"):
-        table.add_column(col, justify="left" if col in ("case", "status") else "right")
+        table.add_column(col, justify="left" if col in ("case", "status", "ran") else "right")
     for row in doc.get("summary", []):
-        statuses = Counter(r.get("status", "?") for r in runs_of(doc, row["case"]))
+        runs = runs_of(doc, row["case"])
+        statuses = Counter(r.get("status", "?") for r in runs)
+        # what auto chose, run by run
+        ran = Counter((r.get("storage") or {}).get("chosen") or "" for r in runs)
         table.add_row(
             row["case"], ", ".join(s if len(statuses) == 1 else f"{s} ×{n}"
                                    for s, n in statuses.items()),
+            ", ".join(c if len(ran) == 1 else f"{c} ×{n}" for c, n in ran.items() if c),
             figure(row, "total_ms", scale=1000, ranged=True),
             figure(row, "ready_ms", scale=1000), figure(row, "dest_running_ms", scale=1000),
             figure(row, "bytes_on_wire", "{:.2f}", scale=1e6, ranged=True),

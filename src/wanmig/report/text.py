@@ -98,7 +98,10 @@ def _storage_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
     if s.disk is None:
         return []
     d = s.disk
-    rows = [
+    rows = []
+    if s.chosen is not None:
+        rows.append(("storage: auto chose", str(s.reason), "wanmig.model.storage"))
+    rows += [
         ("storage: source disk", f"{_bytes(d.get('virtual_bytes'))} virtual, "
          f"{_bytes(d.get('allocated_bytes'))} allocated ({_bytes(d.get('overlay_bytes'))} in "
          f"the overlay), {_bytes(d.get('zero_bytes'))} zero", "qemu-img map"),
@@ -108,6 +111,14 @@ def _storage_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
         ("storage: disk bytes copied", _bytes(s.copied_bytes), "QEMU (block job)"),
         ("storage: bytes on the WAN", _bytes(s.bytes_on_wire), "site A (TCP payload)"),
     ]
+    if s.bulk_bytes is not None or s.streamed_bytes is not None:
+        rows.append(("storage: sent in bulk / streamed after B ran",
+                     f"{_bytes(s.bulk_bytes)} / {_bytes(s.streamed_bytes)}"
+                     f" in {_ms(s.stream_ms)}", "QEMU (backup, block-stream)"))
+    if s.layer_ms is not None:
+        rows.append(("storage: A's image put under B's disk", f"{_ms(s.layer_ms)} "
+                     f"({', '.join(f'{k} {v:.0f}' for k, v in (s.layer_steps_ms or {}).items())}"
+                     " ms)", "wanmig, before B ran"))
     if s.passes is not None:
         rows.append(("storage: passes / last delta", f"{s.passes} / {_bytes(s.last_delta_bytes)}",
                      "QEMU (backup jobs)"))
