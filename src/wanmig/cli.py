@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -29,6 +30,7 @@ from .bench import floor as floor_bench
 from .bench import memory as memory_bench
 from .bench import storage as storage_bench
 from .bench import wan as wan_bench
+from .budget import POLL_S, write_rate
 from .config import Scenario, load_scenario, parse_scenario
 from .errors import ConfigError, WanmigError
 from .memory import MigrationProgress
@@ -37,7 +39,7 @@ from .parts import MEMORY, STORAGE
 from .wan.profiles import PROFILES
 from .qemu.image import build_image
 from .record import ResultRecord
-from .registry import clean_leftovers
+from .registry import Registry, clean_leftovers
 from .report import render_bench, render_record
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -326,6 +328,23 @@ def image_build(force: Annotated[bool, typer.Option("--force", help="Rebuild eve
     except WanmigError as exc:
         raise _fail(exc) from None
     console.print(f"guest image: {image.kernel} {image.initrd} (kernel {image.kernel_version})")
+
+
+@app.command()
+def budget(
+    run: Annotated[str, typer.Argument(help="The run's id (its record's run_id, shown as "
+                                            "'run ID' when it starts).")],
+    mbit: Annotated[float, typer.Argument(help="The migration's new rate, Mbit/s.")],
+) -> None:
+    """Change a running migration's bandwidth budget (memory and disk together)."""
+    try:
+        if not re.fullmatch(r"[0-9a-f]{1,32}", run):
+            raise ConfigError(f"not a run id: {run!r}", field="run")
+        path = write_rate(Registry(run).run_dir, mbit)
+    except WanmigError as exc:
+        raise _fail(exc) from None
+    console.print(f"budget of run {run}: {mbit:g} Mbit/s ({path}; applied within "
+                  f"{POLL_S:g} s)")
 
 
 @app.command()

@@ -60,7 +60,7 @@ NAME_MAX = 64
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
-Workload = Literal["idle", "web", "dirty"]
+Workload = Literal["idle", "web", "dirty", "app"]
 #: What ``memory.ablate`` may switch off (``wanmig.memory.plan.ablate``).
 Ablation = Literal["auto-converge", "multifd", "zstd", "notsent-limit", "survey"]
 
@@ -72,7 +72,11 @@ DEBIAN_BASE_MIN_MIB = 512
 class VmSpec(_Strict):
     """The guest.  ``workload``: ``idle``; ``web`` (the client sends HTTP
     requests at ``web_rps``); ``dirty`` (the guest rewrites a ``dirty_mib``
-    working set with incompressible data at ``dirty_rate_mbps`` MB/s).  With
+    working set with incompressible data at ``dirty_rate_mbps`` MB/s); ``app``
+    (the client places orders at ``web_rps`` through the guest's nginx, an app
+    tier and Redis, which keeps them on the disk: needs ``root = "debian"``).
+    ``root``: ``initramfs`` (the busybox guest, the fast default) or
+    ``debian`` (the guest switches root to its disk, the ``debian`` base).  With
     any workload, ``disk_write_mbps`` > 0 makes the guest rewrite a
     ``disk_write_mib`` file on its disk at that rate, in 64 KiB O_DSYNC
     writes whose latency it reports (``storage.diskio``)."""
@@ -87,6 +91,7 @@ class VmSpec(_Strict):
     disk_write_mib: int = Field(16, ge=1, le=8192)
     #: What the disk's base image holds (``storage.base``): ``empty`` or ``debian``.
     base: Literal["empty", "debian"] = "empty"
+    root: Literal["initramfs", "debian"] = "initramfs"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     boot_timeout_s: float = Field(90.0, gt=0, le=600)
 
@@ -95,6 +100,11 @@ class VmSpec(_Strict):
         if self.workload == "dirty" and self.dirty_mib > self.ram_mib // 2:
             raise ValueError(f"dirty_mib {self.dirty_mib} must be at most half of "
                              f"ram_mib {self.ram_mib}")
+        if self.root == "debian" and self.base != "debian":
+            raise ValueError('root = "debian" boots from the disk: it needs base = "debian"')
+        if self.workload == "app" and self.root != "debian":
+            raise ValueError('the app workload runs on the Debian root: it needs '
+                             'root = "debian"')
         if self.base == "debian" and self.disk_mib < DEBIAN_BASE_MIN_MIB:
             raise ValueError(f"the debian base needs disk_mib >= {DEBIAN_BASE_MIN_MIB}")
         if self.disk_write_mbps and self.disk_write_mib > self.disk_mib // 2:
@@ -150,6 +160,18 @@ class StorageSpec(_Strict):
     synchronous_writes: bool = False
     survey_s: float = Field(2.0, gt=0, le=60)
     dest_running_within_s: float | None = Field(None, gt=0)
+
+
+class BudgetSpec(_Strict):
+    """One bandwidth budget for memory and disk together (``wanmig.budget``).
+
+    ``rate_mbit``: what the whole migration may take of the link; by default
+    the link's rate (nothing is capped unless memory and disk move at once).
+    While both move, the disk gets ``storage_share`` of it and memory the rest.
+    ``wanmig budget RUN MBIT`` changes it while the run goes on."""
+
+    rate_mbit: float | None = Field(None, gt=0, le=100_000)
+    storage_share: float = Field(0.25, gt=0, lt=1)
 
 
 class NetworkSpec(_Strict):
@@ -256,6 +278,7 @@ class Scenario(_Strict):
     vm: VmSpec = VmSpec()
     memory: MemorySpec = MemorySpec()
     storage: StorageSpec = StorageSpec()
+    budget: BudgetSpec = BudgetSpec()
     network: NetworkSpec = NetworkSpec()
     wan: WanSpec = WanSpec()
     probe: ProbeSpec = ProbeSpec()

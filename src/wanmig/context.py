@@ -37,6 +37,7 @@ from .record import Phase
 from .storage.disk import has_backing, image_format
 
 if TYPE_CHECKING:
+    from .budget import Budget
     from .config import Scenario
     from .faults import Faults
     from .memory.migration import MigrationProgress
@@ -105,6 +106,7 @@ class RunContext:
     #: ``prepare`` (the surveyed strategies); storage's ``auto`` plans with it.
     memory_predicted_s: float | None = None
     faults: Faults = field(init=False)
+    budget: Budget = field(init=False)
 
     @property
     def run_dir(self) -> Path:
@@ -122,6 +124,7 @@ class RunContext:
                                if sc.vm.workload == "dirty" else None),
                         diskwrite=((sc.vm.disk_write_mib, sc.vm.disk_write_mbps)
                                    if sc.vm.disk_write_mbps else None),
+                        root="debian" if sc.vm.root == "debian" else None,
                         ram_file=(self.registry.memory_file(f"vm-{site}")
                                   if sc.memory.verify else None))
 

@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .budget import budget_for
 from .config import Scenario
 from .context import Part, PhaseClock, RunContext, StoragePart, Ui
 from .errors import MigrationError, QmpTimeout, WanmigError
@@ -248,6 +249,7 @@ class Orchestrator:
             pki_dir=self.pki_dir, build_dir=self.build_dir or default_build_dir(),
             notes=self.notes)
         ctx.faults = Faults(ctx)
+        ctx.budget = budget_for(sc.budget, ctx.link, self.registry.run_dir)
         await self.storage.create(ctx)
         await self._boot_source(ctx)
 
@@ -273,20 +275,27 @@ class Orchestrator:
                              * 1000, 1)
         self._enter(Stage.SOURCE_RUNNING)
         self.ui.step(f"guest ready after {self.boot_ms / 1000:.1f} s; starting client probes"
-                     + (f" and {sc.vm.web_rps:g} HTTP requests/s" if sc.vm.workload == "web"
-                        else ""))
+                     + (f" and {sc.vm.web_rps:g} HTTP requests/s ({sc.vm.workload})"
+                        if sc.vm.workload in ("web", "app") else ""))
         self.client = ClientWatch(sc, ctx.testbed, ctx.registry,
                                   interval_ms=sc.probe.interval_for(ctx.accel))
         await self.client.start()
 
     async def _migrate(self) -> tuple[str, str | None]:
-        """The phases, and the end of a failure; an interrupt's cancellation ends in ``run``."""
+        """The phases, and the end of a failure; an interrupt's cancellation ends in ``run``.
+        The budget's control file is read throughout (``wanmig budget``)."""
+        assert self.ctx is not None
+        watch = asyncio.create_task(self.ctx.budget.watch())
         try:
             await self._phases()
         except WanmigError as exc:
             if self.state.destination_may_have_run:
                 return self._end_after_switch(exc)
             return await self._end_before_switch(exc)
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         return "completed", None
 
     async def _phases(self) -> None:
@@ -563,5 +572,6 @@ class Orchestrator:
             total_ms=phases[-1].end_ms - phases[0].start_ms if phases else 0.0,
             states=[RunEvent.model_validate(s) for s in self.state.to_list()],
             switchover_timeline=self._timeline(),
+            budget=ctx.budget.record() if ctx is not None else None,
             **self.notes,
         )

@@ -216,6 +216,9 @@ class ResultRecord(_Model):
     #: ``client_gap_end``: B's first answer when the gap is the switchover's).  None
     #: where the source never stopped.
     switchover_timeline: dict[str, float] | None = None
+    #: The migration's one bandwidth budget (``wanmig.budget``): its rate, every change
+    #: and what each consumer (memory, storage) was granted when.
+    budget: dict[str, Any] | None = None
     run_id: str | None = None
     started_at: str | None = None
 

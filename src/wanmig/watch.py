@@ -29,6 +29,7 @@ from .probe import ClientProbe, ProbeReport, ProbeWindow
 from .registry import Registry
 from .testbed import Testbed
 from .workload import WebLoad, WebLoadReport
+from .workload.spec import APP_PATHS, DEFAULT_PATHS
 
 
 class ClientWatch:
@@ -39,8 +40,10 @@ class ClientWatch:
         addr, netns = testbed.addr, testbed.client.name
         self.probe = ClientProbe(addr.vm_ip, netns=netns, interval_ms=interval_ms,
                                  registry=registry)
-        self.web = (WebLoad(addr.vm_ip, netns=netns, rate=scenario.vm.web_rps, registry=registry)
-                    if scenario.vm.workload == "web" else None)
+        workload = scenario.vm.workload
+        self.web = (WebLoad(addr.vm_ip, netns=netns, rate=scenario.vm.web_rps, registry=registry,
+                            paths=APP_PATHS if workload == "app" else DEFAULT_PATHS)
+                    if workload in ("web", "app") else None)
         self.probe_report: ProbeReport | None = None
         self.web_report: WebLoadReport | None = None
         self.new_conn_ms: float | None = None
@@ -111,11 +114,12 @@ class ClientWatch:
                 "probe_windows": [w.summary() for w in self.windows] or None}
 
     def workload_detail(self) -> dict[str, Any] | None:
-        """The workload's settings and, for ``web``, what the HTTP clients saw."""
+        """The workload's settings and, for ``web`` and ``app``, what the HTTP clients
+        saw."""
         vm = self.scenario.vm
         if vm.workload == "dirty":
             return {"dirty_mib": vm.dirty_mib, "dirty_rate_mbps": vm.dirty_rate_mbps}
-        if vm.workload == "web":
-            return {"web_rps": vm.web_rps,
+        if self.web is not None:
+            return {"web_rps": vm.web_rps, "paths": list(self.web.spec.paths),
                     "report": self.web_report.to_dict() if self.web_report else None}
         return None

@@ -8,10 +8,12 @@ e2fsck after the run, the guest's integrity log, and that nothing is left.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
+from wanmig.budget import write_rate
 from wanmig.config import parse_scenario
 from wanmig.orchestrator import Orchestrator
 from wanmig.record import ResultRecord
@@ -221,3 +223,35 @@ async def test_auto_runs_hybrid_when_the_guest_writes_near_the_links_rate(
     i = rec.integrity
     assert i.disk_fsck_clean is True, i.disk_fsck_problems
     assert i.ok and i.guest_log_gaps == 0 and i.guest_log_out_of_order == 0
+
+
+async def test_one_budget_caps_the_disk_and_changes_while_the_run_goes_on(
+        leaves_nothing_behind) -> None:
+    # 16 Mbit/s for the whole migration; once the bulk pass runs, `wanmig budget` raises
+    # it to 48: the pass's share is applied again, and the record says who changed what
+    sc = parse_scenario({"name": "budget", "vm": {**SMALL_VM, "disk_write_mbps": 1.0},
+                         "memory": {"strategy": "precopy-tuned"},
+                         "storage": {"strategy": "precopy"}, "budget": {"rate_mbit": 16}})
+    orch = Orchestrator(sc)
+    run = asyncio.create_task(orch.run())
+    while not (orch.clock.current and orch.clock.current[0] == "storage"):
+        assert not run.done(), run.result().error
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)        # into the bulk pass (its 16 MiB take ~9 s at 16 Mbit/s)
+    assert orch.registry is not None
+    write_rate(orch.registry.run_dir, 48)
+    rec = await run
+
+    assert rec.status == "completed", rec.error
+    b = rec.budget
+    assert b is not None and b["rate_mbit"] == 48
+    assert [(c["rate_mbit"], c["by"]) for c in b["changes"]] == [(16, "scenario"),
+                                                                  (48, "budget file")]
+    disk = [g["rate_mbit"] for g in b["grants"] if g["consumer"] == "storage" and g["capped"]]
+    assert disk[0] == 16 and 48 in disk and not any("error" in g for g in b["grants"])
+    # memory alone got the whole budget; with a disk pass beside it, the rest of it
+    memory = {g["rate_mbit"] for g in b["grants"] if g["consumer"] == "memory"}
+    assert 48 in memory and memory <= {48, 36}
+    # the bulk pass ran at the budget, not the link's 100 Mbit/s: slower than 16 MiB
+    # at 48 Mbit/s after the first second at 16
+    assert rec.storage.ready_ms is not None and rec.storage.ready_ms > 3000

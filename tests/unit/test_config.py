@@ -55,6 +55,8 @@ def test_dirty_working_set_must_fit_the_guest() -> None:
 
 @pytest.mark.parametrize("data, words", [
     ({"vm": {"base": "debian", "disk_mib": 256}}, "disk_mib >= 512"),
+    ({"vm": {"root": "debian"}}, 'needs base = "debian"'),
+    ({"vm": {"workload": "app", "base": "debian", "disk_mib": 1024}}, 'needs root = "debian"'),
     ({"vm": {"disk_mib": 64, "disk_write_mbps": 5, "disk_write_mib": 40}}, "at most half"),
     ({"storage": {"strategy": "shared"}, "fault": {"link_down_phase": "storage",
                                                      "link_down_s": 5}}, "copies"),
@@ -69,6 +71,9 @@ def test_local_disk_settings_are_accepted() -> None:
                          "storage": {"strategy": "precopy", "verify": True},
                          "fault": {"link_down_phase": "storage", "link_down_s": 10}})
     assert sc.storage.timeout_s == 1800 and not sc.storage.synchronous_writes
+    app = parse_scenario({"vm": {"base": "debian", "root": "debian", "disk_mib": 1024,
+                                 "workload": "app"}})
+    assert app.vm.root == "debian" and app.vm.workload == "app"
 
 
 def test_cli_options_override_the_file(tmp_path: Path) -> None:

@@ -194,7 +194,9 @@ def test_dirty_bounds_match_guestd() -> None:
 
 def test_init_serves_the_web_load_blob() -> None:
     init = (image.GUEST_SOURCE_DIR / "init").read_text()
-    assert "head -c 262144 /dev/urandom > /www/blob.bin" in init
+    assert 'head -c 262144 /dev/urandom > "$www/blob.bin"' in init
+    # busybox's httpd serves /www; on the Debian root nginx serves /run/www (tmpfs)
+    assert "www=/www" in init and "www=/run/www" in init and "root $www;" in init
 
 
 def test_ready_marker_matches_init() -> None:
@@ -370,3 +372,11 @@ def test_read_integrity_log_on_non_ext2_is_image_error(tmp_path: Path) -> None:
         image.read_integrity_log(disk)
     with pytest.raises(ImageError, match="does not exist"):
         image.read_integrity_log(tmp_path / "missing.raw")
+
+
+def test_cmdline_names_the_root_to_switch_to() -> None:
+    assert "wanmig.root" not in render_cmdline(ip_cidr="10.0.2.15/24")
+    assert "wanmig.root=debian" in render_cmdline(ip_cidr="10.0.2.15/24", root="debian").split()
+    with pytest.raises(ConfigError) as info:
+        render_cmdline(ip_cidr="10.0.2.15/24", root="/dev/sda1")
+    assert info.value.field == "root"

@@ -9,6 +9,10 @@
  *                                   rewrite whole pages of it at RATE_MBPS
  *                                   megabytes (10^6 bytes) per second (0: only
  *                                   hold) and verify every page it holds
+ *   guestd app PORT REDIS_PORT      the `app` workload's application server, behind
+ *                                   nginx: each HTTP request is an order stored in
+ *                                   Redis (127.0.0.1:REDIS_PORT), answered with its
+ *                                   number
  *
  * Each workload is its own process (one sub-command each) so that a crash in one
  * cannot stall the others, and each loop stays single-threaded and easy to read.
@@ -756,10 +760,165 @@ static _Noreturn void diskwrite(const char *path, long size_mib, double rate_mbp
     }
 }
 
+/* ---- app: the application tier of the `app` workload (nginx -> app -> Redis). ----
+ * One request at a time (nginx queues the rest): read the request head, then one
+ * Redis round trip, pipelined -- INCR orders, SET order:<n mod 4096> <record>, and
+ * LPUSH recent <n> + LTRIM recent 0 99 -- and answer with the order's number.  The
+ * record is text a shop might store (number, time, path, client), so what Redis
+ * writes to its append-only file on the guest's disk is the application's data:
+ * neither zeros nor random bytes.  A Redis that went away is reconnected to on the
+ * next request; until then requests get 503. */
+
+#define APP_REQ_MAX 8192
+
+static int redis_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct timeval tv = {.tv_sec = 2};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Read one RESP reply line ("+OK", ":42", "-ERR ..."); its integer for ':' replies. */
+static int redis_reply(int fd, long long *value)
+{
+    char line[512];
+    size_t n = 0;
+    for (;;) {
+        ssize_t r = read(fd, line + n, 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0 || n + 1 >= sizeof line)
+            return -1;
+        if (line[n] == '\n')
+            break;
+        n++;
+    }
+    line[n] = '\0';
+    if (line[0] == ':' && value)
+        *value = strtoll(line + 1, NULL, 10);
+    return line[0] == '-' ? -1 : 0;
+}
+
+/* A RESP command from its words. */
+static size_t resp(char *out, size_t cap, int argc, const char **argv)
+{
+    size_t len = (size_t)snprintf(out, cap, "*%d\r\n", argc);
+    for (int i = 0; i < argc && len < cap; i++)
+        len += (size_t)snprintf(out + len, cap - len, "$%zu\r\n%s\r\n", strlen(argv[i]),
+                                argv[i]);
+    return len;
+}
+
+static long long app_order(int *redis, int redis_port, const char *path, const char *client)
+{
+    if (*redis < 0 && (*redis = redis_connect(redis_port)) < 0)
+        return -1;
+    static char cmd[4096];
+    size_t len = resp(cmd, sizeof cmd, 2, (const char *[]){"INCR", "orders"});
+    if (write_all(*redis, cmd, len) < 0)
+        goto broken;
+    long long n = -1;
+    if (redis_reply(*redis, &n) < 0)
+        goto broken;
+    char key[32], num[24], record[512];
+    snprintf(key, sizeof key, "order:%lld", n % 4096);
+    snprintf(num, sizeof num, "%lld", n);
+    snprintf(record, sizeof record, "order=%lld at_ms=%llu path=%.200s client=%.64s "
+             "items=%lld total_cents=%lld status=placed", n, now_ms(), path, client,
+             1 + n % 7, 199 + (n * 37) % 9000);
+    len = resp(cmd, sizeof cmd, 3, (const char *[]){"SET", key, record});
+    len += resp(cmd + len, sizeof cmd - len, 3, (const char *[]){"LPUSH", "recent", num});
+    len += resp(cmd + len, sizeof cmd - len, 4, (const char *[]){"LTRIM", "recent", "0", "99"});
+    if (write_all(*redis, cmd, len) < 0)
+        goto broken;
+    for (int i = 0; i < 3; i++)
+        if (redis_reply(*redis, NULL) < 0)
+            goto broken;
+    return n;
+broken:
+    close(*redis);
+    *redis = -1;
+    return -1;
+}
+
+static _Noreturn void app(int port, int redis_port)
+{
+    int lfd = bound_socket(SOCK_STREAM, port);
+    if (listen(lfd, 128) < 0)
+        die("listen");
+    int redis = -1;
+    for (int i = 0; i < 100 && (redis = redis_connect(redis_port)) < 0; i++)
+        usleep(100000); /* Redis may still be loading its append-only file */
+    if (redis < 0)
+        die("connect to redis");
+    detach_when_ready();
+    static char req[APP_REQ_MAX + 1];
+    for (;;) {
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof peer;
+        int fd = accept(lfd, (struct sockaddr *)&peer, &plen);
+        if (fd < 0)
+            continue;
+        struct timeval tv = {.tv_sec = 2};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        size_t n = 0;
+        while (n < APP_REQ_MAX) {
+            ssize_t r = read(fd, req + n, APP_REQ_MAX - n);
+            if (r <= 0)
+                break;
+            n += (size_t)r;
+            req[n] = '\0';
+            if (strstr(req, "\r\n\r\n"))
+                break;
+        }
+        req[n] = '\0';
+        char path[256] = "/", client[64] = "-";
+        sscanf(req, "%*s %255s", path);
+        const char *fwd = strstr(req, "X-Real-IP: ");
+        if (fwd)
+            sscanf(fwd + 11, "%63s", client);
+        long long order = app_order(&redis, redis_port, path, client);
+        char resp_buf[256];
+        int len = order < 0
+            ? snprintf(resp_buf, sizeof resp_buf, "HTTP/1.0 503 Service Unavailable\r\n"
+                       "Content-Length: 9\r\n\r\nno redis\n")
+            : snprintf(resp_buf, sizeof resp_buf, "HTTP/1.0 200 OK\r\nContent-Type: "
+                       "text/plain\r\nContent-Length: %d\r\n\r\norder %lld\n",
+                       7 + snprintf(NULL, 0, "%lld", order), order);
+        write_all(fd, resp_buf, (size_t)len);
+        close(fd);
+    }
+}
+
 static int usage(void)
 {
     fprintf(stderr, "usage: guestd udp-echo PORT | tcp-echo PORT | writer PATH PERIOD_MS"
-                    " | dirty SIZE_MIB RATE_MBPS | diskwrite PATH SIZE_MIB RATE_MBPS\n");
+                    " | dirty SIZE_MIB RATE_MBPS | diskwrite PATH SIZE_MIB RATE_MBPS"
+                    " | app PORT REDIS_PORT\n");
     return 2;
 }
 
@@ -774,6 +933,8 @@ int main(int argc, char **argv)
         return writer(argv[2], argv[3]);
     if (argc == 4 && strcmp(argv[1], "dirty") == 0)
         dirty(parse_size_mib(argv[2]), parse_rate_mbps(argv[3]));
+    if (argc == 4 && strcmp(argv[1], "app") == 0)
+        app(parse_port(argv[2]), parse_port(argv[3]));
     if (argc == 5 && strcmp(argv[1], "diskwrite") == 0)
         diskwrite(argv[2], parse_size_mib(argv[3]), parse_rate_mbps(argv[4]));
     return usage();

@@ -108,10 +108,24 @@ class QemuMemory(Part):
                 and "notsent-limit" not in self.plan.ablated)
 
     async def copy(self, ctx: RunContext) -> None:
-        assert self.migration is not None
+        assert self.migration is not None and self.plan is not None and ctx.src is not None
         self._wire0 = await tx_bytes(ctx.testbed.site_a, WAN_IFACE)
-        await self.migration.iterate(ctx.scenario.memory.timeout_s,
-                                     on_first_progress=lambda: ctx.faults.at("memory-progress"))
+        src, planned = ctx.src, self.plan.parameters.get("max-bandwidth")
+
+        async def share(rate: int | None) -> None:
+            """The budget's share, never above the plan's own max-bandwidth (QEMU's
+            default where the plan set none)."""
+            own = planned or QEMU_DEFAULT_MAX_BANDWIDTH
+            await src.execute("migrate-set-parameters",
+                              {"max-bandwidth": int(min(rate, own) if rate else own)})
+
+        await ctx.budget.start("memory", share)
+        try:
+            await self.migration.iterate(
+                ctx.scenario.memory.timeout_s,
+                on_first_progress=lambda: ctx.faults.at("memory-progress"))
+        finally:
+            await ctx.budget.stop("memory")
 
     def switchover_timeout_s(self, ctx: RunContext) -> float:
         """The engine's bound on the switchover (``model.switchover_timeout_s``)."""

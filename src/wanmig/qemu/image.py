@@ -129,10 +129,10 @@ class GuestImage:
 
     def cmdline(self, *, ip_cidr: str, gateway: str | None = None, name: str = "vm",
                 dirty: tuple[int, float] | None = None,
-                diskwrite: tuple[int, float] | None = None) -> str:
+                diskwrite: tuple[int, float] | None = None, root: str | None = None) -> str:
         """The kernel command line for one VM; see ``render_cmdline``."""
         return render_cmdline(ip_cidr=ip_cidr, gateway=gateway, name=name, dirty=dirty,
-                              diskwrite=diskwrite)
+                              diskwrite=diskwrite, root=root)
 
     def to_dict(self) -> dict[str, str]:
         return {"kernel": str(self.kernel), "initrd": str(self.initrd),
@@ -156,6 +156,9 @@ _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 #  panic=-1 is deliberately absent: a panic must stay on screen, not reboot in a loop
 _BOOT_ARGS = ("console=ttyS0", "quiet", "loglevel=3", "no_timer_check", "idle=halt")
 
+
+GUEST_ROOTS = ("debian",)
+"""What ``wanmig.root=`` may name: a root filesystem on the disk the guest switches to."""
 
 DIRTY_MAX_MIB = 65536
 """Largest working set of the guest's memory dirtier (``guestd dirty``), in MiB."""
@@ -186,7 +189,8 @@ def _render_dirty(dirty: tuple[int, float]) -> str:
 
 def render_cmdline(*, ip_cidr: str, gateway: str | None = None, name: str = "vm",
                    dirty: tuple[int, float] | None = None,
-                   diskwrite: tuple[int, float] | None = None) -> str:
+                   diskwrite: tuple[int, float] | None = None,
+                   root: str | None = None) -> str:
     """Render the guest kernel command line; raises ``ConfigError`` on bad values.
 
     ``ip_cidr`` is the IPv4 address with prefix of eth0 (``10.77.0.10/24``),
@@ -197,7 +201,9 @@ def render_cmdline(*, ip_cidr: str, gateway: str | None = None, name: str = "vm"
     the memory).  The guest also refuses a working set larger than its free
     memory, on the console at boot.  ``diskwrite`` ``(size_mib, rate_mbps)``
     starts the disk rewriter (``wanmig.diskwrite=32:5``): a file of
-    ``size_mib`` on the data disk rewritten at ``rate_mbps`` MB/s.
+    ``size_mib`` on the data disk rewritten at ``rate_mbps`` MB/s.  ``root``
+    ``"debian"`` makes the guest switch root to its disk, a Debian root, and run
+    the ``app`` workload's nginx, Redis and app tier there (``wanmig.root=debian``).
     """
     if "/" not in ip_cidr:
         raise ConfigError(f"{ip_cidr!r} needs a prefix length, e.g. 10.77.0.10/24",
@@ -220,6 +226,11 @@ def render_cmdline(*, ip_cidr: str, gateway: str | None = None, name: str = "vm"
         args.append(f"wanmig.dirty={_render_dirty(dirty)}")
     if diskwrite is not None:
         args.append(f"wanmig.diskwrite={_render_dirty(diskwrite)}")
+    if root is not None:
+        if root not in GUEST_ROOTS:
+            raise ConfigError(f"{root!r} is not a guest root; known: {', '.join(GUEST_ROOTS)}",
+                              field="root")
+        args.append(f"wanmig.root={root}")
     return " ".join(args)
 
 

@@ -59,6 +59,7 @@ class VmConfig:
     smp: int = 1
     dirty: tuple[int, float] | None = None  # guest memory dirtier (size MiB, MB/s), or none
     diskwrite: tuple[int, float] | None = None  # guest disk rewriter (size MiB, MB/s), or none
+    root: str | None = None    # "debian": the guest switches root to its disk (wanmig.root=)
     #: Guest RAM in this file (shared, so the host can read it: ``memory.verify``),
     #: or QEMU's anonymous memory when None.
     ram_file: Path | None = None
@@ -89,7 +90,7 @@ def qemu_argv(cfg: VmConfig, run_dir: Path, binary: QemuBinary | None = None) ->
         "-serial", f"file:{run_dir / (cfg.name + '.console.log')}",
         "-kernel", str(cfg.image.kernel), "-initrd", str(cfg.image.initrd),
         "-append", cfg.image.cmdline(ip_cidr=cfg.ip_cidr, name="vm", dirty=cfg.dirty,
-                                     diskwrite=cfg.diskwrite),
+                                     diskwrite=cfg.diskwrite, root=cfg.root),
         # cache=none keeps no host-side dirty state in QEMU that a switchover
         # would have to flush (shared storage: both sites see the same image).
         # The format node is named (DISK_NODE) for the storage parts' block jobs

@@ -42,7 +42,7 @@ from ..memory.plan import TlsSettings
 from ..qemu.process import DISK_NODE
 from . import nbd
 from .disk import create_overlay
-from .jobs import ProgressSteps, wait_concluded
+from .jobs import ProgressSteps, budgeted, wait_concluded
 from .nbdcopy import PULL_FILE_NODE, PULL_OVERLAY_NODE
 from .postcopy import PostcopyStorage, Step
 
@@ -125,10 +125,11 @@ class HybridStorage(PostcopyStorage):
         await ctx.src.execute("blockdev-backup", {
             "job-id": BULK_JOB_ID, "device": DISK_NODE, "target": nbd.TARGET_NODE,
             "sync": "top", "auto-dismiss": False})
-        st = await wait_concluded(
-            ctx.src, BULK_JOB_ID, ctx.scenario.storage.timeout_s, what="the bulk copy",
-            on_progress=ProgressSteps(ctx.ui.step, "hybrid: bulk",
-                                      moved=lambda: ctx.faults.at("storage-progress")))
+        async with budgeted(ctx.budget, ctx.src, BULK_JOB_ID):
+            st = await wait_concluded(
+                ctx.src, BULK_JOB_ID, ctx.scenario.storage.timeout_s, what="the bulk copy",
+                on_progress=ProgressSteps(ctx.ui.step, "hybrid: bulk",
+                                          moved=lambda: ctx.faults.at("storage-progress")))
         self.ready_at = time.monotonic()
         self.bulk_bytes = self.copied_bytes = st.done
         self._bulk_wire = await self._wire(ctx, "b")

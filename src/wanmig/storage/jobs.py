@@ -8,14 +8,16 @@ an end is never mistaken for a success because the job vanished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import StorageError
 
 if TYPE_CHECKING:
+    from ..budget import Budget
     from ..qemu.process import QemuVm
 
 POLL_S = 0.2
@@ -111,3 +113,22 @@ class ProgressSteps:
                  f"({st.fraction:.0%}), {rate * 8 / 1e6:.1f} Mbit/s, ETA {eta:.0f} s")
         while self.next <= st.fraction:
             self.next += self.step
+
+
+def speed_of(vm: QemuVm, job_id: str) -> Callable[[int | None], Awaitable[None]]:
+    """The budget's consumer for a block job: ``block-job-set-speed`` (0, no limit,
+    where the disk's share is the whole link)."""
+    async def share(rate: int | None) -> None:
+        await vm.execute("block-job-set-speed", {"device": job_id, "speed": rate or 0})
+    return share
+
+
+@contextlib.asynccontextmanager
+async def budgeted(budget: Budget, vm: QemuVm, job_id: str) -> AsyncIterator[None]:
+    """The disk's share of the migration's budget for the block job ``job_id`` while it
+    runs."""
+    await budget.start("storage", speed_of(vm, job_id))
+    try:
+        yield
+    finally:
+        await budget.stop("storage")

@@ -26,7 +26,7 @@ from typing import ClassVar
 from ..context import RunContext
 from ..qemu.process import DISK_NODE
 from . import nbd
-from .jobs import ProgressSteps, wait_concluded, wait_ready
+from .jobs import ProgressSteps, speed_of, wait_concluded, wait_ready
 from .nbdcopy import NbdCopy
 
 JOB_ID = "wanmig-mirror"
@@ -51,6 +51,8 @@ class MirrorStorage(NbdCopy):
             "job-id": JOB_ID, "device": DISK_NODE, "target": nbd.TARGET_NODE,
             "sync": "full", "auto-dismiss": False,
             "copy-mode": "write-blocking" if spec.synchronous_writes else "background"})
+        # the mirror copies until the switchover: the disk's share of the budget until then
+        await ctx.budget.start("storage", speed_of(ctx.src, JOB_ID))
         await wait_ready(ctx.src, JOB_ID, spec.timeout_s, what="the disk mirror",
                          on_progress=ProgressSteps(ctx.ui.step, "mirror",
                                                    moved=lambda: ctx.faults.at("storage-progress")))
@@ -64,8 +66,10 @@ class MirrorStorage(NbdCopy):
         self._note_io(ctx)
         await ctx.src.execute("block-job-cancel", {"device": JOB_ID})
         st = await wait_concluded(ctx.src, JOB_ID, CANCEL_TIMEOUT_S, what="the disk mirror")
+        await ctx.budget.stop("storage")
         self.copied_bytes = st.done
         await self._in_sync(ctx)
 
     async def rollback(self, ctx: RunContext) -> None:
+        await ctx.budget.stop("storage")
         await self._abandon(ctx, JOB_ID, "the disk mirror")

@@ -39,7 +39,7 @@ from ..context import RunContext
 from ..errors import StorageError
 from ..qemu.process import DISK_BASE_NODE, DISK_FILE_NODE, DISK_NODE
 from .disk import LocalDisks, disk_facts
-from .jobs import ProgressSteps, wait_concluded
+from .jobs import ProgressSteps, budgeted, wait_concluded
 from .nbdcopy import PULL_FILE_NODE, PULL_OVERLAY_NODE, NbdCopy
 
 JOB_ID = "wanmig-stream"
@@ -159,9 +159,9 @@ class PostcopyStorage(NbdCopy):
         await ctx.dst.execute("block-stream", {
             "job-id": JOB_ID, "device": self.stream_top, "base-node": self.stream_base,
             "auto-dismiss": False})
-        await wait_concluded(ctx.dst, JOB_ID, STREAM_TIMEOUT_S, what="the disk stream",
-                                  on_progress=ProgressSteps(ctx.ui.step,
-                                                            f"{self.name}: stream"))
+        async with budgeted(ctx.budget, ctx.dst, JOB_ID):
+            await wait_concluded(ctx.dst, JOB_ID, STREAM_TIMEOUT_S, what="the disk stream",
+                                 on_progress=ProgressSteps(ctx.ui.step, f"{self.name}: stream"))
         self.stream_ms = round((time.monotonic() - t0) * 1000, 1)
         # the job's progress counts the whole disk; it copied what A's image holds
         self.streamed_bytes = (await disk_facts(self.pulled)).top_bytes

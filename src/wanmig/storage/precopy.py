@@ -33,7 +33,7 @@ from ..context import RunContext
 from ..errors import StorageError, WanmigError
 from ..qemu.process import DISK_NODE, QemuVm
 from . import nbd
-from .jobs import ProgressSteps, wait_concluded
+from .jobs import ProgressSteps, budgeted, wait_concluded
 from .nbdcopy import NbdCopy, elapsed_ms
 
 BITMAP = "wanmig-precopy"
@@ -98,8 +98,9 @@ class PrecopyStorage(NbdCopy):
             args |= {"bitmap": BITMAP, "bitmap-mode": "on-success"}
         t0 = time.monotonic()
         await ctx.src.execute("blockdev-backup", args)
-        st = await wait_concluded(ctx.src, JOB_ID, PASS_TIMEOUT_S, what=f"disk pass {sync}",
-                                  on_progress=progress)
+        async with budgeted(ctx.budget, ctx.src, JOB_ID):
+            st = await wait_concluded(ctx.src, JOB_ID, PASS_TIMEOUT_S,
+                                      what=f"disk pass {sync}", on_progress=progress)
         p = Pass(copied=st.done, seconds=time.monotonic() - t0,
                  dirty_after=await self._dirty_bytes(ctx))
         self.passes.append(p)

@@ -24,6 +24,10 @@ from ..errors import ConfigError
 DEFAULT_PATHS: tuple[str, ...] = ("/", "/", "/", "/blob.bin")
 """The request mix, cycled in order: three small responses for one large one."""
 
+APP_PATHS: tuple[str, ...] = ("/app/order", "/app/order", "/app/order", "/")
+"""The ``app`` workload's mix: three orders (nginx, the app tier, a Redis write each)
+for one static page."""
+
 MAX_RATE_PER_S = 1000.0
 MAX_TIMEOUT_S = 60.0
 MAX_IN_FLIGHT = 1024

@@ -1,0 +1,165 @@
+"""One bandwidth budget for the whole migration: memory and disk share it.
+
+libvirt gives every disk and the memory stream a limit of its own, so an
+operator who wants a migration to take at most N Mbit/s of an inter-site link
+must divide N by hand, and the limits multiply with the disks.  wanmig has
+one rate (``[budget] rate_mbit``, by default the link as measured just
+before the move) and hands it to whatever is moving:
+
+* one consumer alone (the disk's bulk copy before memory, the memory copy of a
+  shared-storage run, a postcopy stream after B runs) gets all of it;
+* the disk and memory together (precopy's background passes, a ready mirror)
+  get ``storage_share`` and the rest.
+
+A consumer is a name and a coroutine that applies a rate in bytes/s, or None
+where its share is no less than the link's line rate (then nothing needs
+capping, and each part keeps its own settings: QEMU's defaults stay QEMU's
+defaults): ``migrate-set-parameters max-bandwidth`` for memory (never above
+what the memory plan itself set), ``block-job-set-speed`` for a disk copy.
+The disk's consumer is started around each block job, not for the whole
+copy, so memory is only held back while a disk job really runs.  The rate can change while the run goes on: ``wanmig budget RUN
+MBIT`` writes ``<run dir>/budget``, which the budget reads every
+``POLL_S``; every change and what each consumer got is in the record
+(``budget``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError, WanmigError
+from .fileio import atomic_write
+
+if TYPE_CHECKING:
+    from .config import BudgetSpec
+    from .memory.select import LinkFacts
+
+log = logging.getLogger("wanmig.budget")
+
+#: How often the control file is read.
+POLL_S = 0.5
+CONTROL_FILE = "budget"
+#: Below this a migration cannot make progress worth the name (bytes/s).
+MIN_RATE = 64 * 1024
+
+Apply = Callable[[int | None], Awaitable[None]]
+
+
+def budget_for(spec: BudgetSpec, link: LinkFacts, run_dir: Path) -> Budget:
+    """The run's budget: the scenario's rate, else the link's line rate."""
+    line = link.rate_bit_s / 8
+    if spec.rate_mbit is not None:
+        return Budget(spec.rate_mbit * 1e6 / 8, line_bytes_s=line,
+                      storage_share=spec.storage_share, run_dir=run_dir, source="scenario")
+    return Budget(line, line_bytes_s=line, storage_share=spec.storage_share, run_dir=run_dir,
+                  source="the link's rate")
+
+
+def write_rate(run_dir: Path, rate_mbit: float) -> Path:
+    """Set a running migration's budget (what ``wanmig budget`` does)."""
+    if not rate_mbit > 0:
+        raise ConfigError(f"a budget must be above 0 Mbit/s, not {rate_mbit:g}", field="rate")
+    if not run_dir.is_dir():
+        raise ConfigError(f"no run directory {run_dir}: is the run still going?", field="run")
+    path = run_dir / CONTROL_FILE
+    atomic_write(path, f"{rate_mbit:g}\n".encode())
+    return path
+
+
+class Budget:
+    """The migration's rate and who has what share of it."""
+
+    def __init__(self, rate_bytes_s: float, *, line_bytes_s: float, storage_share: float,
+                 run_dir: Path, source: str) -> None:
+        self.rate = max(MIN_RATE, int(rate_bytes_s))
+        self.line = line_bytes_s
+        self.storage_share = storage_share
+        self.control = run_dir / CONTROL_FILE
+        self._consumers: dict[str, Apply] = {}
+        self._lock = asyncio.Lock()
+        self._t0 = time.monotonic()
+        self._mtime: float | None = None
+        self.changes: list[dict[str, Any]] = [{"at_ms": 0.0, "rate_mbit": self.mbit,
+                                               "by": source}]
+        self.grants: list[dict[str, Any]] = []
+
+    def __repr__(self) -> str:
+        return f"Budget({self.mbit:g} Mbit/s, consumers={sorted(self._consumers)})"
+
+    @property
+    def mbit(self) -> float:
+        return round(self.rate * 8 / 1e6, 3)
+
+    def _shares(self) -> dict[str, int]:
+        names = set(self._consumers)
+        if names == {"memory", "storage"}:
+            disk = int(self.rate * self.storage_share)
+            return {"storage": disk, "memory": self.rate - disk}
+        return {name: self.rate for name in names}
+
+    async def _apply(self) -> None:
+        """Every consumer's share, applied; one that fails (its job ended meanwhile, its
+        QEMU went) is noted and does not stop the others."""
+        at = round((time.monotonic() - self._t0) * 1000, 1)
+        for name, rate in self._shares().items():
+            cap = rate if rate < self.line else None
+            grant: dict[str, Any] = {"at_ms": at, "consumer": name,
+                                     "rate_mbit": round(rate * 8 / 1e6, 3), "capped": cap is not None}
+            try:
+                await self._consumers[name](cap)
+            except WanmigError as exc:
+                grant["error"] = str(exc)
+                log.warning("budget: %s's share not applied: %s", name, exc)
+            self.grants.append(grant)
+
+    async def start(self, name: str, apply: Apply) -> None:
+        """``name`` moves data from now on; everyone's share is applied again."""
+        async with self._lock:
+            self._consumers[name] = apply
+            await self._apply()
+
+    async def stop(self, name: str) -> None:
+        """``name`` has stopped moving data; the others get its share."""
+        async with self._lock:
+            if self._consumers.pop(name, None) is not None and self._consumers:
+                await self._apply()
+
+    async def set_rate(self, rate_bytes_s: float, by: str) -> None:
+        async with self._lock:
+            self.rate = max(MIN_RATE, int(rate_bytes_s))
+            self.changes.append({"at_ms": round((time.monotonic() - self._t0) * 1000, 1),
+                                 "rate_mbit": self.mbit, "by": by})
+            log.info("budget now %g Mbit/s (%s)", self.mbit, by)
+            await self._apply()
+
+    async def _read_control(self) -> None:
+        try:
+            st = self.control.stat()
+        except FileNotFoundError:
+            return
+        if st.st_mtime == self._mtime:
+            return
+        self._mtime = st.st_mtime
+        try:
+            mbit = float(self.control.read_text().strip())
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s: %s", self.control, exc)
+            return
+        if mbit > 0:
+            await self.set_rate(mbit * 1e6 / 8, by=f"{CONTROL_FILE} file")
+
+    async def watch(self) -> None:
+        """Read the control file every ``POLL_S`` until cancelled."""
+        while True:
+            await self._read_control()
+            await asyncio.sleep(POLL_S)
+
+    def record(self) -> dict[str, Any]:
+        return {"rate_mbit": self.mbit, "line_mbit": round(self.line * 8 / 1e6, 3),
+                "storage_share": self.storage_share,
+                "changes": self.changes, "grants": self.grants}
