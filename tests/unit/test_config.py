@@ -299,3 +299,4 @@ def test_cli_refuses_an_old_qemu_in_one_line(tmp_path: Path) -> None:
     assert "QEMU 7.2.22" in lines[0] and "10.0 or newer" in lines[0]
     assert "bookworm-backports" in lines[0]
     assert proc.stdout == "" and not state.exists()
+
