@@ -50,14 +50,15 @@ MIN_RATE = 64 * 1024
 Apply = Callable[[int | None], Awaitable[None]]
 
 
-def budget_for(spec: BudgetSpec, link: LinkFacts, run_dir: Path) -> Budget:
-    """The run's budget: the scenario's rate, else the link's line rate."""
+def budget_for(spec: BudgetSpec, link: LinkFacts, run_dir: Path,
+               t0: float | None = None) -> Budget:
+    """The run's budget: the scenario's rate, else the link's line rate; times in the
+    record from ``t0`` (the run's clock)."""
     line = link.rate_bit_s / 8
-    if spec.rate_mbit is not None:
-        return Budget(spec.rate_mbit * 1e6 / 8, line_bytes_s=line,
-                      storage_share=spec.storage_share, run_dir=run_dir, source="scenario")
-    return Budget(line, line_bytes_s=line, storage_share=spec.storage_share, run_dir=run_dir,
-                  source="the link's rate")
+    rate, source = ((spec.rate_mbit * 1e6 / 8, "scenario") if spec.rate_mbit is not None
+                    else (line, "the link's rate"))
+    return Budget(rate, line_bytes_s=line, storage_share=spec.storage_share, run_dir=run_dir,
+                  source=source, t0=t0)
 
 
 def write_rate(run_dir: Path, rate_mbit: float) -> Path:
@@ -75,14 +76,14 @@ class Budget:
     """The migration's rate and who has what share of it."""
 
     def __init__(self, rate_bytes_s: float, *, line_bytes_s: float, storage_share: float,
-                 run_dir: Path, source: str) -> None:
+                 run_dir: Path, source: str, t0: float | None = None) -> None:
         self.rate = max(MIN_RATE, int(rate_bytes_s))
         self.line = line_bytes_s
         self.storage_share = storage_share
         self.control = run_dir / CONTROL_FILE
         self._consumers: dict[str, Apply] = {}
         self._lock = asyncio.Lock()
-        self._t0 = time.monotonic()
+        self._t0 = time.monotonic() if t0 is None else t0   # the run's clock, if given
         self._mtime: float | None = None
         self.changes: list[dict[str, Any]] = [{"at_ms": 0.0, "rate_mbit": self.mbit,
                                                "by": source}]
@@ -102,26 +103,40 @@ class Budget:
             return {"storage": disk, "memory": self.rate - disk}
         return {name: self.rate for name in names}
 
-    async def _apply(self) -> None:
-        """Every consumer's share, applied; one that fails (its job ended meanwhile, its
-        QEMU went) is noted and does not stop the others."""
+    def _cap(self, rate: int) -> int | None:
+        return rate if rate < self.line else None
+
+    def granted(self, name: str) -> int | None:
+        """What ``name`` has now, bytes/s (None: no cap)."""
+        rate = self._shares().get(name)
+        return None if rate is None else self._cap(rate)
+
+    async def _apply(self, skip: str | None = None) -> None:
+        """Every consumer's share, applied (but ``skip``'s, which its caller applies);
+        one that fails (its job ended meanwhile, its QEMU went) is noted and does not
+        stop the others."""
         at = round((time.monotonic() - self._t0) * 1000, 1)
         for name, rate in self._shares().items():
-            cap = rate if rate < self.line else None
+            cap = self._cap(rate)
             grant: dict[str, Any] = {"at_ms": at, "consumer": name,
-                                     "rate_mbit": round(rate * 8 / 1e6, 3), "capped": cap is not None}
+                                     "rate_mbit": round(rate * 8 / 1e6, 3),
+                                     "capped": cap is not None}
             try:
-                await self._consumers[name](cap)
+                if name != skip:
+                    await self._consumers[name](cap)
             except WanmigError as exc:
                 grant["error"] = str(exc)
                 log.warning("budget: %s's share not applied: %s", name, exc)
             self.grants.append(grant)
 
-    async def start(self, name: str, apply: Apply) -> None:
-        """``name`` moves data from now on; everyone's share is applied again."""
+    async def start(self, name: str, apply: Apply, *, apply_own: bool = True) -> None:
+        """``name`` moves data from now on; everyone's share is applied again -- but
+        ``name``'s own when not ``apply_own``: its caller creates what moves the data
+        with ``granted(name)`` (QEMU's backup job takes its speed at creation: a
+        ``block-job-set-speed`` right after it did not slow it down here)."""
         async with self._lock:
             self._consumers[name] = apply
-            await self._apply()
+            await self._apply(skip=None if apply_own else name)
 
     async def stop(self, name: str) -> None:
         """``name`` has stopped moving data; the others get its share."""

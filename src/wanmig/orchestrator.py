@@ -249,7 +249,7 @@ class Orchestrator:
             pki_dir=self.pki_dir, build_dir=self.build_dir or default_build_dir(),
             notes=self.notes)
         ctx.faults = Faults(ctx)
-        ctx.budget = budget_for(sc.budget, ctx.link, self.registry.run_dir)
+        ctx.budget = budget_for(sc.budget, ctx.link, self.registry.run_dir, t0=self.state.t0)
         await self.storage.create(ctx)
         await self._boot_source(ctx)
 

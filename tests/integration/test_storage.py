@@ -42,6 +42,19 @@ def _disk_intact(rec: ResultRecord) -> None:
     assert i.destination_disk_writes and i.destination_disk_writes > 0
 
 
+def _streamed_disk_intact(rec: ResultRecord, strategy: str) -> None:
+    """A postcopy-family run: completed, B's disk whole after the stream."""
+    assert rec.status == "completed", rec.error
+    i = rec.integrity
+    # B's disk is A's through the WAN until the stream ends: nothing to compare before
+    assert i.disk_match is None and i.disk_verify_note and "not compared" in i.disk_verify_note
+    assert i.disk_fsck_clean is True, i.disk_fsck_problems
+    assert i.ok and i.guest_log_gaps == 0 and i.guest_log_out_of_order == 0
+    assert i.destination_disk_writes and i.destination_disk_writes > 0
+    s = rec.storage
+    assert s.strategy == strategy and s.tls is True and s.disk
+
+
 async def test_mirror_with_synchronous_writes_moves_the_disk_over_tls(
         leaves_nothing_behind) -> None:
     rec = await _run("mirror-sync", {"strategy": "mirror", "synchronous_writes": True})
@@ -141,15 +154,8 @@ async def test_postcopy_runs_b_at_once_and_streams_the_overlay_after(
     rec = await _run("postcopy-disk", {"strategy": "postcopy"},
                      vm={**SMALL_VM, "disk_write_mbps": 1.0, "disk_write_mib": 16})
 
-    assert rec.status == "completed", rec.error
-    i = rec.integrity
-    # B's disk is A's through the WAN until the stream ends: nothing to compare before
-    assert i.disk_match is None and i.disk_verify_note and "not compared" in i.disk_verify_note
-    assert i.disk_fsck_clean is True, i.disk_fsck_problems
-    assert i.ok and i.guest_log_gaps == 0 and i.guest_log_out_of_order == 0
-    assert i.destination_disk_writes and i.destination_disk_writes > 0
+    _streamed_disk_intact(rec, "postcopy")
     s = rec.storage
-    assert s.strategy == "postcopy" and s.tls is True and s.disk
     # B ran right after memory, not after the disk: the stream came later
     assert s.time_to_dest_running_ms is not None and s.total_ms is not None
     assert s.time_to_dest_running_ms < s.total_ms
@@ -168,14 +174,8 @@ async def test_hybrid_sends_the_bulk_first_and_leaves_only_later_writes_to_b(
     rec = await _run("hybrid-disk", {"strategy": "hybrid"},
                      vm={**SMALL_VM, "disk_write_mbps": 1.0, "disk_write_mib": 16})
 
-    assert rec.status == "completed", rec.error
-    i = rec.integrity
-    assert i.disk_match is None and i.disk_verify_note and "not compared" in i.disk_verify_note
-    assert i.disk_fsck_clean is True, i.disk_fsck_problems
-    assert i.ok and i.guest_log_gaps == 0 and i.guest_log_out_of_order == 0
-    assert i.destination_disk_writes and i.destination_disk_writes > 0
+    _streamed_disk_intact(rec, "hybrid")
     s = rec.storage
-    assert s.strategy == "hybrid" and s.tls is True and s.disk
     # the bulk is what A's guest had written when the copy began (the rewriter's file),
     # sent before memory; B ran, then streamed only what the guest wrote after that
     assert s.bulk_bytes is not None and s.bulk_bytes >= 0.9 * s.disk["overlay_bytes"]

@@ -98,3 +98,19 @@ def test_the_default_budget_is_the_links_rate(tmp_path: Path) -> None:
     b = budget_for(BudgetSpec(), link, tmp_path)
     assert b.mbit == 100 and b.changes[0]["by"] == "the link's rate"
     assert budget_for(BudgetSpec(rate_mbit=30), link, tmp_path).record()["rate_mbit"] == 30
+
+
+def test_a_job_made_with_its_share_is_not_applied_twice(tmp_path: Path) -> None:
+    b = _budget(tmp_path, mbit=40)
+    mem: list[int | None] = []
+    disk: list[int | None] = []
+
+    async def go() -> int | None:
+        await b.start("memory", _consumer(mem))
+        await b.start("storage", _consumer(disk), apply_own=False)
+        return b.granted("storage")
+
+    assert asyncio.run(go()) == int(10 * MBIT)
+    assert disk == [] and mem == [int(40 * MBIT), int(30 * MBIT)]
+    assert [g["consumer"] for g in b.grants] == ["memory", "storage", "memory"]
+    assert b.granted("nobody") is None

@@ -122,10 +122,10 @@ class HybridStorage(PostcopyStorage):
         ctx.ui.step("hybrid: A's disk frozen under a new overlay; copying what the guest "
                     "wrote so far to B" + (f" ({facts.top_bytes / 1e6:.1f} MB; B holds the "
                                            "base)" if facts else ""))
-        await ctx.src.execute("blockdev-backup", {
-            "job-id": BULK_JOB_ID, "device": DISK_NODE, "target": nbd.TARGET_NODE,
-            "sync": "top", "auto-dismiss": False})
-        async with budgeted(ctx.budget, ctx.src, BULK_JOB_ID):
+        async with budgeted(ctx.budget, ctx.src, BULK_JOB_ID) as speed:
+            await ctx.src.execute("blockdev-backup", {
+                "job-id": BULK_JOB_ID, "device": DISK_NODE, "target": nbd.TARGET_NODE,
+                "sync": "top", "auto-dismiss": False, "speed": speed})
             st = await wait_concluded(
                 ctx.src, BULK_JOB_ID, ctx.scenario.storage.timeout_s, what="the bulk copy",
                 on_progress=ProgressSteps(ctx.ui.step, "hybrid: bulk",

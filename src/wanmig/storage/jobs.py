@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import StorageError
+from ..errors import QemuError, StorageError
 
 if TYPE_CHECKING:
     from ..budget import Budget
@@ -119,16 +119,30 @@ def speed_of(vm: QemuVm, job_id: str) -> Callable[[int | None], Awaitable[None]]
     """The budget's consumer for a block job: ``block-job-set-speed`` (0, no limit,
     where the disk's share is the whole link)."""
     async def share(rate: int | None) -> None:
-        await vm.execute("block-job-set-speed", {"device": job_id, "speed": rate or 0})
+        try:
+            await vm.execute("block-job-set-speed", {"device": job_id, "speed": rate or 0})
+        except QemuError:
+            st = await job_status(vm, job_id)
+            if st is not None and st.status != "concluded":
+                raise
+            # it ended (and may be dismissed) while the budget changed: nothing to cap
     return share
 
 
+async def start_budgeted(budget: Budget, vm: QemuVm, job_id: str) -> int:
+    """The disk joins the migration's budget for the block job ``job_id`` about to be
+    made: the ``speed`` to create it with (0: no limit); a later change of the budget
+    reaches it through ``block-job-set-speed``."""
+    await budget.start("storage", speed_of(vm, job_id), apply_own=False)
+    return budget.granted("storage") or 0
+
+
 @contextlib.asynccontextmanager
-async def budgeted(budget: Budget, vm: QemuVm, job_id: str) -> AsyncIterator[None]:
-    """The disk's share of the migration's budget for the block job ``job_id`` while it
-    runs."""
-    await budget.start("storage", speed_of(vm, job_id))
+async def budgeted(budget: Budget, vm: QemuVm, job_id: str) -> AsyncIterator[int]:
+    """The disk's share of the migration's budget while the block job ``job_id`` runs;
+    yields the ``speed`` to create the job with (``start_budgeted``)."""
+    speed = await start_budgeted(budget, vm, job_id)
     try:
-        yield
+        yield speed
     finally:
         await budget.stop("storage")

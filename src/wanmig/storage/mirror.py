@@ -26,7 +26,7 @@ from typing import ClassVar
 from ..context import RunContext
 from ..qemu.process import DISK_NODE
 from . import nbd
-from .jobs import ProgressSteps, speed_of, wait_concluded, wait_ready
+from .jobs import ProgressSteps, start_budgeted, wait_concluded, wait_ready
 from .nbdcopy import NbdCopy
 
 JOB_ID = "wanmig-mirror"
@@ -47,12 +47,12 @@ class MirrorStorage(NbdCopy):
                        f"{facts.virtual_bytes / 1e6:.0f} MB)" if facts else ""))
         self.started = time.monotonic()
         spec = ctx.scenario.storage
+        # the mirror copies until the switchover: the disk's share of the budget until then
+        speed = await start_budgeted(ctx.budget, ctx.src, JOB_ID)
         await ctx.src.execute("blockdev-mirror", {
             "job-id": JOB_ID, "device": DISK_NODE, "target": nbd.TARGET_NODE,
-            "sync": "full", "auto-dismiss": False,
+            "sync": "full", "auto-dismiss": False, "speed": speed,
             "copy-mode": "write-blocking" if spec.synchronous_writes else "background"})
-        # the mirror copies until the switchover: the disk's share of the budget until then
-        await ctx.budget.start("storage", speed_of(ctx.src, JOB_ID))
         await wait_ready(ctx.src, JOB_ID, spec.timeout_s, what="the disk mirror",
                          on_progress=ProgressSteps(ctx.ui.step, "mirror",
                                                    moved=lambda: ctx.faults.at("storage-progress")))

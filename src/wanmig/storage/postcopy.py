@@ -156,10 +156,10 @@ class PostcopyStorage(NbdCopy):
         """B runs: stream what it reads from A into B's disk, then B no longer needs A."""
         assert ctx.dst is not None
         t0 = time.monotonic()
-        await ctx.dst.execute("block-stream", {
-            "job-id": JOB_ID, "device": self.stream_top, "base-node": self.stream_base,
-            "auto-dismiss": False})
-        async with budgeted(ctx.budget, ctx.dst, JOB_ID):
+        async with budgeted(ctx.budget, ctx.dst, JOB_ID) as speed:
+            await ctx.dst.execute("block-stream", {
+                "job-id": JOB_ID, "device": self.stream_top, "base-node": self.stream_base,
+                "auto-dismiss": False, "speed": speed})
             await wait_concluded(ctx.dst, JOB_ID, STREAM_TIMEOUT_S, what="the disk stream",
                                  on_progress=ProgressSteps(ctx.ui.step, f"{self.name}: stream"))
         self.stream_ms = round((time.monotonic() - t0) * 1000, 1)

@@ -97,8 +97,8 @@ class PrecopyStorage(NbdCopy):
         if sync == "bitmap":
             args |= {"bitmap": BITMAP, "bitmap-mode": "on-success"}
         t0 = time.monotonic()
-        await ctx.src.execute("blockdev-backup", args)
-        async with budgeted(ctx.budget, ctx.src, JOB_ID):
+        async with budgeted(ctx.budget, ctx.src, JOB_ID) as speed:
+            await ctx.src.execute("blockdev-backup", args | {"speed": speed})
             st = await wait_concluded(ctx.src, JOB_ID, PASS_TIMEOUT_S,
                                       what=f"disk pass {sync}", on_progress=progress)
         p = Pass(copied=st.done, seconds=time.monotonic() - t0,
