@@ -54,10 +54,11 @@ import struct
 import zlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from .record import IntegrityResult
 
-__all__ = ["MEMCHECK_SWEEP_PREFIX", "MEMCHECK_PAGE", "RECORD_SIZE", "BadPage", "IntegrityReport",
+__all__ = ["APP_AOF_DIR", "app_order_fields", "MEMCHECK_SWEEP_PREFIX", "MEMCHECK_PAGE", "RECORD_SIZE", "BadPage", "IntegrityReport",
            "MemCheck", "Record", "check_log", "format_record", "integrity_problems",
            "integrity_result", "memcheck_fields", "memcheck_from_console", "page_checksum",
            "parse_record"]
@@ -282,6 +283,25 @@ def memcheck_fields(check: MemCheck) -> dict[str, int | None]:
             "guest_memory_errors": check.errors if check.done else None}
 
 
+#: What the ``app`` workload's tier stores per order (guestd.c ``app_order``).
+_ORDER = re.compile(r"order=(\d+) at_ms=")
+#: Where Redis keeps its append-only files on the Debian guest's disk.
+APP_AOF_DIR = "/var/lib/redis/appendonlydir"
+
+
+def app_order_fields(aof_text: str) -> dict[str, Any]:
+    """The ``app`` workload's orders as Redis logged them on the disk: how many, the
+    first and last, and the numbers missing between them.  Orders are numbered by
+    Redis (``INCR``) from 1, so a missing one is one the disk lost; the last second's
+    may be absent (``appendfsync everysec``), which is the tail, not a gap."""
+    seen = sorted({int(n) for n in _ORDER.findall(aof_text)})
+    if not seen:
+        return {"app_orders": 0, "app_order_gaps": None}
+    missing = seen[-1] - len(seen)      # of 1..last
+    return {"app_orders": len(seen), "app_first_order": seen[0], "app_last_order": seen[-1],
+            "app_order_gaps": missing}
+
+
 def integrity_problems(result: IntegrityResult, *, completed: bool,
                        memory_checked: bool = False) -> list[str]:
     """Why a run's integrity fails, one clause each; empty when it holds.
@@ -307,6 +327,9 @@ def integrity_problems(result: IntegrityResult, *, completed: bool,
         problems.append("guest memory: no whole sweep of the memory check at B")
     if result.disk_match is False:
         problems.append(f"disk: A and B differ (first at byte {result.disk_first_difference})")
+    if result.app_order_gaps:
+        problems.append(f"application: {result.app_order_gaps} of the orders up to "
+                        f"{result.app_last_order} are missing from Redis's file on the disk")
     if result.disk_fsck_clean is False:
         problems.append("disk: e2fsck found errors on B's disk: "
                         + "; ".join(result.disk_fsck_problems or []))

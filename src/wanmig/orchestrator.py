@@ -43,8 +43,8 @@ from .config import Scenario
 from .context import Part, PhaseClock, RunContext, StoragePart, Ui
 from .errors import MigrationError, QmpTimeout, WanmigError
 from .faults import Faults
-from .integrity import MEMCHECK_SWEEP_PREFIX, check_log, integrity_problems, \
-    integrity_result, memcheck_fields, memcheck_from_console
+from .integrity import APP_AOF_DIR, MEMCHECK_SWEEP_PREFIX, app_order_fields, check_log, \
+    integrity_problems, integrity_result, memcheck_fields, memcheck_from_console
 from .memory import MigrationProgress
 from .memory.select import link_facts
 from .parts import MEMORY, NETWORK, STORAGE
@@ -56,7 +56,7 @@ from .record import IntegrityResult, MemoryResult, NetworkResult, ResultRecord, 
     StorageResult, VmInfo, WanInfo
 from .registry import Registry, new_run_id
 from .runstate import RunState, Stage
-from .storage.disk import read_log
+from .storage.disk import read_files, read_log
 from .testbed import Testbed
 from .watch import ClientWatch
 
@@ -503,6 +503,8 @@ class Orchestrator:
         disk = self.storage.log_disk
         if disk is not None and disk.exists():
             await attempt("integrity check", self._check_integrity(disk))
+            if self.scenario.vm.workload == "app":
+                await attempt("application data check", self._check_app(disk))
             await attempt("disk check", self.storage.check())
         if (ctx is not None and ctx.dst is not None and self.scenario.vm.workload == "dirty"
                 and self.state.destination_may_have_run):
@@ -519,6 +521,12 @@ class Orchestrator:
         report = check_log(await read_log(disk))
         self.integrity = integrity_result(
             report, destination_disk_writes=self.integrity.destination_disk_writes)
+
+    async def _check_app(self, disk: Path) -> None:
+        """The application's own data: the orders Redis logged on the disk."""
+        files = await read_files(disk, APP_AOF_DIR, ".aof")
+        self.integrity = self.integrity.model_copy(
+            update=app_order_fields("".join(files.values())))
 
     def _events(self, vm: QemuVm | None) -> list[RunEvent] | None:
         if vm is None:

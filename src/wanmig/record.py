@@ -178,6 +178,12 @@ class IntegrityResult(_Model):
     memory_differing_detail: list[dict[str, Any]] | None = None  # ``memory.verify``
     memory_verify_ms: float | None = None             # B waited this long for the comparison
     memory_verify_note: str | None = None
+    #: The ``app`` workload: the orders Redis logged on the guest's disk
+    #: (``integrity.app_order_fields``), read after the run from the disk the guest ended on.
+    app_orders: int | None = None
+    app_first_order: int | None = None
+    app_last_order: int | None = None
+    app_order_gaps: int | None = None
     #: Verify mode (``storage.verify``): both disks compared before B ran.
     disk_first_difference: int | None = None         # byte offset
     disk_verify_ms: float | None = None

@@ -414,3 +414,14 @@ def test_guestd_dirty_checks_a_page_before_it_rewrites_it(dirtier: StartDirtier)
     assert check.errors == 1, d.console()
     (found,) = check.bad_pages
     assert found.page == 100 and found.seq == 0 and found.expected > 1
+
+
+def test_app_orders_on_the_disk_count_gaps_not_the_missing_tail() -> None:
+    from wanmig.integrity import app_order_fields
+    rec = "*3\r\n$3\r\nSET\r\n$7\r\norder:{n}\r\n$60\r\norder={n} at_ms=12 path=/app/order client=10.0.0.1\r\n"
+    whole = "".join(rec.format(n=n) for n in range(1, 51))
+    assert app_order_fields(whole) == {"app_orders": 50, "app_first_order": 1,
+                                       "app_last_order": 50, "app_order_gaps": 0}
+    holed = "".join(rec.format(n=n) for n in range(1, 51) if n not in (7, 8))
+    assert app_order_fields(holed)["app_order_gaps"] == 2
+    assert app_order_fields("")["app_orders"] == 0

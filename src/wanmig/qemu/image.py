@@ -642,9 +642,11 @@ def build_image(build_dir: Path | None = None, *, force: bool = False,
 # --------------------------------------------------------------------------- data disk
 
 
-def create_data_disk(path: Path, size_mib: int = 64, tree: Path | None = None) -> None:
+def create_data_disk(path: Path, size_mib: int = 64, tree: Path | None = None,
+                     fstype: str = "ext2") -> None:
     """Create a raw ext2 data disk holding an empty ``/integrity.log`` (beside the files
-    of ``tree``, when given: a directory, which gets the log too).
+    of ``tree``, when given: a directory, which gets the log too); ``fstype="ext4"``
+    makes it journaled (a root filesystem a guest changes throughout).
 
     The file is created on the host by mkfs (``-d`` populates it), so the guest
     finds the log in place and the host can read it back even before the first boot.
@@ -661,8 +663,8 @@ def create_data_disk(path: Path, size_mib: int = 64, tree: Path | None = None) -
     with tempfile.TemporaryDirectory() as tmp:
         root = tree or Path(tmp)
         (root / INTEGRITY_LOG_NAME).touch()
-        _run(["mkfs.ext2", "-F", "-q", "-L", "wanmig-data", "-d", str(root), str(path)],
-             what=f"mkfs.ext2 {path.name} ({size_mib} MiB: large enough?)")
+        _run([f"mkfs.{fstype}", "-F", "-q", "-L", "wanmig-data", "-d", str(root), str(path)],
+             what=f"mkfs.{fstype} {path.name} ({size_mib} MiB: large enough?)")
 
 
 def read_integrity_log(disk: Path) -> bytes:

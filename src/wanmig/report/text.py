@@ -91,6 +91,17 @@ def _decision_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _budget_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
+    """The migration's bandwidth budget, when anything was capped or it changed."""
+    b = rec.budget or {}
+    changes = b.get("changes") or []
+    if not any(g.get("capped") for g in b.get("grants") or []) and len(changes) < 2:
+        return []
+    steps = ", then ".join(f"{c['rate_mbit']:g} Mbit/s ({c['by']})" for c in changes)
+    return [("bandwidth budget (memory and disk)", steps,
+             f"disk share {b.get('storage_share', 0):.0%} beside memory")]
+
+
 def _storage_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
     """What a local disk held, how long its copy took and what crossed; empty for
     shared storage."""
@@ -160,6 +171,7 @@ def render_record(rec: ResultRecord) -> Group:
         ("WAN profile", _wan_line(wan), f"scenario ({wan.backend or 'plain veth'})"),
         ("WAN RTT measured before the move", _ms(wan.rtt_measured_ms), "site A → site B"),
         ("guest", f"{rec.vm.ram_mib} MiB RAM, {rec.vm.workload}, {rec.vm.accel or '?'}", "scenario"),
+        ("guest boot to ready", _ms(rec.vm.boot_ms), f"{rec.vm.accel or '?'}, at site A"),
         ("total migration time", _ms(rec.total_ms), "wanmig (phases)"),
         ("memory strategy", rec.memory.strategy,
          "auto's choice" if "chosen" in (rec.memory.decision or {}) else "scenario"),
@@ -176,6 +188,7 @@ def render_record(rec: ResultRecord) -> Group:
          "QEMU"),
         ("storage", rec.storage.strategy, rec.storage.note or ""),
         *_storage_rows(rec),
+        *_budget_rows(rec),
         ("network mode", rec.network.mode, "scenario"),
         ("client outage (largest UDP echo gap)", _ms(rec.network.client_outage_ms), "client"),
         ("long-lived TCP connection survived", _flag(rec.network.tcp_survived), "client"),

@@ -162,6 +162,13 @@ async def compare(a: Path, b: Path) -> DiskComparison:
     raise StorageError(f"qemu-img compare {a.name} {b.name} failed: {out.strip()}")
 
 
+def _scratch() -> tempfile.TemporaryDirectory[str]:
+    """Room for a flattened copy of a disk (mode 0700; ``$TMPDIR``): not beside the
+    disk, whose directory may be the one too full for it (a destination without room
+    still has its source's log read after the rollback)."""
+    return tempfile.TemporaryDirectory(prefix="wanmig-disk-")
+
+
 async def flatten(path: Path, raw: Path) -> None:
     """The guest-visible content of ``path`` as a raw image at ``raw``."""
     await qemu_img("convert", "-U", "-O", "raw", str(path), str(raw),
@@ -178,12 +185,13 @@ async def fsck(path: Path) -> FsckResult:
     """``e2fsck -fn`` on the guest-visible content of ``path`` (flattened first:
     e2fsck reads raw filesystems).  A filesystem the guest still had mounted
     is judged by its structure: out-of-date free counts alone are clean."""
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+    with _scratch() as tmp:
         raw = Path(tmp) / "fsck.raw"
         if image_format(path) == "raw":
             os.link(path, raw)
         else:
             await flatten(path, raw)
+            await recover_journal(raw)
         done = await run_command(("e2fsck", "-f", "-n", str(raw)), timeout=TOOL_TIMEOUT_S,
                                  error=StorageError, check=False, what=f"e2fsck {path.name}")
     if done.code == 0:
@@ -245,11 +253,48 @@ class LocalDisks:
             await create_empty(self.target, size_mib * 2**20)
 
 
+async def recover_journal(raw: Path) -> None:
+    """Replay the ext4 journal a running guest left in ``raw`` (a copy: it is changed),
+    as mounting it would: what the journal holds is part of the image's state, and a
+    check or a read without it sees the filesystem before those transactions.  An
+    ext2 image has no journal: nothing happens."""
+    done = await run_command(("e2fsck", "-E", "journal_only", "-y", str(raw)),
+                             timeout=TOOL_TIMEOUT_S, error=StorageError, check=False,
+                             what=f"replaying the journal of {raw.name}")
+    if done.code > 1:   # 0: nothing to do, 1: replayed
+        raise StorageError(f"replaying the journal of {raw.name} failed (exit {done.code}): "
+                           f"{(done.out + done.err).strip()[-300:]}")
+
+
 async def read_log(disk: Path) -> bytes:
     """The guest's integrity log from its data disk, whatever the image format."""
     if image_format(disk) == "raw":
         return await asyncio.to_thread(read_integrity_log, disk)
-    with tempfile.TemporaryDirectory(dir=disk.parent) as tmp:
+    with _scratch() as tmp:
         raw = Path(tmp) / "log.raw"
         await flatten(disk, raw)
+        await recover_journal(raw)
         return await asyncio.to_thread(read_integrity_log, raw)
+
+
+async def _debugfs(raw: Path, request: str) -> str:
+    done = await run_command(("debugfs", "-R", request, str(raw)), timeout=TOOL_TIMEOUT_S,
+                             error=StorageError, what=f"debugfs {request}")
+    return done.out
+
+
+async def read_files(disk: Path, directory: str, suffix: str) -> dict[str, str]:
+    """The text of every file in ``directory`` of the guest's filesystem whose name ends
+    in ``suffix`` (the image flattened, its journal replayed): an application's own
+    files, read after the run ({} when the directory is not there)."""
+    with _scratch() as tmp:
+        raw = Path(tmp) / "files.raw"
+        await flatten(disk, raw)
+        await recover_journal(raw)
+        names = (await _debugfs(raw, f"ls -p {directory}")).splitlines()
+        out = {}
+        for line in names:   # /inode/mode/uid/gid/name/size/
+            parts = line.strip().strip("/").split("/")
+            if len(parts) >= 5 and parts[4].endswith(suffix):
+                out[parts[4]] = await _debugfs(raw, f"cat {directory}/{parts[4]}")
+        return out
