@@ -17,7 +17,7 @@ def test_matrix_and_unknown_names() -> None:
     names = [c.name for c in plan_cases()]
     assert names == [f"{s}/{w}" for s in ("mirror", "mirror-sync", "precopy", "postcopy",
                                           "hybrid", "auto")
-                     for w in ("idle", "disk-5", "fast-10")] + [
+                     for w in ("idle", "disk-5", "fast-10", "app")] + [
         "postcopy-1g/idle", "postcopy-4g/idle", "mirror-sync-insecure/idle"]
     fast = plan_cases(["hybrid"], ["fast-10"])[0].scenario()
     assert fast["wan"] == {"profile": "continental", "rate_mbit": 40}
