@@ -112,6 +112,7 @@ class AutoStorage(StoragePart):
         return DiskMeasurements(
             overlay_bytes=self._facts.top_bytes, allocated_bytes=self._facts.allocated_bytes,
             dirty_bytes_s=self._dirty_bytes_s, drain_bytes_s=drain, rtt_ms=link.rtt_ms,
+            storage_share=ctx.scenario.budget.storage_share,
             memory_s=memory_s)
 
     async def copy(self, ctx: RunContext) -> None:
