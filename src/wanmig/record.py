@@ -114,7 +114,9 @@ class StorageResult(_Model):
     layer_ms: float | None = None            # postcopy: A's overlay put under B's disk
     layer_steps_ms: dict[str, float] | None = None   # ... step by step
     stream_ms: float | None = None           # ... the stream after B ran
-    streamed_bytes: int | None = None        # ... what it copied from A
+    #: ... what A's image held for it to copy: an upper bound, since the stream skips
+    #: a block B's guest rewrote first (``bytes_on_wire`` is what crossed)
+    streamed_bytes: int | None = None
     bulk_bytes: int | None = None            # hybrid: A's writes before the copy, sent in bulk
     #: auto: the strategy it ran, why, what it measured and predicted (``model.storage``).
     chosen: str | None = None

@@ -163,10 +163,11 @@ async def test_postcopy_runs_b_at_once_and_streams_the_overlay_after(
     # the stream copied A's overlay: what the guest wrote there, before and after prepare
     assert s.streamed_bytes is not None and s.copied_bytes == s.streamed_bytes
     assert s.streamed_bytes >= s.disk["overlay_bytes"]
-    # A's overlay (the rewriter's 16 MiB file) crossed, not much more (NBD sends holes
-    # as such, so a little less is possible); the base did not
+    # A's overlay (the rewriter's 16 MiB file) crossed, not more; less where B's guest
+    # rewrote a block before the stream reached it (the stream skips it: bench storage
+    # run 5, a 10 MB/s rewriter, 17.3 MB held and 5.6 MB crossed); the base did not
     assert s.bytes_on_wire is not None
-    assert 0.9 * s.disk["overlay_bytes"] <= s.bytes_on_wire < s.disk["overlay_bytes"] + 8 * 2**20
+    assert 0.5 * s.disk["overlay_bytes"] <= s.bytes_on_wire < s.disk["overlay_bytes"] + 8 * 2**20
 
 
 async def test_hybrid_sends_the_bulk_first_and_leaves_only_later_writes_to_b(

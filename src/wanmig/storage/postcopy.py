@@ -163,7 +163,8 @@ class PostcopyStorage(NbdCopy):
             await wait_concluded(ctx.dst, JOB_ID, STREAM_TIMEOUT_S, what="the disk stream",
                                  on_progress=ProgressSteps(ctx.ui.step, f"{self.name}: stream"))
         self.stream_ms = round((time.monotonic() - t0) * 1000, 1)
-        # the job's progress counts the whole disk; it copied what A's image holds
+        # the job's progress counts the whole disk; it copied at most what A's image
+        # holds (a block B's guest rewrote first is skipped: bytes_on_wire says)
         self.streamed_bytes = (await disk_facts(self.pulled)).top_bytes
         self.copied_bytes = (self.copied_bytes or 0) + self.streamed_bytes
         self._layered = False
