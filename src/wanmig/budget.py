@@ -46,6 +46,8 @@ POLL_S = 0.5
 CONTROL_FILE = "budget"
 #: Below this a migration cannot make progress worth the name (bytes/s).
 MIN_RATE = 64 * 1024
+#: Grants the record keeps (the first ones; the rest are counted).
+MAX_GRANTS = 500
 
 Apply = Callable[[int | None], Awaitable[None]]
 
@@ -85,12 +87,16 @@ class Budget:
         self._lock = asyncio.Lock()
         self._t0 = time.monotonic() if t0 is None else t0   # the run's clock, if given
         self._mtime: float | None = None
-        self.changes: list[dict[str, Any]] = [{"at_ms": 0.0, "rate_mbit": self.mbit,
+        self.changes: list[dict[str, Any]] = [{"at_ms": self._now_ms(), "rate_mbit": self.mbit,
                                                "by": source}]
         self.grants: list[dict[str, Any]] = []
+        self.grants_dropped = 0
 
     def __repr__(self) -> str:
         return f"Budget({self.mbit:g} Mbit/s, consumers={sorted(self._consumers)})"
+
+    def _now_ms(self) -> float:
+        return round((time.monotonic() - self._t0) * 1000, 1)
 
     @property
     def mbit(self) -> float:
@@ -115,7 +121,7 @@ class Budget:
         """Every consumer's share, applied (but ``skip``'s, which its caller applies);
         one that fails (its job ended meanwhile, its QEMU went) is noted and does not
         stop the others."""
-        at = round((time.monotonic() - self._t0) * 1000, 1)
+        at = self._now_ms()
         for name, rate in self._shares().items():
             cap = self._cap(rate)
             grant: dict[str, Any] = {"at_ms": at, "consumer": name,
@@ -127,7 +133,10 @@ class Budget:
             except WanmigError as exc:
                 grant["error"] = str(exc)
                 log.warning("budget: %s's share not applied: %s", name, exc)
-            self.grants.append(grant)
+            if len(self.grants) < MAX_GRANTS:
+                self.grants.append(grant)
+            else:   # a long precopy makes a pass after a pass: the record stays bounded
+                self.grants_dropped += 1
 
     async def start(self, name: str, apply: Apply, *, apply_own: bool = True) -> None:
         """``name`` moves data from now on; everyone's share is applied again -- but
@@ -147,8 +156,7 @@ class Budget:
     async def set_rate(self, rate_bytes_s: float, by: str) -> None:
         async with self._lock:
             self.rate = max(MIN_RATE, int(rate_bytes_s))
-            self.changes.append({"at_ms": round((time.monotonic() - self._t0) * 1000, 1),
-                                 "rate_mbit": self.mbit, "by": by})
+            self.changes.append({"at_ms": self._now_ms(), "rate_mbit": self.mbit, "by": by})
             log.info("budget now %g Mbit/s (%s)", self.mbit, by)
             await self._apply()
 
@@ -177,4 +185,5 @@ class Budget:
     def record(self) -> dict[str, Any]:
         return {"rate_mbit": self.mbit, "line_mbit": round(self.line * 8 / 1e6, 3),
                 "storage_share": self.storage_share,
-                "changes": self.changes, "grants": self.grants}
+                "changes": self.changes, "grants": self.grants,
+                "grants_dropped": self.grants_dropped}
