@@ -307,3 +307,33 @@ async def test_a_destination_without_room_is_refused_before_anything_is_copied(
     assert rec.storage.total_ms is None          # no copy ever started
     assert rec.model_extra and rec.model_extra["source_state_after_rollback"] == "running"
     assert rec.integrity.ok and rec.integrity.guest_log_gaps == 0
+
+
+async def test_hybrid_bulk_resumes_where_it_stopped_after_a_link_outage(
+        leaves_nothing_behind) -> None:
+    rec = await _run("hybrid-outage", {"strategy": "hybrid"},
+                     vm={**SMALL_VM, "disk_write_mbps": 1.0, "disk_write_mib": 16},
+                     fault={"link_down_phase": "storage", "link_down_s": 10})
+
+    _streamed_disk_intact(rec, "hybrid")
+    faults = (rec.model_extra or {}).get("faults") or []
+    assert [f["fault"] for f in faults][:2] == ["link_down", "link_up"]
+    s = rec.storage
+    # the bulk waited the outage out and went on: its bytes crossed once, not twice
+    assert s.ready_ms is not None and s.ready_ms >= 10_000
+    assert s.bulk_bytes is not None and s.bytes_on_wire is not None
+    assert s.bytes_on_wire < 1.5 * (s.bulk_bytes + (s.streamed_bytes or 0)) + 8 * 2**20
+
+
+async def test_postcopy_memory_with_a_local_disk_moves_both(leaves_nothing_behind) -> None:
+    # memory after the switchover, the disk before it: B faults pages in over the WAN
+    # while its disk is already its own
+    rec = await _run("postcopy-mem-precopy-disk", {"strategy": "precopy"},
+                     memory={"strategy": "postcopy", "verify": True})
+
+    assert rec.status == "completed", rec.error
+    assert rec.memory.strategy == "postcopy" and rec.memory.postcopy
+    i = rec.integrity
+    assert i.disk_match is True and i.disk_fsck_clean is True, i.disk_fsck_problems
+    assert i.ok and i.guest_log_gaps == 0 and i.guest_log_out_of_order == 0
+    assert i.destination_disk_writes and i.destination_disk_writes > 0
