@@ -148,3 +148,20 @@ def test_write_replaces_the_file_by_rename(tmp_path: Path, monkeypatch) -> None:
         raise AssertionError("the failed write was not reported")
     assert ResultRecord.read(path) == rec
     assert sorted(p.name for p in path.parent.iterdir()) == ["r.json"]
+
+
+def test_report_shows_the_app_orders_and_a_budget_that_capped() -> None:
+    assert "application orders" not in _text(_record())
+    assert "bandwidth budget" not in _text(_record())
+    rec = _record().model_copy(update={
+        "integrity": IntegrityResult(guest_log_gaps=0, app_orders=140, app_first_order=1,
+                                     app_last_order=142, app_order_gaps=2),
+        "budget": {"rate_mbit": 48.0, "storage_share": 0.25,
+                   "changes": [{"at_ms": 0.0, "rate_mbit": 16.0, "by": "scenario"},
+                               {"at_ms": 9000.0, "rate_mbit": 48.0, "by": "budget file"}],
+                   "grants": [{"at_ms": 9000.0, "consumer": "storage", "rate_mbit": 48.0,
+                               "capped": True}]}})
+    text = _text(rec)
+    assert "140 (up to 142) / 2" in next(ln for ln in text.splitlines() if "application" in ln)
+    row = next(ln for ln in text.splitlines() if "bandwidth budget" in ln)
+    assert "16 Mbit/s (scenario), then 48 Mbit/s (budget file)" in row

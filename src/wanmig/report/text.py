@@ -194,6 +194,10 @@ def render_record(rec: ResultRecord) -> Group:
         ("long-lived TCP connection survived", _flag(rec.network.tcp_survived), "client"),
         ("new connection after the move", _ms(rec.network.new_conn_ms), "client"),
         ("guest disk log records", str(rec.integrity.guest_log_records or "–"), "host, after run"),
+        *([("application orders on the disk / missing",
+            f"{rec.integrity.app_orders} (up to {rec.integrity.app_last_order}) / "
+            f"{_count(rec.integrity.app_order_gaps)}", "Redis's file, after run")]
+          if rec.integrity.app_orders is not None else []),
         ("guest disk log gaps / out of order / malformed",
          " / ".join(_count(v) for v in (rec.integrity.guest_log_gaps,
                                         rec.integrity.guest_log_out_of_order,
