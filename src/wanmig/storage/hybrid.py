@@ -138,6 +138,10 @@ class HybridStorage(PostcopyStorage):
                     f"{self.ready_at - self.started:.1f} s; what the guest writes from now "
                     "on B reads from A after the switchover")
 
+    def _top_options(self, backing: str) -> dict[str, Any]:
+        return {**_qcow2_node(TOP_NODE, TOP_FILE_NODE, self.top), "file": TOP_FILE_NODE,
+                "backing": backing}
+
     def _layer_steps(self) -> list[Step]:
         """B's top over B's disk (the bulk), then A's delta slid in between."""
         return [
@@ -146,14 +150,14 @@ class HybridStorage(PostcopyStorage):
             ("open_overlay", "blockdev-add", {
                 "driver": "qcow2", "node-name": PULL_OVERLAY_NODE,
                 "file": PULL_FILE_NODE, "backing": DISK_NODE, "read-only": True}),
-            ("reopen_top", "blockdev-reopen", {"options": [{
-                **_qcow2_node(TOP_NODE, TOP_FILE_NODE, self.top),
-                "file": TOP_FILE_NODE, "backing": PULL_OVERLAY_NODE}]}),
+            ("reopen_top", "blockdev-reopen", {"options": [self._top_options(
+                PULL_OVERLAY_NODE)]}),
         ]
 
     async def _count_wire(self, ctx: RunContext) -> None:
-        """The bulk (counted when its channel closed) and what B read from A."""
-        self.wire_bytes = self._bulk_wire + await self._wire(ctx, "a")
+        """The bulk (counted when its channel closed), what B read from A and the fetch."""
+        await super()._count_wire(ctx)
+        self.wire_bytes = (self.wire_bytes or 0) + self._bulk_wire
 
     async def rollback(self, ctx: RunContext) -> None:
         self._layered = False
