@@ -152,7 +152,11 @@ class StorageSpec(_Strict):
     measures the guest's disk dirty rate for ``survey_s`` before it chooses
     (``wanmig.model.storage``); ``dest_running_within_s`` tells it that B must
     run that soon after the copy starts (an evacuation), which rules out the
-    strategies predicted to take longer."""
+    strategies predicted to take longer.  ``fetch`` (postcopy, hybrid): once B
+    runs, A's image is fetched whole with many requests in flight (``nbdcopy``)
+    and streamed locally, instead of ``block-stream`` over NBD one chunk per
+    round trip: B stops depending on A sooner, but the whole image crosses,
+    also what B's guest rewrote meanwhile (bench storage run 7)."""
 
     strategy: StorageStrategy = "shared"
     timeout_s: float = Field(1800.0, gt=0, le=86400)
@@ -160,6 +164,7 @@ class StorageSpec(_Strict):
     synchronous_writes: bool = False
     survey_s: float = Field(2.0, gt=0, le=60)
     dest_running_within_s: float | None = Field(None, gt=0)
+    fetch: bool = False
 
 
 class BudgetSpec(_Strict):

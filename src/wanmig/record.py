@@ -117,6 +117,8 @@ class StorageResult(_Model):
     #: ... what A's image held for it to copy: an upper bound, since the stream skips
     #: a block B's guest rewrote first (``bytes_on_wire`` is what crossed)
     streamed_bytes: int | None = None
+    fetch_ms: float | None = None            # ... ``storage.fetch``: A's image fetched whole
+    fetch_bytes: int | None = None           # ... and what that put on A's WAN interface
     bulk_bytes: int | None = None            # hybrid: A's writes before the copy, sent in bulk
     #: auto: the strategy it ran, why, what it measured and predicted (``model.storage``).
     chosen: str | None = None

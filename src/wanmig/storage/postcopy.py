@@ -199,10 +199,10 @@ class PostcopyStorage(NbdCopy):
         """B runs: fetch A's image, stream it into B's disk, then B no longer needs A."""
         assert ctx.dst is not None
         t0 = time.monotonic()
-        if ctx.budget.rate >= ctx.budget.line:
+        # nbdcopy takes no rate: under a budget below the link the stream reads over NBD
+        # at the job's speed instead
+        if ctx.scenario.storage.fetch and ctx.budget.rate >= ctx.budget.line:
             await self._fetch(ctx)
-        # else: nbdcopy takes no rate, so under a budget below the link the stream reads
-        # over NBD at the job's speed instead
         async with budgeted(ctx.budget, ctx.dst, JOB_ID) as speed:
             await ctx.dst.execute("block-stream", {
                 "job-id": JOB_ID, "device": self.stream_top, "base-node": self.stream_base,
