@@ -3,7 +3,7 @@
 The disks are made before the source boots, before anything can be
 measured, so ``auto`` makes what every candidate needs (``hybrid``'s layout:
 A's overlay and delta, B's overlay and top; A's overlay extended sparse for
-``postcopy``) and chooses at ``prepare``, once A runs:
+``postcopy``), measures once A runs and chooses from:
 
 * the guest's disk dirty rate: a dirty bitmap on A's disk for
   ``storage.survey_s`` at the copy's granularity (new 64 KiB blocks/s);
@@ -69,7 +69,7 @@ class AutoStorage(StoragePart):
         self.decision: StorageDecision | None = None
         self._dirty_bytes_s: float | None = None
         self._facts: DiskFacts | None = None
-        self.memory_s_from: str | None = None
+        self._memory_from: str | None = None
 
     def __repr__(self) -> str:
         return f"AutoStorage(chosen={self.chosen!r})"
@@ -100,26 +100,26 @@ class AutoStorage(StoragePart):
         self._dirty_bytes_s = await disk_dirty_rate(ctx, spec.survey_s)
         self._facts = await disk_facts(disks.source)
 
-    def measurements(self, ctx: RunContext) -> DiskMeasurements:
+    def measurements(self, ctx: RunContext) -> tuple[DiskMeasurements, str]:
+        """The model's inputs, and where the memory copy's time came from."""
         assert self._facts is not None and self._dirty_bytes_s is not None
         link = ctx.link
         drain = (link.goodput_bit_s or link.rate_bit_s * DRAIN_SHARE) / 8
-        memory_s = ctx.memory_predicted_s
-        self.memory_s_from = "the memory part's prediction"
+        memory_s, memory_from = ctx.memory_predicted_s, "the memory part's prediction"
         if memory_s is None:
             memory_s = ctx.scenario.vm.ram_mib * 2**20 / drain
-            self.memory_s_from = "the guest's RAM at the drain rate (an upper bound)"
+            memory_from = "the guest's RAM at the drain rate (an upper bound)"
         return DiskMeasurements(
             overlay_bytes=self._facts.top_bytes, allocated_bytes=self._facts.allocated_bytes,
             dirty_bytes_s=self._dirty_bytes_s, drain_bytes_s=drain, rtt_ms=link.rtt_ms,
             storage_share=ctx.scenario.budget.storage_share,
-            memory_s=memory_s)
+            memory_s=memory_s), memory_from
 
     async def copy(self, ctx: RunContext) -> None:
         """Choose, then the chosen part prepares and copies."""
         assert self.layout.disks is not None
-        self.decision = choose_storage(self.measurements(ctx),
-                                       ctx.scenario.storage.dest_running_within_s)
+        measured, self._memory_from = self.measurements(ctx)
+        self.decision = choose_storage(measured, ctx.scenario.storage.dest_running_within_s)
         ctx.ui.step(f"auto chose {self.decision.reason}")
         chosen: NbdCopy = STORAGE.create(self.decision.chosen)
         chosen.adopt(ctx, self.layout.disks)
@@ -158,7 +158,7 @@ class AutoStorage(StoragePart):
         if self.decision is not None:
             out |= {"chosen": self.decision.chosen, "reason": self.decision.reason,
                     "measurements": {**self.decision.measurements.model_dump(),
-                                     "memory_s_from": self.memory_s_from},
+                                     "memory_s_from": self._memory_from},
                     "predictions": [p.model_dump() for p in self.decision.predictions],
                     "predicted": self.decision.prediction().model_dump()}
         return out
