@@ -162,10 +162,14 @@ InsecureOption = Annotated[bool, typer.Option(
     "--insecure", help="Migrate without TLS (to measure what TLS costs).")]
 StorageOption = Annotated[Optional[str], typer.Option(
     "--storage", help=f"Storage strategy: {STORAGE.help()}.")]
+TransportOption = Annotated[Optional[str], typer.Option(
+    "--transport", help="What carries a frozen disk image (hybrid's bulk, the postcopy/"
+                        "hybrid fetch): qemu (NBD) or wancopy (zstd, dedup, TLS streams).")]
 
 
 def _overrides(wan: str | None, strategy: str | None, workload: str | None,
-               insecure: bool, storage: str | None = None) -> dict[str, dict[str, Any]]:
+               insecure: bool, storage: str | None = None,
+               transport: str | None = None) -> dict[str, dict[str, Any]]:
     """The CLI's options as scenario values; they win over the scenario file."""
     out: dict[str, dict[str, Any]] = {}
     if wan is not None:
@@ -174,6 +178,8 @@ def _overrides(wan: str | None, strategy: str | None, workload: str | None,
         out.setdefault("memory", {})["strategy"] = strategy
     if storage is not None:
         out["storage"] = {"strategy": storage}
+    if transport is not None:
+        out.setdefault("storage", {})["transport"] = transport
     if insecure:
         out.setdefault("memory", {})["tls"] = False
     if workload is not None:
@@ -184,11 +190,11 @@ def _overrides(wan: str | None, strategy: str | None, workload: str | None,
 @app.command()
 def demo(out: JsonOption = None, wan: WanOption = None, strategy: StrategyOption = None,
          workload: WorkloadOption = None, insecure: InsecureOption = False,
-         storage: StorageOption = None) -> None:
+         storage: StorageOption = None, transport: TransportOption = None) -> None:
     """Migrate a running guest from site A to site B while a client watches."""
     try:
-        data: dict[str, Any] = {"name": "demo",
-                                **_overrides(wan, strategy, workload, insecure, storage)}
+        data: dict[str, Any] = {"name": "demo", **_overrides(wan, strategy, workload, insecure,
+                                                             storage, transport)}
         _run_scenario(parse_scenario(data), out)
     except WanmigError as exc:
         raise _fail(exc) from None
@@ -203,11 +209,12 @@ def migrate(
     workload: WorkloadOption = None,
     insecure: InsecureOption = False,
     storage: StorageOption = None,
+    transport: TransportOption = None,
 ) -> None:
     """Run the migration a scenario file describes."""
     try:
-        _run_scenario(load_scenario(
-            scenario, overrides=_overrides(wan, strategy, workload, insecure, storage)), out)
+        _run_scenario(load_scenario(scenario, overrides=_overrides(
+            wan, strategy, workload, insecure, storage, transport)), out)
     except WanmigError as exc:
         raise _fail(exc) from None
 

@@ -48,6 +48,7 @@ def _part_name(table: PartTable) -> Any:
 
 MemoryStrategy = _part_name(MEMORY)
 StorageStrategy = _part_name(STORAGE)
+StorageTransport = Literal["qemu", "wancopy"]
 NetworkMode = _part_name(NETWORK)
 
 
@@ -156,7 +157,16 @@ class StorageSpec(_Strict):
     runs, A's image is fetched whole with many requests in flight (``nbdcopy``)
     and streamed locally, instead of ``block-stream`` over NBD one chunk per
     round trip: B stops depending on A sooner, but the whole image crosses,
-    also what B's guest rewrote meanwhile (bench storage run 7)."""
+    also what B's guest rewrote meanwhile (bench storage run 7).
+
+    ``transport``: what carries a whole frozen image across -- ``hybrid``'s
+    bulk and the fetch of ``postcopy``/``hybrid`` (``wancopy`` implies the
+    fetch).  ``qemu`` is QEMU's NBD (``blockdev-backup``, ``nbdcopy``);
+    ``wancopy`` is wanmig's own (``storage.wancopy``): zero blocks as ranges,
+    blocks B's base holds by reference, the rest zstd at ``compress_level``
+    (0: none), over ``streams`` TLS connections (0: as many as the link's
+    bandwidth-delay product and loss call for).  ``mirror`` and ``precopy``
+    copy a disk the guest keeps writing and always use QEMU's NBD."""
 
     strategy: StorageStrategy = "shared"
     timeout_s: float = Field(1800.0, gt=0, le=86400)
@@ -165,6 +175,19 @@ class StorageSpec(_Strict):
     survey_s: float = Field(2.0, gt=0, le=60)
     dest_running_within_s: float | None = Field(None, gt=0)
     fetch: bool = False
+    transport: StorageTransport = "qemu"
+    compress_level: int = Field(3, ge=0, le=19)
+    streams: int = Field(0, ge=0, le=16)
+
+    @model_validator(mode="after")
+    def _transport_fits(self) -> StorageSpec:
+        if self.transport == "wancopy" and self.strategy not in ("postcopy", "hybrid"):
+            raise ValueError(
+                f"storage.transport = \"wancopy\" is not implemented for {self.strategy}: "
+                "wancopy copies frozen images (hybrid's bulk, the postcopy/hybrid fetch); "
+                "mirror and precopy copy a disk the guest keeps writing over QEMU's NBD, "
+                "and auto's model predicts QEMU's transport")
+        return self
 
 
 class BudgetSpec(_Strict):

@@ -104,6 +104,13 @@ class StorageResult(_Model):
     bytes_on_wire: int | None = None         # the storage channels' TCP payload (TLS included)
     copied_bytes: int | None = None          # disk bytes the copy moved (resends included)
     disk_bytes: int | None = None            # the source disk's allocated bytes
+    #: What the copy left off the wire (``storage.nbdcopy.NbdCopy.reduction``).
+    zero_bytes_skipped: int | None = None
+    dedup_bytes_skipped: int | None = None
+    compress_ratio: float | None = None
+    #: ``storage.transport``, and each wancopy's summary by its label (bulk, fetch).
+    transport: str | None = None
+    wancopy: dict[str, dict[str, Any]] | None = None
     #: What the source disk holds (``storage.disk.DiskFacts.summary``).
     disk: dict[str, int] | None = None
     tls: bool | None = None

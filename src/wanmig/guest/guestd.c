@@ -665,8 +665,10 @@ static _Noreturn void dirty(long size_mib, double rate_mbps)
  * dirtier does. The file is opened O_DSYNC: a write returns once it is on the
  * virtual disk, so its latency is what the guest's storage costs (a mirror in
  * write-blocking mode adds the WAN's round trip; a throttle, its wait). Each
- * block is text the guest wrote, lines "wanmig block B seq S" padded to 64
- * bytes, not zeros or random bytes. Once a second one line on stderr (the
+ * block is text the guest wrote, 64-byte lines "wanmig block B seq S " and
+ * pseudo-random hex digits: no two blocks alike, and about as compressible as
+ * logs or records (zstd about 2:1), not zeros, not random bytes, not one line
+ * repeated (which compressed 300:1 and flattered any compressing transport). Once a second one line on stderr (the
  * serial console):
  *   wanmig-diskio n=N bytes=B lat=K:C,K:C,...
  * N writes of B bytes in all that second; C of them took a latency in bucket K:
@@ -688,12 +690,23 @@ static int lat_bucket(unsigned long long us)
 
 static void fill_block(char *buf, size_t block, unsigned long long seq)
 {
-    char line[65];
-    int n = snprintf(line, sizeof line, "wanmig block %zu seq %llu", block, seq);
-    memset(line + n, ' ', 63 - n);
-    line[63] = '\n';
-    for (size_t off = 0; off < DISKIO_BLOCK; off += 64)
-        memcpy(buf + off, line, 64);
+    static const char hex[] = "0123456789abcdef";
+    char head[64];
+    int n = snprintf(head, sizeof head, "wanmig block %zu seq %llu ", block, seq);
+    unsigned long long x = (block + 1) * 0x9E3779B97F4A7C15ULL ^ (seq + 1) * 0xBF58476D1CE4E5B9ULL;
+    for (size_t off = 0; off < DISKIO_BLOCK; off += 64) {
+        char *line = buf + off;
+        memcpy(line, head, n);
+        for (int i = n; i < 63; i++) {
+            if ((i - n) % 16 == 0) {   /* xorshift64: 16 hex digits per step */
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+            }
+            line[i] = hex[(x >> (4 * ((i - n) % 16))) & 15];
+        }
+        line[63] = '\n';
+    }
 }
 
 static _Noreturn void diskwrite(const char *path, long size_mib, double rate_mbps)

@@ -106,10 +106,12 @@ class HybridStorage(PostcopyStorage):
         await create_overlay(self.top, self.disks.target)
 
     async def _open_channel(self, ctx: RunContext) -> None:
-        """Both channels: B reads A's delta (pull), A writes the bulk to B (push)."""
+        """Both channels: B reads A's delta (pull), A writes the bulk to B (push; with
+        wancopy the bulk has its own connections, made when it starts)."""
         await super()._open_channel(ctx)
-        self.push_tls = await self._channel_tls(ctx, "b")
-        await self._open_push(ctx, self.push_tls)
+        if ctx.scenario.storage.transport == "qemu":
+            self.push_tls = await self._channel_tls(ctx, "b")
+            await self._open_push(ctx, self.push_tls)
 
     async def copy(self, ctx: RunContext) -> None:
         """Freeze A's disk under a delta, send it in bulk, close the push channel."""
@@ -122,6 +124,20 @@ class HybridStorage(PostcopyStorage):
         ctx.ui.step("hybrid: A's disk frozen under a new overlay; copying what the guest "
                     "wrote so far to B" + (f" ({facts.top_bytes / 1e6:.1f} MB; B holds the "
                                            "base)" if facts else ""))
+        if ctx.scenario.storage.transport == "wancopy":
+            done = await self._bulk_wancopy(ctx)
+        else:
+            done = await self._bulk_backup(ctx)
+        self.ready_at = time.monotonic()
+        self.bulk_bytes = self.copied_bytes = done
+        ctx.ui.step(f"hybrid: bulk copied {done / 1e6:.1f} MB in "
+                    f"{self.ready_at - self.started:.1f} s; what the guest writes from now "
+                    "on B reads from A after the switchover")
+
+    async def _bulk_backup(self, ctx: RunContext) -> int:
+        """The frozen overlay to B's NBD export (``blockdev-backup sync=top``), then the
+        push channel closed; the bytes copied."""
+        assert ctx.src is not None
         async with budgeted(ctx.budget, ctx.src, BULK_JOB_ID) as speed:
             await ctx.src.execute("blockdev-backup", {
                 "job-id": BULK_JOB_ID, "device": DISK_NODE, "target": nbd.TARGET_NODE,
@@ -130,13 +146,19 @@ class HybridStorage(PostcopyStorage):
                 ctx.src, BULK_JOB_ID, ctx.scenario.storage.timeout_s, what="the bulk copy",
                 on_progress=ProgressSteps(ctx.ui.step, "hybrid: bulk",
                                           moved=lambda: ctx.faults.at("storage-progress")))
-        self.ready_at = time.monotonic()
-        self.bulk_bytes = self.copied_bytes = st.done
         self._bulk_wire = await self._wire(ctx, "b")
         await self._close_push(ctx)
-        ctx.ui.step(f"hybrid: bulk copied {st.done / 1e6:.1f} MB in "
-                    f"{self.ready_at - self.started:.1f} s; what the guest writes from now "
-                    "on B reads from A after the switchover")
+        return st.done
+
+    async def _bulk_wancopy(self, ctx: RunContext) -> int:
+        """The frozen overlay's own blocks into B's disk file with wanmig's transport:
+        B's QEMU holds that file inactive (nothing exported it), and re-reads it when
+        it is activated before B runs, as after a migration on shared storage."""
+        assert self.disks is not None
+        copy = await self._wancopy(ctx, source=self.disks.source, target=self.disks.target,
+                                   label="bulk", same_offset=True)
+        self._bulk_wire = copy.wire_bytes or 0
+        return int(copy.result.get("total_bytes", 0))
 
     def _top_options(self, backing: str) -> dict[str, Any]:
         return {**_qcow2_node(TOP_NODE, TOP_FILE_NODE, self.top), "file": TOP_FILE_NODE,

@@ -105,9 +105,10 @@ async def detach_target(src: QemuVm) -> None:
 _BYTES_SENT = re.compile(r"\bbytes_sent:(\d+)")
 
 
-async def bytes_sent(testbed: Testbed, selector: tuple[str, ...]) -> int:
-    """TCP payload bytes site A has sent on its open connections that ``ss`` selects
-    (``dst IP dport = PORT``, ``sport = PORT``), TLS records included: what the NBD
+async def bytes_sent(testbed: Testbed, selector: tuple[str, ...], site: str = "a") -> int:
+    """TCP payload bytes ``site`` has sent on its open connections that ``ss`` selects
+    (``dst IP dport = PORT``, ``sport = PORT``), TLS records included: what a storage
     channel put on the WAN so far."""
-    out = await testbed.site_a.run("ss", "-tinH", *selector)
+    ns = testbed.site_a if site == "a" else testbed.site_b
+    out = await ns.run("ss", "-tinH", *selector)
     return sum(int(m.group(1)) for m in _BYTES_SENT.finditer(out))

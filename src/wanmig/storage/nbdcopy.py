@@ -74,6 +74,8 @@ class NbdCopy(StoragePart):
         self._attached = self._serving = False              # the push channel
         self._pull_attached = self._pull_serving = False    # the pull channel
         self._closing: asyncio.Task[None] | None = None
+        #: ``storage.transport = "wancopy"``: each copy's summary, by its label.
+        self.wancopies: dict[str, dict[str, Any]] = {}
 
     @property
     def resumed(self) -> float | None:
@@ -278,6 +280,28 @@ class NbdCopy(StoragePart):
         """The strategy's own fields of the storage block."""
         return {}
 
+    def reduction(self) -> dict[str, Any]:
+        """What the copy left off the wire, and why.  ``zero_bytes_skipped``: what the
+        disk's chain knows is zero (block status skips it on every transport), and the
+        blocks of zeros wancopy found in the data; ``dedup_bytes_skipped``: what B
+        already held -- the base under an overlay on it (every strategy but ``mirror``)
+        and, with wancopy, blocks B held by content; ``compress_ratio``: the data's
+        bytes over what crossed for them (QEMU's NBD does not compress: 1)."""
+        facts = self.source_facts
+        if facts is None:
+            return {}
+        zero = facts.zero_bytes
+        dedup = facts.allocated_bytes - facts.top_bytes if self.target_on_base else 0
+        data = wire = 0
+        for copy in self.wancopies.values():
+            zero += copy["zero_found_bytes"]
+            dedup += copy["dedup_bytes"]
+            data, wire = data + copy["data_bytes"], wire + copy["data_wire_bytes"]
+        return {"zero_bytes_skipped": zero, "dedup_bytes_skipped": dedup,
+                "compress_ratio": round(data / wire, 3) if wire else 1.0,
+                "transport": self.ctx.scenario.storage.transport if self.ctx else None,
+                "wancopy": self.wancopies or None}
+
     def record(self) -> dict[str, Any]:
         facts = self.source_facts
         return StorageResult(
@@ -288,7 +312,7 @@ class NbdCopy(StoragePart):
             bytes_on_wire=self.wire_bytes, copied_bytes=self.copied_bytes,
             disk_bytes=facts.allocated_bytes if facts else None,
             disk=facts.summary() if facts else None, tls=self.tls is not None,
-            **self.io, **self.extra_record()).model_dump()
+            **self.reduction(), **self.io, **self.extra_record()).model_dump()
 
     def integrity(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -38,10 +38,11 @@ from typing import Any, ClassVar
 from ..context import RunContext
 from ..errors import StorageError
 from ..qemu.process import DISK_BASE_NODE, DISK_FILE_NODE, DISK_NODE
-from .disk import LocalDisks, disk_facts
+from .disk import LocalDisks, create_overlay, disk_facts
 from .jobs import ProgressSteps, budgeted, wait_concluded
 from ..memory.parts import WAN_IFACE
 from ..testbed.netns import tx_bytes
+from .wancopy.channel import WanCopy
 from .nbdcopy import PULL_EXPORT, PULL_FILE_NODE, PULL_OVERLAY_NODE, PULL_SOURCE_NODE, NbdCopy
 
 JOB_ID = "wanmig-stream"
@@ -165,26 +166,59 @@ class PostcopyStorage(NbdCopy):
             self.verify_note = ("not compared: B's disk is A's, read over the WAN, until "
                                 "the stream ends after B runs")
 
-    async def _fetch(self, ctx: RunContext) -> None:
+    async def _fetch(self, ctx: RunContext) -> Path:
         """A's image, frozen since A stopped, copied whole to B's site with many requests
-        in flight (``nbdcopy``, skipping holes), then put under B's top in place of the
-        NBD node, so the stream reads it locally: ``block-stream`` over NBD reads one
+        in flight (``nbdcopy``, skipping holes): ``block-stream`` over NBD reads one
         chunk at a time, each after a round trip or more (3.5-3.9 MB/s on a link that
         drains 12 MB/s, bench storage run 5).  The exported file node is made active
         again first: QEMU's completion left it inactive, and an inactive node answers
         block status with EPERM (the guest's own nodes at A stay inactive)."""
-        assert ctx.src is not None and ctx.dst is not None and self.disks is not None
+        assert ctx.src is not None and self.disks is not None
         addr, local = ctx.testbed.addr, self.disks.target.with_name("pulled.qcow2")
         await ctx.src.execute("blockdev-set-active", {"node-name": PULL_SOURCE_NODE,
                                                       "active": True})
         uri = f"nbd{'s' if self.tls else ''}://{addr.site_a_ip}:{addr.nbd_port}/{PULL_EXPORT}"
         if self.tls:   # the pull channel's client certificates: B's (install_tls)
             uri += f"?tls-certificates={ctx.run_dir / 'tls-nbd-a' / 'tls-source'}"
-        t0, sent0 = time.monotonic(), await tx_bytes(ctx.testbed.site_a, WAN_IFACE)
+        sent0 = await tx_bytes(ctx.testbed.site_a, WAN_IFACE)
         await ctx.testbed.site_b.run("nbdcopy", f"--requests={FETCH_REQUESTS}", uri,
                                      str(local), timeout=STREAM_TIMEOUT_S)
         self.fetch_bytes = await tx_bytes(ctx.testbed.site_a, WAN_IFACE) - sent0
-        self.fetch_ms = round((time.monotonic() - t0) * 1000, 1)
+        return local
+
+    async def _fetch_wancopy(self, ctx: RunContext) -> Path:
+        """A's image's own blocks, frozen since A stopped, into a fresh overlay on B's
+        base with wanmig's transport (``storage.wancopy``).  Blocks equal to the base
+        at the same offset are left out only where the local copy will sit on that
+        base (postcopy; hybrid's sits on B's disk, which differs from the base)."""
+        assert self.disks is not None
+        local = self.disks.target.with_name("pulled.qcow2")
+        await create_overlay(local, self.disks.base)
+        copy = await self._wancopy(ctx, source=self.pulled, target=local, label="fetch",
+                                   same_offset=self.stream_base == DISK_BASE_NODE)
+        self.fetch_bytes = copy.wire_bytes
+        return local
+
+    async def _wancopy(self, ctx: RunContext, *, source: Path, target: Path, label: str,
+                       same_offset: bool) -> WanCopy:
+        """One wancopy, run to its end (both ends stopped whatever happens)."""
+        assert self.disks is not None
+        copy = WanCopy(ctx, source=source, target=target, base=self.disks.base,
+                       same_offset=same_offset, label=label)
+        try:
+            await copy.start()
+            await copy.run(ctx.scenario.storage.timeout_s,
+                           moved=lambda: ctx.faults.at("storage-progress"))
+            await copy.close()
+        finally:
+            await copy.kill()
+        self.wancopies[label] = copy.summary()
+        return copy
+
+    async def _use_local(self, ctx: RunContext, local: Path) -> None:
+        """B's copy of A's image replaces the NBD node under B's top: the stream reads
+        it locally."""
+        assert ctx.dst is not None
         for args in ({"driver": "file", "node-name": LOCAL_FILE_NODE,
                       "filename": str(local.absolute()), "read-only": True},
                      {"driver": "qcow2", "node-name": LOCAL_NODE, "file": LOCAL_FILE_NODE,
@@ -192,17 +226,24 @@ class PostcopyStorage(NbdCopy):
             await ctx.dst.execute("blockdev-add", args)
         await ctx.dst.execute("blockdev-reopen", {"options": [self._top_options(LOCAL_NODE)]})
         self._layered = False   # B's chain no longer reads over the WAN
-        ctx.ui.step(f"{self.name}: A's image fetched in {self.fetch_ms / 1000:.1f} s "
-                    f"({self.fetch_bytes / 1e6:.1f} MB); streaming it locally")
 
     async def finish(self, ctx: RunContext) -> None:
         """B runs: fetch A's image, stream it into B's disk, then B no longer needs A."""
         assert ctx.dst is not None
         t0 = time.monotonic()
+        spec = ctx.scenario.storage
+        local = None
+        if spec.transport == "wancopy":
+            local = await self._fetch_wancopy(ctx)
         # nbdcopy takes no rate: under a budget below the link the stream reads over NBD
         # at the job's speed instead
-        if ctx.scenario.storage.fetch and ctx.budget.rate >= ctx.budget.line:
-            await self._fetch(ctx)
+        elif spec.fetch and ctx.budget.rate >= ctx.budget.line:
+            local = await self._fetch(ctx)
+        if local is not None:
+            self.fetch_ms = round((time.monotonic() - t0) * 1000, 1)
+            await self._use_local(ctx, local)
+            ctx.ui.step(f"{self.name}: A's image fetched in {self.fetch_ms / 1000:.1f} s "
+                        f"({(self.fetch_bytes or 0) / 1e6:.1f} MB); streaming it locally")
         async with budgeted(ctx.budget, ctx.dst, JOB_ID) as speed:
             await ctx.dst.execute("block-stream", {
                 "job-id": JOB_ID, "device": self.stream_top, "base-node": self.stream_base,

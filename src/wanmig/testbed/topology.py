@@ -60,6 +60,7 @@ class Addressing:
     tap: str = "tap0"
     migration_port: int = 4444
     nbd_port: int = 10809      # the destination's NBD server (storage strategies)
+    wancopy_port: int = 10810  # the destination's wancopy receiver (storage.transport)
 
     @property
     def vm_cidr(self) -> str:

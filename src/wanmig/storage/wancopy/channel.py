@@ -1,0 +1,174 @@
+"""The engine's handle on one wancopy: a receiver at B, a sender at A.
+
+``WanCopy(ctx, source=..., target=...)`` starts the receiver in B's
+namespace (it listens on ``site_b_ip:wancopy_port``) and the sender in A's,
+each a ``JsonLinesChild``; ``run()`` waits for the copy, with progress and
+the migration's budget (``rate`` commands); ``close()`` counts the bytes on
+the still open connections (``ss``, TLS records included) and stops both.
+Certificates are this copy's own, from the deployment CA, with the
+receiver letting in only this migration's source certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from pathlib import Path
+from typing import Any
+
+from ...children import JsonLinesChild, module_argv, owner_of
+from ...errors import StorageError
+from ...memory.tls import DeploymentCa, MigrationTls
+from ...wan.profiles import LinkProfile
+from ..jobs import JobStatus, ProgressSteps
+from ..nbd import bytes_sent
+
+MODULE = "wanmig.storage.wancopy"
+START_TIMEOUT_S = 120.0       # the receiver may index a base it has not seen (seconds)
+STOP_TIMEOUT_S = 30.0
+#: The most streams ``streams_for`` asks for.
+MAX_STREAMS = 8
+MSS = 1448
+
+
+def streams_for(link: LinkProfile | None, window_bytes: int) -> int:
+    """How many TCP streams fill ``link``: one, unless one stream's rate -- its window
+    per round trip, or under loss Mathis et al.'s 1.22 MSS / (RTT sqrt(p)) -- falls
+    short of the link's rate."""
+    if link is None or link.rate_mbit is None or link.rtt_ms <= 0:
+        return 1
+    rtt = link.rtt_ms / 1000
+    per_stream = window_bytes / rtt
+    if link.loss_pct:
+        per_stream = min(per_stream, 1.22 * MSS / (rtt * math.sqrt(link.loss_pct / 100)))
+    return max(1, min(MAX_STREAMS, math.ceil(link.rate_mbit * 1e6 / 8 / per_stream)))
+
+
+def tcp_window(netns_root: Path = Path("/proc/sys/net/ipv4/tcp_rmem")) -> int:
+    """What one stream's receive window may grow to: half the largest receive buffer
+    (``tcp_adv_win_scale`` 1)."""
+    try:
+        return int(netns_root.read_text().split()[2]) // 2
+    except (OSError, ValueError, IndexError):
+        return 3 * 2**20
+
+
+class WanCopy:
+    """One copy of ``source`` (a frozen image at A) into ``target`` (a fresh overlay on
+    B's base, at B)."""
+
+    def __init__(self, ctx: Any, *, source: Path, target: Path, base: Path,
+                 same_offset: bool, label: str) -> None:
+        self.ctx, self.source, self.target, self.base = ctx, source, target, base
+        self.same_offset, self.label = same_offset, label
+        spec = ctx.scenario.storage
+        self.streams = spec.streams or streams_for(ctx.scenario.wan.link, tcp_window())
+        self.level = spec.compress_level
+        self.tls = bool(ctx.scenario.memory.tls)
+        self.receiver: JsonLinesChild | None = None
+        self.sender: JsonLinesChild | None = None
+        self.result: dict[str, Any] = {}
+        self.wire_bytes: int | None = None
+        self._budgeted = False
+
+    async def _tls(self) -> tuple[list[str], list[str]]:
+        """Both ends' certificate arguments (none with ``--insecure``)."""
+        if not self.tls:
+            return [], []
+        ctx = self.ctx
+        ca = await asyncio.to_thread(DeploymentCa.load_or_create, ctx.pki_dir)
+        foreign = ctx.scenario.fault.destination_cert == "foreign-ca"
+        material = await asyncio.to_thread(
+            MigrationTls.create, ctx.run_dir / f"tls-{self.label}", ca,
+            ctx.testbed.addr.site_b_ip, rogue=foreign,
+            source_name=f"wanmig-source-{ctx.registry.run_id}-{self.label}")
+        return (["--tls-dir", str(material.source_dir)],
+                ["--tls-dir", str(material.dest_dir),
+                 "--client-identity", material.source_identity])
+
+    async def start(self) -> None:
+        """Both ends up: B indexed its base and listens, A fetched the index over TLS
+        (a foreign certificate fails here, before anything is copied)."""
+        ctx, addr = self.ctx, self.ctx.testbed.addr
+        send_tls, recv_tls = await self._tls()
+        common = ["--address", addr.site_b_ip, "--port", str(addr.wancopy_port),
+                  "--session", f"{ctx.registry.run_id}-{self.label}",
+                  "--streams", str(self.streams)]
+        owner = owner_of(ctx.registry)
+        self.receiver = JsonLinesChild(
+            module_argv(MODULE, ["receive", *common, *recv_tls, "--target", str(self.target),
+                                 "--base", str(self.base)],
+                        netns=ctx.testbed.site_b.name, owner=owner),
+            name=f"wancopy receiver ({self.label})", error=StorageError,
+            registry=ctx.registry)
+        await self.receiver.start(START_TIMEOUT_S)
+        await ctx.budget.start("storage", self._set_rate, apply_own=False)
+        self._budgeted = True
+        rate = ctx.budget.granted("storage") or 0
+        self.sender = JsonLinesChild(
+            module_argv(MODULE, ["send", *common, *send_tls, "--source", str(self.source),
+                                 "--level", str(self.level), "--rate", str(rate),
+                                 *([] if self.same_offset else ["--no-same-offset"])],
+                        netns=ctx.testbed.site_a.name, owner=owner),
+            name=f"wancopy sender ({self.label})", error=StorageError, registry=ctx.registry)
+        info = await self.sender.start(START_TIMEOUT_S)
+        ctx.ui.step(f"wancopy ({self.label}): {info['total'] / 1e6:.1f} MB to consider, "
+                    f"{self.streams} stream(s), zstd level {self.level}, B's base indexed "
+                    f"({info['index_blocks']} blocks){'' if self.tls else ', without TLS'}")
+
+    async def _set_rate(self, rate: int | None) -> None:
+        if self.sender is not None and self.sender.returncode is None:
+            await self.sender.command(f"rate {rate or 0}", "rate", 10.0)
+
+    async def run(self, timeout_s: float, moved: Any = None) -> dict[str, Any]:
+        """Until every stream is applied and flushed at B; the sender's statistics."""
+        assert self.sender is not None
+        say = ProgressSteps(self.ctx.ui.step, f"wancopy ({self.label})", moved=moved)
+        async with asyncio.timeout(timeout_s):
+            while True:
+                ev = await self.sender.next_event("progress", timeout_s)
+                if ev.get("final"):
+                    self.result = {k: v for k, v in ev.items()
+                                   if k not in ("event", "final", "done", "total", "sent")}
+                    return self.result
+                await say(JobStatus("running", int(ev["done"]), int(ev["total"]), None))
+
+    async def close(self) -> None:
+        """Count what crossed (A's payload to B and B's back, while the connections are
+        open; never less than what the sender wrote), then stop both ends."""
+        ctx, addr = self.ctx, self.ctx.testbed.addr
+        if self.sender is not None and self.sender.returncode is None and self.result:
+            port = str(addr.wancopy_port)
+            a_to_b = await bytes_sent(ctx.testbed, ("dst", addr.site_b_ip, "dport", "=", port))
+            b_to_a = await bytes_sent(ctx.testbed, ("sport", "=", port), site="b")
+            self.wire_bytes = max(a_to_b + b_to_a, int(self.result.get("frame_bytes", 0)))
+            await self.sender.finish("stopped", STOP_TIMEOUT_S)
+        if self.receiver is not None and self.receiver.returncode is None:
+            with contextlib.suppress(StorageError):
+                await self.receiver.finish("stopped", STOP_TIMEOUT_S)
+        await self.kill()
+
+    async def kill(self) -> None:
+        for child in (self.sender, self.receiver):
+            if child is not None:
+                await child.kill()
+        if self._budgeted:
+            self._budgeted = False
+            await self.ctx.budget.stop("storage")
+
+    def summary(self) -> dict[str, Any]:
+        """The record's view: what was skipped and why, the compression, the streams."""
+        r = self.result
+        data, wire = r.get("data_bytes", 0), r.get("data_wire_bytes", 0)
+        return {"streams": self.streams, "compress_level": self.level,
+                "wire_bytes": self.wire_bytes, "elapsed_s": r.get("elapsed_s"),
+                "image_bytes": r.get("total_bytes"), "data_bytes": data,
+                "data_wire_bytes": wire, "zero_bytes": r.get("zero_bytes"),
+                "zero_found_bytes": r.get("zero_found_bytes", 0),
+                "dedup_bytes": sum(r.get(k, 0) for k in ("same_bytes", "ref_base_bytes",
+                                                         "ref_stream_bytes")),
+                "same_bytes": r.get("same_bytes"), "ref_base_bytes": r.get("ref_base_bytes"),
+                "ref_stream_bytes": r.get("ref_stream_bytes"),
+                "compress_ratio": round(data / wire, 3) if wire else None,
+                "reconnects": r.get("reconnects"), "resent_frames": r.get("resent_frames")}
