@@ -227,8 +227,10 @@ class Sender:
                         defined.add(item.digest)
                     elif item.type == p.ZERO:
                         self.stats.zero_bytes += item.length
-                    await self._send(writer, zstd, item, ack, count=True)
+                    # logged first: if the connection breaks while it is sent, it is
+                    # resent from the log (B's WELCOME says whether it arrived)
                     log.append(Item(item.type, item.offset, item.length, item.digest))
+                    await self._send(writer, zstd, item, ack, count=True)
                 writer.write(p.encode_count(p.DONE, len(log)))
                 async with asyncio.timeout(STALL_S):
                     await asyncio.wait([ack])
