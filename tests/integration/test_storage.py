@@ -193,6 +193,37 @@ async def test_hybrid_sends_the_bulk_first_and_leaves_only_later_writes_to_b(
     assert s.bulk_bytes <= s.bytes_on_wire < s.copied_bytes + 8 * 2**20
 
 
+async def test_hybrid_over_wancopy_sends_the_bulk_and_the_fetch_smaller(
+        leaves_nothing_behind) -> None:
+    rec = await _run("hybrid-wancopy", {"strategy": "hybrid", "transport": "wancopy"},
+                     vm={**SMALL_VM, "disk_write_mbps": 1.0, "disk_write_mib": 16})
+
+    _streamed_disk_intact(rec, "hybrid")
+    s = rec.storage
+    assert s.transport == "wancopy" and s.wancopy and set(s.wancopy) == {"bulk", "fetch"}
+    bulk, fetch = s.wancopy["bulk"], s.wancopy["fetch"]
+    # the bulk is the rewriter's file as A's guest had written it, the fetch what it
+    # wrote after: both crossed zstd-compressed (the rewriter writes text: ~2.6:1)
+    assert bulk["image_bytes"] >= 0.9 * s.disk["overlay_bytes"] and fetch["image_bytes"] > 0
+    assert s.compress_ratio and s.compress_ratio > 1.5
+    assert s.ready_ms is not None and s.ready_ms < s.time_to_dest_running_ms < s.total_ms
+    assert s.fetch_ms is not None and s.fetch_bytes == fetch["wire_bytes"]
+    assert s.bytes_on_wire is not None and s.copied_bytes is not None
+    assert s.bytes_on_wire < 0.8 * s.copied_bytes
+    assert s.zero_bytes_skipped and s.dedup_bytes_skipped is not None
+
+
+async def test_wancopy_refuses_a_destination_of_another_ca(leaves_nothing_behind) -> None:
+    rec = await _run("wancopy-foreign", {"strategy": "hybrid", "transport": "wancopy"},
+                     fault={"destination_cert": "foreign-ca"})
+
+    assert rec.status == "rolled_back"
+    assert rec.error and "wancopy" in rec.error and "certificate" in rec.error.lower(), rec.error
+    assert rec.storage.bulk_bytes is None    # nothing was copied
+    assert rec.model_extra and rec.model_extra["source_state_after_rollback"] == "running"
+    assert rec.integrity.ok and rec.integrity.guest_log_gaps == 0
+
+
 async def test_auto_measures_the_disk_and_runs_precopy_for_a_quiet_guest(
         leaves_nothing_behind) -> None:
     rec = await _run("auto-quiet", {"strategy": "auto"})
@@ -326,6 +357,22 @@ async def test_hybrid_bulk_resumes_where_it_stopped_after_a_link_outage(
     assert s.ready_ms is not None and s.ready_ms >= 10_000
     assert s.bulk_bytes is not None and s.bytes_on_wire is not None
     assert s.bytes_on_wire < 1.5 * (s.bulk_bytes + (s.streamed_bytes or 0)) + 8 * 2**20
+
+
+async def test_wancopy_bulk_waits_out_a_link_outage_and_goes_on(leaves_nothing_behind) -> None:
+    rec = await _run("wancopy-outage", {"strategy": "hybrid", "transport": "wancopy"},
+                     vm={**SMALL_VM, "disk_write_mbps": 1.0, "disk_write_mib": 16},
+                     budget={"rate_mbit": 16},
+                     fault={"link_down_phase": "storage", "link_down_s": 10})
+
+    _streamed_disk_intact(rec, "hybrid")
+    faults = (rec.model_extra or {}).get("faults") or []
+    assert [f["fault"] for f in faults][:2] == ["link_down", "link_up"]
+    s = rec.storage
+    assert s.ready_ms is not None and s.ready_ms >= 10_000
+    assert s.wancopy and s.bytes_on_wire is not None and s.copied_bytes is not None
+    # what crossed before the outage was not sent again
+    assert s.bytes_on_wire < s.copied_bytes
 
 
 async def test_postcopy_memory_with_a_local_disk_moves_both(leaves_nothing_behind) -> None:
