@@ -16,14 +16,18 @@ def _entry(case: str, status: str, wire: int | None, match: bool | None = True) 
 def test_matrix_and_unknown_names() -> None:
     names = [c.name for c in plan_cases()]
     assert names == [f"{s}/{w}" for s in ("mirror", "mirror-sync", "precopy", "postcopy",
-                                          "hybrid", "auto")
+                                          "hybrid", "auto", "hybrid-wancopy",
+                                          "postcopy-wancopy")
                      for w in ("idle", "disk-5", "fast-10", "app")] + [
-        "postcopy-1g/idle", "postcopy-4g/idle", "mirror-sync-insecure/idle"]
+        "postcopy-1g/idle", "postcopy-4g/idle", "mirror-sync-insecure/idle",
+        "hybrid-wancopy-insecure/idle"]
     fast = plan_cases(["hybrid"], ["fast-10"])[0].scenario()
     assert fast["wan"] == {"profile": "continental", "rate_mbit": 40}
     assert fast["vm"]["disk_write_mbps"] == 10.0 and fast["storage"]["strategy"] == "hybrid"
     plain = plan_cases(["mirror-sync-insecure"], ["idle"])[0].scenario()
     assert plain["memory"]["tls"] is False and plain["storage"]["synchronous_writes"]
+    own = plan_cases(["hybrid-wancopy-insecure"], ["idle"])[0].scenario()
+    assert own["memory"]["tls"] is False and own["storage"]["transport"] == "wancopy"
     big = plan_cases(["postcopy-4g"], ["idle"])[0].scenario()
     assert big["vm"]["disk_mib"] == 4096 and big["storage"]["strategy"] == "postcopy"
     sc = plan_cases(["precopy"], ["disk-5"])[0].scenario()

@@ -9,10 +9,15 @@ alone.  Cases, each with verify on (both disks compared before B runs):
 * ``mirror-sync`` -- the same with ``--copy-storage-synchronous-writes``;
 * ``precopy`` -- ours: A's overlay over B's own base, in dirty-bitmap passes;
 * ``postcopy`` -- B runs at once, A's overlay read over NBD, streamed after;
+* ``hybrid`` -- A's writes so far in bulk, the later ones read by B, streamed after;
+* ``auto`` -- the model's choice among them;
+* ``hybrid-wancopy``, ``postcopy-wancopy`` -- the same with wanmig's own
+  transport for the frozen images (``storage.wancopy``);
 
 each idle and with the guest rewriting its disk (``disk-N``: ``disk_write_mbps``
 N MB/s); then ``postcopy`` idle on 1 and 4 GiB disks (``postcopy-1g``, ``-4g``):
-its time to B running must not grow with the disk.  Each record keeps its storage block (total, ready, time to B running,
+its time to B running must not grow with the disk; and ``mirror-sync`` and
+``hybrid-wancopy`` idle without TLS (what TLS costs).  Each record keeps its storage block (total, ready, time to B running,
 bytes on the WAN, what the disk holds, the write throttle, the guest's write
 latency), the client's outage and the integrity checks.
 """
@@ -44,12 +49,17 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "postcopy": {"strategy": "postcopy"},
     "hybrid": {"strategy": "hybrid"},
     "auto": {"strategy": "auto"},
+    # wanmig's own transport (zero ranges, dedup against B's base, zstd, TLS streams)
+    # for the frozen images: hybrid's bulk, the postcopy/hybrid fetch
+    "hybrid-wancopy": {"strategy": "hybrid", "transport": "wancopy"},
+    "postcopy-wancopy": {"strategy": "postcopy", "transport": "wancopy"},
 }
 #: Cases beyond the matrix, idle: postcopy on other disk sizes (time to B running must
 #: not grow), and the biggest copy without TLS (what TLS costs).
 SIZED: dict[str, tuple[str, int]] = {"postcopy-1g": ("postcopy", 1024),
                                      "postcopy-4g": ("postcopy", 4096)}
-INSECURE = {"mirror-sync-insecure": "mirror-sync"}
+INSECURE = {"mirror-sync-insecure": "mirror-sync",
+            "hybrid-wancopy-insecure": "hybrid-wancopy"}
 TLS_COST_SHARE = 0.10
 #: Each workload: the guest's ``[vm]`` settings and the link's overrides.  ``disk-5``
 #: rewrites a 16 MiB file at 5 MB/s on the 100 Mbit/s link (40 % of what it drains);
@@ -165,6 +175,9 @@ FIGURES: Figures = {
     "io_p99_ms": lambda r: _storage(r).get("guest_io_p99_ms"),
     "throttle_bps": lambda r: _storage(r).get("write_throttle_bps"),
     "bulk_bytes": lambda r: _storage(r).get("bulk_bytes"),
+    "zero_skipped": lambda r: _storage(r).get("zero_bytes_skipped"),
+    "dedup_skipped": lambda r: _storage(r).get("dedup_bytes_skipped"),
+    "compress_ratio": lambda r: _storage(r).get("compress_ratio"),
     "streamed_bytes": lambda r: _storage(r).get("streamed_bytes"),
     "memory_total_ms": lambda r: (r.get("memory") or {}).get("total_ms"),
     "boot_ms": lambda r: (r.get("vm") or {}).get("boot_ms"),

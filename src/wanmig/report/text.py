@@ -121,7 +121,17 @@ def _storage_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
          f"{_ms(s.ready_ms)} / {_ms(s.total_ms)} / {_ms(s.time_to_dest_running_ms)}", "wanmig"),
         ("storage: disk bytes copied", _bytes(s.copied_bytes), "QEMU (block job)"),
         ("storage: bytes on the WAN", _bytes(s.bytes_on_wire), "site A (TCP payload)"),
+        ("storage: left off the wire: zero / B held / compression",
+         f"{_bytes(s.zero_bytes_skipped)} / {_bytes(s.dedup_bytes_skipped)} / "
+         f"x{s.compress_ratio or 1:.2f}", f"transport {s.transport or 'qemu'}"),
     ]
+    for label, w in (s.wancopy or {}).items():
+        rows.append((f"storage: wancopy {label}",
+                     f"{_bytes(w.get('image_bytes'))} considered, {_bytes(w.get('data_bytes'))} "
+                     f"sent as data (x{w.get('compress_ratio') or 1:.2f} zstd), "
+                     f"{_bytes(w.get('dedup_bytes'))} held by B, {_bytes(w.get('wire_bytes'))} "
+                     f"on the WAN, {w.get('streams')} stream(s), "
+                     f"{w.get('reconnects') or 0} reconnect(s)", "wanmig.storage.wancopy"))
     if s.bulk_bytes is not None or s.streamed_bytes is not None:
         rows.append(("storage: sent in bulk / streamed after B ran",
                      f"{_bytes(s.bulk_bytes)} / {_bytes(s.streamed_bytes)}"
