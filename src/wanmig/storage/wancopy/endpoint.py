@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
+import signal
 import ssl
 import sys
 import tempfile
@@ -24,11 +26,18 @@ from ...errors import StorageError
 from ..nbdclient import NbdClient
 
 QEMU_NBD_START_S = 15.0
+PR_SET_PDEATHSIG = 1
 
 
 def emit(event: str, **fields: Any) -> None:
     sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
     sys.stdout.flush()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when this process (its parent) goes, however it
+    goes -- a killed wancopy must not leave a qemu-nbd behind."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _opts(path: Path) -> str:
@@ -46,7 +55,7 @@ async def local_nbd(image: Path, *, writable: bool, clients: int) -> AsyncIterat
             "qemu-nbd", "-k", str(sock), "--image-opts", _opts(image), "-t",
             "-e", str(clients), *([] if writable else ["-r"]),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
+            stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent)
         try:
             deadline = time.monotonic() + QEMU_NBD_START_S
             while not sock.exists():
