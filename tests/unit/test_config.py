@@ -60,6 +60,11 @@ def test_dirty_working_set_must_fit_the_guest() -> None:
     ({"vm": {"disk_mib": 64, "disk_write_mbps": 5, "disk_write_mib": 40}}, "at most half"),
     ({"storage": {"strategy": "shared"}, "fault": {"link_down_phase": "storage",
                                                      "link_down_s": 5}}, "copies"),
+    # wancopy moves frozen images only: never silently QEMU's NBD instead
+    ({"storage": {"strategy": "precopy", "transport": "wancopy"}}, "not implemented for precopy"),
+    ({"storage": {"strategy": "auto", "transport": "wancopy"}}, "not implemented for auto"),
+    ({"storage": {"strategy": "hybrid", "transport": "scp"}}, "transport"),
+    ({"storage": {"strategy": "hybrid", "streams": 17}}, "streams"),
 ])
 def test_disk_settings_that_cannot_work_are_refused(data: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
@@ -74,6 +79,9 @@ def test_local_disk_settings_are_accepted() -> None:
     app = parse_scenario({"vm": {"base": "debian", "root": "debian", "disk_mib": 1024,
                                  "workload": "app"}})
     assert app.vm.root == "debian" and app.vm.workload == "app"
+    own = parse_scenario({"storage": {"strategy": "postcopy", "transport": "wancopy"}})
+    assert (own.storage.transport, own.storage.streams, own.storage.compress_level) == (
+        "wancopy", 0, 3)
 
 
 def test_cli_options_override_the_file(tmp_path: Path) -> None:
