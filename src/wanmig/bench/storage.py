@@ -244,11 +244,16 @@ def evaluate_checks(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                                  f"{(m.get('memory_total_ms') or 0) / 1000:.1f} s + "
                                  f"{POSTCOPY_SLACK_MS / 1000:g} s"})
     for insecure, secure in INSECURE.items():
-        a, b = rows.get(f"{secure}/idle"), rows.get(f"{insecure}/idle")
-        if a and b and a.get("ready_ms") and b.get("ready_ms"):
+        # on the workload where the pair copied the most: TLS's cost is per byte, and a
+        # copy of a few hundred kB is all fixed cost
+        pairs = [(w, rows[f"{secure}/{w}"], rows[f"{insecure}/{w}"]) for w in WORKLOADS
+                 if rows.get(f"{secure}/{w}", {}).get("ready_ms")
+                 and rows.get(f"{insecure}/{w}", {}).get("ready_ms")]
+        if pairs:
+            w, a, b = max(pairs, key=lambda p: p[1].get("copied_bytes") or 0)
             cost = a["ready_ms"] / b["ready_ms"] - 1
             checks.append({"check": f"TLS costs ≤ {TLS_COST_SHARE:.0%} of the disk copy "
-                                    f"({secure}, idle)", "ok": cost <= TLS_COST_SHARE,
+                                    f"({secure}, {w})", "ok": cost <= TLS_COST_SHARE,
                            "detail": f"copy {a['ready_ms'] / 1000:.1f} s with TLS, "
                                      f"{b['ready_ms'] / 1000:.1f} s without ({cost:+.1%})"})
     checks += _scaling_checks(rows)

@@ -68,6 +68,7 @@ class HybridStorage(PostcopyStorage):
                            "frozen overlay), the rest read by B over NBD, then block-stream")
     stream_top: ClassVar[str] = TOP_NODE
     stream_base: ClassVar[str] = DISK_NODE
+    wancopy_labels: ClassVar[tuple[str, ...]] = ("bulk", "fetch")
 
     def __init__(self) -> None:
         super().__init__()

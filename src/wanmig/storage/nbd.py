@@ -102,13 +102,16 @@ async def detach_target(src: QemuVm) -> None:
     await src.execute("blockdev-del", {"node-name": TARGET_NODE})
 
 
-_BYTES_SENT = re.compile(r"\bbytes_sent:(\d+)")
+async def ss_counter(testbed: Testbed, selector: tuple[str, ...], field: str = "bytes_sent",
+                     site: str = "a") -> int:
+    """The sum of ``ss -ti``'s ``field`` over ``site``'s open connections that ``ss``
+    selects (``dst IP dport = PORT``, ``sport = PORT``)."""
+    ns = testbed.site_a if site == "a" else testbed.site_b
+    out = await ns.run("ss", "-tinH", *selector)
+    return sum(int(m.group(1)) for m in re.finditer(rf"\b{field}:(\d+)", out))
 
 
 async def bytes_sent(testbed: Testbed, selector: tuple[str, ...], site: str = "a") -> int:
-    """TCP payload bytes ``site`` has sent on its open connections that ``ss`` selects
-    (``dst IP dport = PORT``, ``sport = PORT``), TLS records included: what a storage
-    channel put on the WAN so far."""
-    ns = testbed.site_a if site == "a" else testbed.site_b
-    out = await ns.run("ss", "-tinH", *selector)
-    return sum(int(m.group(1)) for m in _BYTES_SENT.finditer(out))
+    """TCP payload bytes ``site`` has sent on the connections ``ss`` selects, TLS
+    records and retransmissions included: what a storage channel put on the WAN so far."""
+    return await ss_counter(testbed, selector, "bytes_sent", site)

@@ -42,7 +42,7 @@ from .disk import LocalDisks, create_overlay, disk_facts
 from .jobs import ProgressSteps, budgeted, wait_concluded
 from ..memory.parts import WAN_IFACE
 from ..testbed.netns import tx_bytes
-from .wancopy.channel import WanCopy
+from .wancopy.channel import CopyTls, WanCopy, issue_tls
 from .nbdcopy import PULL_EXPORT, PULL_FILE_NODE, PULL_OVERLAY_NODE, PULL_SOURCE_NODE, NbdCopy
 
 JOB_ID = "wanmig-stream"
@@ -94,6 +94,7 @@ class PostcopyStorage(NbdCopy):
         self._exported_size: int | None = None
         self.layer_ms: float | None = None
         self.layer_steps_ms: dict[str, float] = {}
+        self.copy_tls: dict[str, CopyTls] = {}
 
     @property
     def pulled(self) -> Path:
@@ -114,9 +115,16 @@ class PostcopyStorage(NbdCopy):
     async def _make_images(self) -> None:
         """Images beyond the two disks (none here)."""
 
+    #: The wancopies this strategy makes (``storage.transport = "wancopy"``).
+    wancopy_labels: ClassVar[tuple[str, ...]] = ("fetch",)
+
     async def _open_channel(self, ctx: RunContext) -> None:
-        """A serves the file B reads; B connects to it now (nothing is read yet)."""
+        """A serves the file B reads; B connects to it now (nothing is read yet).  With
+        wancopy, its copies' certificates are issued now too."""
         await self._open_pull(ctx, self.pulled, self.tls)
+        if ctx.scenario.storage.transport == "wancopy":
+            self.copy_tls = {label: await issue_tls(ctx, label)
+                             for label in self.wancopy_labels}
 
     async def copy(self, ctx: RunContext) -> None:
         self.started = time.monotonic()
@@ -204,7 +212,7 @@ class PostcopyStorage(NbdCopy):
         """One wancopy, run to its end (both ends stopped whatever happens)."""
         assert self.disks is not None
         copy = WanCopy(ctx, source=source, target=target, base=self.disks.base,
-                       same_offset=same_offset, label=label)
+                       same_offset=same_offset, label=label, tls=self.copy_tls[label])
         try:
             await copy.start()
             await copy.run(ctx.scenario.storage.timeout_s,

@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     send.add_argument("--level", type=int, default=3, help="zstd level (0: none)")
     send.add_argument("--rate", type=int, default=0, help="bytes/s (0: no limit)")
     send.add_argument("--resume-s", type=float, default=300.0)
+    send.add_argument("--pace", type=int, default=0,
+                      help="each stream's kernel pacing rate, bytes/s (0: none)")
     send.add_argument("--no-same-offset", dest="same_offset", action="store_false",
                       help="send blocks equal to B's base at the same offset too (the "
                            "target is not read through to that base)")
@@ -48,7 +50,7 @@ async def _main(args: argparse.Namespace) -> int:
     if args.role == "send":
         return await sender.run(args.source, args.address, args.port, args.tls_dir,
                                 args.session, args.streams, args.level, args.rate,
-                                args.resume_s, args.same_offset)
+                                args.resume_s, args.same_offset, args.pace)
     return await receiver.run(args.target, args.base, args.address, args.port, args.tls_dir,
                               args.session, args.client_identity, args.streams)
 

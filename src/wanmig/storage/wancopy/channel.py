@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from ...errors import StorageError
 from ...memory.tls import DeploymentCa, MigrationTls
 from ...wan.profiles import LinkProfile
 from ..jobs import JobStatus, ProgressSteps
-from ..nbd import bytes_sent
+from ..nbd import ss_counter
 
 MODULE = "wanmig.storage.wancopy"
 START_TIMEOUT_S = 120.0       # the receiver may index a base it has not seen (seconds)
@@ -54,44 +55,53 @@ def tcp_window(netns_root: Path = Path("/proc/sys/net/ipv4/tcp_rmem")) -> int:
         return 3 * 2**20
 
 
+@dataclass(frozen=True)
+class CopyTls:
+    """Both ends' certificate arguments for one copy (empty with ``--insecure``)."""
+
+    send: tuple[str, ...] = ()
+    receive: tuple[str, ...] = ()
+
+
+async def issue_tls(ctx: Any, label: str) -> CopyTls:
+    """Certificates for the copy ``label`` from the deployment CA, made at prepare (as
+    QEMU's channels' are), so that issuing them is not part of the copy's time."""
+    if not ctx.scenario.memory.tls:
+        return CopyTls()
+    ca = await asyncio.to_thread(DeploymentCa.load_or_create, ctx.pki_dir)
+    foreign = ctx.scenario.fault.destination_cert == "foreign-ca"
+    material = await asyncio.to_thread(
+        MigrationTls.create, ctx.run_dir / f"tls-{label}", ca, ctx.testbed.addr.site_b_ip,
+        rogue=foreign, source_name=f"wanmig-source-{ctx.registry.run_id}-{label}")
+    return CopyTls(send=("--tls-dir", str(material.source_dir)),
+                   receive=("--tls-dir", str(material.dest_dir),
+                            "--client-identity", material.source_identity))
+
+
 class WanCopy:
     """One copy of ``source`` (a frozen image at A) into ``target`` (a fresh overlay on
-    B's base, at B)."""
+    B's base, at B), over ``tls`` (``issue_tls``)."""
 
     def __init__(self, ctx: Any, *, source: Path, target: Path, base: Path,
-                 same_offset: bool, label: str) -> None:
+                 same_offset: bool, label: str, tls: CopyTls) -> None:
         self.ctx, self.source, self.target, self.base = ctx, source, target, base
-        self.same_offset, self.label = same_offset, label
+        self.same_offset, self.label, self.copy_tls = same_offset, label, tls
         spec = ctx.scenario.storage
         self.streams = spec.streams or streams_for(ctx.scenario.wan.link, tcp_window())
         self.level = spec.compress_level
-        self.tls = bool(ctx.scenario.memory.tls)
+        self.tls = bool(tls.send)
         self.receiver: JsonLinesChild | None = None
         self.sender: JsonLinesChild | None = None
         self.result: dict[str, Any] = {}
         self.wire_bytes: int | None = None
+        self.retransmitted: int | None = None
         self._budgeted = False
-
-    async def _tls(self) -> tuple[list[str], list[str]]:
-        """Both ends' certificate arguments (none with ``--insecure``)."""
-        if not self.tls:
-            return [], []
-        ctx = self.ctx
-        ca = await asyncio.to_thread(DeploymentCa.load_or_create, ctx.pki_dir)
-        foreign = ctx.scenario.fault.destination_cert == "foreign-ca"
-        material = await asyncio.to_thread(
-            MigrationTls.create, ctx.run_dir / f"tls-{self.label}", ca,
-            ctx.testbed.addr.site_b_ip, rogue=foreign,
-            source_name=f"wanmig-source-{ctx.registry.run_id}-{self.label}")
-        return (["--tls-dir", str(material.source_dir)],
-                ["--tls-dir", str(material.dest_dir),
-                 "--client-identity", material.source_identity])
 
     async def start(self) -> None:
         """Both ends up: B indexed its base and listens, A fetched the index over TLS
         (a foreign certificate fails here, before anything is copied)."""
         ctx, addr = self.ctx, self.ctx.testbed.addr
-        send_tls, recv_tls = await self._tls()
+        send_tls, recv_tls = self.copy_tls.send, self.copy_tls.receive
         common = ["--address", addr.site_b_ip, "--port", str(addr.wancopy_port),
                   "--session", f"{ctx.registry.run_id}-{self.label}",
                   "--streams", str(self.streams)]
@@ -106,9 +116,14 @@ class WanCopy:
         await ctx.budget.start("storage", self._set_rate, apply_own=False)
         self._budgeted = True
         rate = ctx.budget.granted("storage") or 0
+        # each stream's kernel pacing at its share of the line: a stream that never
+        # sends faster than the bottleneck drains does not overflow its queue in slow
+        # start (unpaced, 14-34 % of the bytes were sent again: bench storage run 8)
+        pace = int(ctx.budget.line / self.streams) if ctx.budget.line else 0
         self.sender = JsonLinesChild(
             module_argv(MODULE, ["send", *common, *send_tls, "--source", str(self.source),
                                  "--level", str(self.level), "--rate", str(rate),
+                                 "--pace", str(pace),
                                  *([] if self.same_offset else ["--no-same-offset"])],
                         netns=ctx.testbed.site_a.name, owner=owner),
             name=f"wancopy sender ({self.label})", error=StorageError, registry=ctx.registry)
@@ -140,8 +155,10 @@ class WanCopy:
         ctx, addr = self.ctx, self.ctx.testbed.addr
         if self.sender is not None and self.sender.returncode is None and self.result:
             port = str(addr.wancopy_port)
-            a_to_b = await bytes_sent(ctx.testbed, ("dst", addr.site_b_ip, "dport", "=", port))
-            b_to_a = await bytes_sent(ctx.testbed, ("sport", "=", port), site="b")
+            a_sel = ("dst", addr.site_b_ip, "dport", "=", port)
+            a_to_b = await ss_counter(ctx.testbed, a_sel)
+            b_to_a = await ss_counter(ctx.testbed, ("sport", "=", port), site="b")
+            self.retransmitted = await ss_counter(ctx.testbed, a_sel, "bytes_retrans")
             self.wire_bytes = max(a_to_b + b_to_a, int(self.result.get("frame_bytes", 0)))
             await self.sender.finish("stopped", STOP_TIMEOUT_S)
         if self.receiver is not None and self.receiver.returncode is None:
@@ -162,7 +179,8 @@ class WanCopy:
         r = self.result
         data, wire = r.get("data_bytes", 0), r.get("data_wire_bytes", 0)
         return {"streams": self.streams, "compress_level": self.level,
-                "wire_bytes": self.wire_bytes, "elapsed_s": r.get("elapsed_s"),
+                "wire_bytes": self.wire_bytes, "frame_bytes": r.get("frame_bytes"),
+                "retransmitted_bytes": self.retransmitted, "elapsed_s": r.get("elapsed_s"),
                 "image_bytes": r.get("total_bytes"), "data_bytes": data,
                 "data_wire_bytes": wire, "zero_bytes": r.get("zero_bytes"),
                 "zero_found_bytes": r.get("zero_found_bytes", 0),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import ssl
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,6 +45,8 @@ QUEUE_BLOCKS = 64
 STALL_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
 PROGRESS_S = 0.5
+#: Linux's per-socket pacing cap (bytes/s; TCP paces itself since 4.13, no fq needed).
+SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)
 
 
 @dataclass
@@ -104,11 +107,11 @@ async def top_extents(image: Path) -> list[tuple[int, int, bool]]:
 class Sender:
     def __init__(self, *, host: str, port: int, ssl_ctx: ssl.SSLContext | None,
                  session: str, streams: int, level: int, rate: int, resume_s: float,
-                 same_offset: bool) -> None:
+                 same_offset: bool, pace: int = 0) -> None:
         self.host, self.port, self.ssl_ctx = host, port, ssl_ctx
         self.session, self.n_streams, self.level = session, streams, level
         self.pacer = Pacer(rate)
-        self.resume_s, self.same_offset = resume_s, same_offset
+        self.resume_s, self.same_offset, self.pace = resume_s, same_offset, pace
         self.stats = SenderStats()
         self.in_base: set[bytes] = set()
         self.base_at: dict[int, bytes] = {}
@@ -125,6 +128,9 @@ class Sender:
             reader, writer = await asyncio.open_connection(
                 self.host, self.port, ssl=self.ssl_ctx,
                 server_hostname=self.host if self.ssl_ctx else None)
+        sock = writer.get_extra_info("socket")
+        if self.pace and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, min(self.pace, 2**32 - 1))
         writer.write(p.encode_json(p.HELLO, {"session": self.session, "version": p.VERSION,
                                              **hello}))
         return reader, writer
@@ -319,12 +325,13 @@ async def _commands(sender: Sender, stop: asyncio.Event) -> None:
 
 
 async def run(source: Path, host: str, port: int, tls_dir: Path | None, session: str,
-              streams: int, level: int, rate: int, resume_s: float, same_offset: bool) -> int:
+              streams: int, level: int, rate: int, resume_s: float, same_offset: bool,
+              pace: int) -> int:
     extents = await top_extents(source)
     sender = Sender(host=host, port=port,
                     ssl_ctx=client_context(tls_dir) if tls_dir is not None else None,
                     session=session, streams=streams, level=level, rate=rate,
-                    resume_s=resume_s, same_offset=same_offset)
+                    resume_s=resume_s, same_offset=same_offset, pace=pace)
     sender.stats.total_bytes = sum(length for _, length, _ in extents)
     stop = asyncio.Event()
     commands = asyncio.create_task(_commands(sender, stop))
