@@ -305,7 +305,8 @@ class NbdCopy(StoragePart):
     def record(self) -> dict[str, Any]:
         facts = self.source_facts
         return StorageResult(
-            strategy=self.name, note=self.note + ("" if self.tls else ", without TLS"),
+            strategy=self.name, note=self.note + ("" if self.tls else ", without TLS")
+            + (", frozen images over wancopy" if self.wancopies else ""),
             total_ms=elapsed_ms(self.started, self.ended),
             ready_ms=elapsed_ms(self.started, self.ready_at),
             time_to_dest_running_ms=elapsed_ms(self.started, self.resumed),

@@ -42,8 +42,8 @@ from .disk import LocalDisks, create_overlay, disk_facts
 from .jobs import ProgressSteps, budgeted, wait_concluded
 from ..memory.parts import WAN_IFACE
 from ..testbed.netns import tx_bytes
-from .wancopy.channel import CopyTls, WanCopy, issue_tls
 from .nbdcopy import PULL_EXPORT, PULL_FILE_NODE, PULL_OVERLAY_NODE, PULL_SOURCE_NODE, NbdCopy
+from .wancopy.channel import CopyTls, WanCopy, issue_tls
 
 JOB_ID = "wanmig-stream"
 #: B's local copy of A's image, once fetched: its file node and the qcow2 over it.
@@ -83,6 +83,8 @@ class PostcopyStorage(NbdCopy):
     #: The node B streams into, and the node below what it streams (the chain's end).
     stream_top: ClassVar[str] = DISK_NODE
     stream_base: ClassVar[str] = DISK_BASE_NODE
+    #: The wancopies this strategy makes (``storage.transport = "wancopy"``).
+    wancopy_labels: ClassVar[tuple[str, ...]] = ("fetch",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -114,9 +116,6 @@ class PostcopyStorage(NbdCopy):
 
     async def _make_images(self) -> None:
         """Images beyond the two disks (none here)."""
-
-    #: The wancopies this strategy makes (``storage.transport = "wancopy"``).
-    wancopy_labels: ClassVar[tuple[str, ...]] = ("fetch",)
 
     async def _open_channel(self, ctx: RunContext) -> None:
         """A serves the file B reads; B connects to it now (nothing is read yet).  With

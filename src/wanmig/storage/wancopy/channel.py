@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ...children import JsonLinesChild, module_argv, owner_of
-from ...errors import StorageError
+from ...errors import NetworkError, StorageError
 from ...memory.tls import DeploymentCa, MigrationTls
 from ...wan.profiles import LinkProfile
 from ..jobs import JobStatus, ProgressSteps
@@ -31,6 +31,8 @@ STOP_TIMEOUT_S = 30.0
 #: The most streams ``streams_for`` asks for.
 MAX_STREAMS = 8
 MSS = 1448
+#: Linux's default largest receive buffer (6 MiB), halved.
+DEFAULT_WINDOW = 3 * 2**20
 
 
 def streams_for(link: LinkProfile | None, window_bytes: int) -> int:
@@ -46,13 +48,14 @@ def streams_for(link: LinkProfile | None, window_bytes: int) -> int:
     return max(1, min(MAX_STREAMS, math.ceil(link.rate_mbit * 1e6 / 8 / per_stream)))
 
 
-def tcp_window(netns_root: Path = Path("/proc/sys/net/ipv4/tcp_rmem")) -> int:
-    """What one stream's receive window may grow to: half the largest receive buffer
+async def tcp_window(ns: Any) -> int:
+    """What one stream's receive window may grow to in namespace ``ns`` (B's: each
+    namespace has its own ``tcp_rmem``): half the largest receive buffer
     (``tcp_adv_win_scale`` 1)."""
     try:
-        return int(netns_root.read_text().split()[2]) // 2
-    except (OSError, ValueError, IndexError):
-        return 3 * 2**20
+        return int((await ns.run("cat", "/proc/sys/net/ipv4/tcp_rmem")).split()[2]) // 2
+    except (NetworkError, ValueError, IndexError):
+        return DEFAULT_WINDOW
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class WanCopy:
         self.ctx, self.source, self.target, self.base = ctx, source, target, base
         self.same_offset, self.label, self.copy_tls = same_offset, label, tls
         spec = ctx.scenario.storage
-        self.streams = spec.streams or streams_for(ctx.scenario.wan.link, tcp_window())
+        self.streams = spec.streams   # 0: chosen at start (streams_for)
         self.level = spec.compress_level
         self.tls = bool(tls.send)
         self.receiver: JsonLinesChild | None = None
@@ -101,6 +104,9 @@ class WanCopy:
         """Both ends up: B indexed its base and listens, A fetched the index over TLS
         (a foreign certificate fails here, before anything is copied)."""
         ctx, addr = self.ctx, self.ctx.testbed.addr
+        if not self.streams:
+            self.streams = streams_for(ctx.scenario.wan.link,
+                                       await tcp_window(ctx.testbed.site_b))
         send_tls, recv_tls = self.copy_tls.send, self.copy_tls.receive
         common = ["--address", addr.site_b_ip, "--port", str(addr.wancopy_port),
                   "--session", f"{ctx.registry.run_id}-{self.label}",
