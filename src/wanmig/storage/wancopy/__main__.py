@@ -38,8 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "target is not read through to that base)")
     receive.add_argument("--target", type=Path, required=True)
     receive.add_argument("--base", type=Path, required=True)
-    receive.add_argument("--client-identity", default=None,
-                         help="the only client certificate identity let in")
+    receive.add_argument("--client-cert", default=None,
+                         help="SHA-256 fingerprint of the only client certificate let in")
     args = p.parse_args(argv)
     if not 1 <= args.streams <= 16:
         p.error("--streams must be 1..16")
@@ -52,7 +52,7 @@ async def _main(args: argparse.Namespace) -> int:
                                 args.session, args.streams, args.level, args.rate,
                                 args.resume_s, args.same_offset, args.pace)
     return await receiver.run(args.target, args.base, args.address, args.port, args.tls_dir,
-                              args.session, args.client_identity, args.streams)
+                              args.session, args.client_cert, args.streams)
 
 
 def main(argv: list[str] | None = None) -> int:

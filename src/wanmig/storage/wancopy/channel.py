@@ -24,6 +24,7 @@ from ...memory.tls import DeploymentCa, MigrationTls
 from ...wan.profiles import LinkProfile
 from ..jobs import JobStatus, ProgressSteps
 from ..nbd import ss_counter
+from .endpoint import cert_fingerprint
 
 MODULE = "wanmig.storage.wancopy"
 START_TIMEOUT_S = 120.0       # the receiver may index a base it has not seen (seconds)
@@ -76,9 +77,10 @@ async def issue_tls(ctx: Any, label: str) -> CopyTls:
     material = await asyncio.to_thread(
         MigrationTls.create, ctx.run_dir / f"tls-{label}", ca, ctx.testbed.addr.site_b_ip,
         rogue=foreign, source_name=f"wanmig-source-{ctx.registry.run_id}-{label}")
+    client_cert = await asyncio.to_thread(cert_fingerprint,
+                                          material.source_dir / "client-cert.pem")
     return CopyTls(send=("--tls-dir", str(material.source_dir)),
-                   receive=("--tls-dir", str(material.dest_dir),
-                            "--client-identity", material.source_identity))
+                   receive=("--tls-dir", str(material.dest_dir), "--client-cert", client_cert))
 
 
 class WanCopy:

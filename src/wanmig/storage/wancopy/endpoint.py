@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import json
 import signal
 import ssl
@@ -78,7 +79,7 @@ async def local_nbd(image: Path, *, writable: bool, clients: int) -> AsyncIterat
 
 def server_context(tls_dir: Path) -> ssl.SSLContext:
     """B's side: its server certificate; a client certificate of the deployment CA is
-    required (which one: ``peer_identity``, checked by the receiver)."""
+    required (which one: ``peer_fingerprint``, checked by the receiver)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(tls_dir / "server-cert.pem", tls_dir / "server-key.pem")
@@ -97,14 +98,21 @@ def client_context(tls_dir: Path) -> ssl.SSLContext:
     return ctx
 
 
-def peer_identity(writer: asyncio.StreamWriter) -> str | None:
-    """The TLS peer certificate's identity (``memory.tls.certificate_identity``)."""
-    from cryptography import x509
+def fingerprint(der: bytes) -> str:
+    """A certificate's SHA-256 fingerprint, hex."""
+    return hashlib.sha256(der).hexdigest()
 
-    from ...memory.tls import certificate_identity
+
+def cert_fingerprint(pem_file: Path) -> str:
+    """The fingerprint of the certificate in ``pem_file``."""
+    return fingerprint(ssl.PEM_cert_to_DER_cert(pem_file.read_text()))
+
+
+def peer_fingerprint(writer: asyncio.StreamWriter) -> str | None:
+    """The TLS peer certificate's fingerprint (None: no TLS, or no certificate)."""
     sslobj = writer.get_extra_info("ssl_object")
     der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
-    return certificate_identity(x509.load_der_x509_certificate(der)) if der else None
+    return fingerprint(der) if der else None
 
 
 async def stdin_lines() -> AsyncIterator[str]:

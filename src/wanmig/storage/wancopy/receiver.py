@@ -21,7 +21,7 @@ import zstandard
 from ...errors import StorageError
 from ..nbdclient import NbdClient
 from . import protocol as p
-from .endpoint import emit, local_nbd, peer_identity, server_context, stdin_lines
+from .endpoint import emit, local_nbd, peer_fingerprint, server_context, stdin_lines
 from .index import load_or_scan
 
 #: An ACK after this many applied frames (and at the end).
@@ -48,10 +48,10 @@ class StreamState:
 
 
 class Receiver:
-    def __init__(self, target: Path, base: Path, session: str, client_identity: str | None,
+    def __init__(self, target: Path, base: Path, session: str, client_cert: str | None,
                  nbd_sock: Path, index: list[tuple[int, bytes]]) -> None:
         self.target, self.base, self.session = target, base, session
-        self.client_identity = client_identity
+        self.client_cert = client_cert
         self.nbd_sock = nbd_sock
         self.index = index
         self.in_base = {digest: off for off, digest in index}
@@ -67,8 +67,8 @@ class Receiver:
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One connection: its HELLO says what it is."""
         try:
-            if self.client_identity is not None and peer_identity(writer) != self.client_identity:
-                raise p.ProtocolError(f"client certificate {peer_identity(writer)!r} is not "
+            if self.client_cert is not None and peer_fingerprint(writer) != self.client_cert:
+                raise p.ProtocolError(f"client certificate {peer_fingerprint(writer)} is not "
                                       "this migration's source")
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
                 hello = await p.read_frame(reader)
@@ -183,11 +183,11 @@ async def _check_fresh(target: Path) -> None:
 
 
 async def run(target: Path, base: Path, listen: str, port: int, tls_dir: Path | None,
-              session: str, client_identity: str | None, streams: int) -> int:
+              session: str, client_cert: str | None, streams: int) -> int:
     await _check_fresh(target)
     index = await asyncio.to_thread(load_or_scan, base)
     async with local_nbd(target, writable=True, clients=streams + 1) as sock:
-        receiver = Receiver(target, base, session, client_identity, sock, index)
+        receiver = Receiver(target, base, session, client_cert, sock, index)
         ssl_ctx = server_context(tls_dir) if tls_dir is not None else None
         server = await asyncio.start_server(receiver.serve, listen, port, ssl=ssl_ctx,
                                             reuse_address=True)

@@ -336,16 +336,21 @@ async def run(source: Path, host: str, port: int, tls_dir: Path | None, session:
     stop = asyncio.Event()
     commands = asyncio.create_task(_commands(sender, stop))
     async with local_nbd(source, writable=False, clients=streams + 1) as sock:
-        await sender.fetch_index()
-        emit("ready", total=sender.stats.total_bytes, index_blocks=sender.stats.index_blocks)
-        t0 = time.monotonic()
-        progress = asyncio.create_task(_progress(sender))
         clients = [await NbdClient.open(sock) for _ in range(streams + 1)]
+        # the streams connect while the index crosses (their queues fill only after it)
+        tasks = [asyncio.create_task(sender.stream(i, clients[i + 1])) for i in range(streams)]
+        progress = asyncio.create_task(_progress(sender))
         try:
-            await asyncio.gather(sender.produce(clients[0], extents),
-                                 *(sender.stream(i, clients[i + 1]) for i in range(streams)))
+            await sender.fetch_index()
+            emit("ready", total=sender.stats.total_bytes,
+                 index_blocks=sender.stats.index_blocks)
+            t0 = time.monotonic()
+            await asyncio.gather(sender.produce(clients[0], extents), *tasks)
         finally:
             progress.cancel()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             for c in clients:
                 await c.close()
         s = sender.stats
