@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...children import JsonLinesChild, module_argv, owner_of
 from ...errors import NetworkError, StorageError
@@ -25,6 +26,10 @@ from ...wan.profiles import LinkProfile
 from ..jobs import JobStatus, ProgressSteps
 from ..nbd import ss_counter
 from .endpoint import cert_fingerprint
+
+if TYPE_CHECKING:
+    from ...context import RunContext
+    from ...testbed.netns import Namespace
 
 MODULE = "wanmig.storage.wancopy"
 START_TIMEOUT_S = 120.0       # the receiver may index a base it has not seen (seconds)
@@ -49,7 +54,7 @@ def streams_for(link: LinkProfile | None, window_bytes: int) -> int:
     return max(1, min(MAX_STREAMS, math.ceil(link.rate_mbit * 1e6 / 8 / per_stream)))
 
 
-async def tcp_window(ns: Any) -> int:
+async def tcp_window(ns: Namespace) -> int:
     """What one stream's receive window may grow to in namespace ``ns`` (B's: each
     namespace has its own ``tcp_rmem``): half the largest receive buffer
     (``tcp_adv_win_scale`` 1)."""
@@ -67,7 +72,7 @@ class CopyTls:
     receive: tuple[str, ...] = ()
 
 
-async def issue_tls(ctx: Any, label: str) -> CopyTls:
+async def issue_tls(ctx: RunContext, label: str) -> CopyTls:
     """Certificates for the copy ``label`` from the deployment CA, made at prepare (as
     QEMU's channels' are), so that issuing them is not part of the copy's time."""
     if not ctx.scenario.memory.tls:
@@ -87,7 +92,7 @@ class WanCopy:
     """One copy of ``source`` (a frozen image at A) into ``target`` (a fresh overlay on
     B's base, at B), over ``tls`` (``issue_tls``)."""
 
-    def __init__(self, ctx: Any, *, source: Path, target: Path, base: Path,
+    def __init__(self, ctx: RunContext, *, source: Path, target: Path, base: Path,
                  same_offset: bool, label: str, tls: CopyTls) -> None:
         self.ctx, self.source, self.target, self.base = ctx, source, target, base
         self.same_offset, self.label, self.copy_tls = same_offset, label, tls
@@ -144,7 +149,8 @@ class WanCopy:
         if self.sender is not None and self.sender.returncode is None:
             await self.sender.command(f"rate {rate or 0}", "rate", 10.0)
 
-    async def run(self, timeout_s: float, moved: Any = None) -> dict[str, Any]:
+    async def run(self, timeout_s: float,
+                  moved: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
         """Until every stream is applied and flushed at B; the sender's statistics."""
         assert self.sender is not None
         say = ProgressSteps(self.ctx.ui.step, f"wancopy ({self.label})", moved=moved)
