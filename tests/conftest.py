@@ -45,6 +45,13 @@ def qemu_pids() -> set[int]:
     return {int(p) for p in (out + out2).split()}
 
 
+def wancopy_pids() -> set[int]:
+    """wancopy's ends and the qemu-nbd each starts (``storage.wancopy``)."""
+    out = subprocess.run(["pgrep", "-f", "--", "-m wanmig.storage.wancopy |^qemu-nbd "],
+                         capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
 def interface_names() -> set[str]:
     out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
@@ -52,10 +59,12 @@ def interface_names() -> set[str]:
 
 @pytest.fixture
 def leaves_nothing_behind():
-    """Fails the test if it left a run namespace, a QEMU or an interface behind."""
-    before = (run_netns_names(), qemu_pids(), interface_names())
+    """Fails the test if it left a run namespace, a QEMU, a wancopy or an interface
+    behind."""
+    before = (run_netns_names(), qemu_pids(), interface_names(), wancopy_pids())
     yield
-    after = (run_netns_names(), qemu_pids(), interface_names())
+    after = (run_netns_names(), qemu_pids(), interface_names(), wancopy_pids())
+    assert after[3] <= before[3], f"wancopy processes left: {after[3] - before[3]}"
     assert after[0] <= before[0], f"namespaces left: {after[0] - before[0]}"
     assert after[1] <= before[1], f"QEMU processes left: {after[1] - before[1]}"
     assert after[2] <= before[2], f"interfaces left: {after[2] - before[2]}"

@@ -134,6 +134,7 @@ class HybridStorage(PostcopyStorage):
         ctx.ui.step(f"hybrid: bulk copied {done / 1e6:.1f} MB in "
                     f"{self.ready_at - self.started:.1f} s; what the guest writes from now "
                     "on B reads from A after the switchover")
+        await self._prestart_fetch(ctx)
 
     async def _bulk_backup(self, ctx: RunContext) -> int:
         """The frozen overlay to B's NBD export (``blockdev-backup sync=top``), then the
@@ -156,8 +157,14 @@ class HybridStorage(PostcopyStorage):
         B's QEMU holds that file inactive (nothing exported it), and re-reads it when
         it is activated before B runs, as after a migration on shared storage."""
         assert self.disks is not None
-        copy = await self._wancopy(ctx, source=self.disks.source, target=self.disks.target,
-                                   label="bulk", same_offset=True)
+        copy = self._new_copy(ctx, source=self.disks.source, target=self.disks.target,
+                              label="bulk", same_offset=True)
+        try:
+            await copy.start()
+        except BaseException:
+            await copy.kill()
+            raise
+        await self._run_copy(ctx, copy)
         self._bulk_wire = copy.wire_bytes or 0
         return int(copy.result.get("total_bytes", 0))
 
@@ -184,6 +191,7 @@ class HybridStorage(PostcopyStorage):
 
     async def rollback(self, ctx: RunContext) -> None:
         self._layered = False
+        await self._drop_fetch()
         await self._abandon(ctx, BULK_JOB_ID, "the bulk copy")
         await self._close_push(ctx)
 

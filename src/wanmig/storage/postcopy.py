@@ -97,6 +97,7 @@ class PostcopyStorage(NbdCopy):
         self.layer_ms: float | None = None
         self.layer_steps_ms: dict[str, float] = {}
         self.copy_tls: dict[str, CopyTls] = {}
+        self._fetch_copy: WanCopy | None = None
 
     @property
     def pulled(self) -> Path:
@@ -128,6 +129,7 @@ class PostcopyStorage(NbdCopy):
     async def copy(self, ctx: RunContext) -> None:
         self.started = time.monotonic()
         ctx.ui.step("postcopy: the disk stays at A until B runs; B reads what A wrote over NBD")
+        await self._prestart_fetch(ctx)
 
     async def switchover(self, ctx: RunContext) -> None:
         self._note_io(ctx)
@@ -180,8 +182,8 @@ class PostcopyStorage(NbdCopy):
         drains 12 MB/s, bench storage run 5).  The exported file node is made active
         again first: QEMU's completion left it inactive, and an inactive node answers
         block status with EPERM (the guest's own nodes at A stay inactive)."""
-        assert ctx.src is not None and self.disks is not None
-        addr, local = ctx.testbed.addr, self.disks.target.with_name("pulled.qcow2")
+        assert ctx.src is not None
+        addr, local = ctx.testbed.addr, self._local
         await ctx.src.execute("blockdev-set-active", {"node-name": PULL_SOURCE_NODE,
                                                       "active": True})
         uri = f"nbd{'s' if self.tls else ''}://{addr.site_a_ip}:{addr.nbd_port}/{PULL_EXPORT}"
@@ -193,34 +195,61 @@ class PostcopyStorage(NbdCopy):
         self.fetch_bytes = await tx_bytes(ctx.testbed.site_a, WAN_IFACE) - sent0
         return local
 
-    async def _fetch_wancopy(self, ctx: RunContext) -> Path:
-        """A's image's own blocks, frozen since A stopped, into a fresh overlay on B's
-        base with wanmig's transport (``storage.wancopy``).  Blocks equal to the base
-        at the same offset are left out only where the local copy will sit on that
-        base (postcopy; hybrid's sits on B's disk, which differs from the base)."""
-        assert self.disks is not None
-        local = self.disks.target.with_name("pulled.qcow2")
-        await create_overlay(local, self.disks.base)
-        copy = await self._wancopy(ctx, source=self.pulled, target=local, label="fetch",
-                                   same_offset=self.stream_base == DISK_BASE_NODE)
-        self.fetch_bytes = copy.wire_bytes
-        return local
+    @property
+    def _local(self) -> Path:
+        """Where B's site keeps its fetched copy of A's image."""
+        assert self.disks is not None, "create() first"
+        return self.disks.target.with_name("pulled.qcow2")
 
-    async def _wancopy(self, ctx: RunContext, *, source: Path, target: Path, label: str,
-                       same_offset: bool) -> WanCopy:
-        """One wancopy, run to its end (both ends stopped whatever happens)."""
+    async def _prestart_fetch(self, ctx: RunContext) -> None:
+        """With wancopy: the fetch's two ends started and connected now, while the
+        migration goes on (A's image is read only once the fetch runs, after B runs),
+        so that only the copy itself is left for then.  Its copy of A's image is a
+        fresh overlay on B's base; blocks equal to the base at their offset are left
+        out only where that copy sits on that base (postcopy; hybrid's sits on B's
+        disk, which differs from the base)."""
+        if ctx.scenario.storage.transport != "wancopy":
+            return
         assert self.disks is not None
-        copy = WanCopy(ctx, source=source, target=target, base=self.disks.base,
-                       same_offset=same_offset, label=label, tls=self.copy_tls[label])
+        await create_overlay(self._local, self.disks.base)
+        self._fetch_copy = self._new_copy(ctx, source=self.pulled, target=self._local,
+                                          label="fetch",
+                                          same_offset=self.stream_base == DISK_BASE_NODE)
         try:
-            await copy.start()
+            await self._fetch_copy.start()
+        except BaseException:
+            await self._drop_fetch()
+            raise
+
+    async def _drop_fetch(self) -> None:
+        if self._fetch_copy is not None:
+            copy, self._fetch_copy = self._fetch_copy, None
+            await copy.kill()
+
+    async def _fetch_wancopy(self, ctx: RunContext) -> Path:
+        """A's image's own blocks, frozen since A stopped, into B's copy, with the
+        fetch started at the copy (``_prestart_fetch``)."""
+        assert self._fetch_copy is not None
+        copy, self._fetch_copy = self._fetch_copy, None
+        await self._run_copy(ctx, copy)
+        self.fetch_bytes = copy.wire_bytes
+        return self._local
+
+    def _new_copy(self, ctx: RunContext, *, source: Path, target: Path, label: str,
+                  same_offset: bool) -> WanCopy:
+        assert self.disks is not None
+        return WanCopy(ctx, source=source, target=target, base=self.disks.base,
+                       same_offset=same_offset, label=label, tls=self.copy_tls[label])
+
+    async def _run_copy(self, ctx: RunContext, copy: WanCopy) -> None:
+        """A started wancopy run to its end; both ends stopped whatever happens."""
+        try:
             await copy.run(ctx.scenario.storage.timeout_s,
                            moved=lambda: ctx.faults.at("storage-progress"))
             await copy.close()
         finally:
             await copy.kill()
-        self.wancopies[label] = copy.summary()
-        return copy
+        self.wancopies[copy.label] = copy.summary()
 
     async def _use_local(self, ctx: RunContext, local: Path) -> None:
         """B's copy of A's image replaces the NBD node under B's top: the stream reads
@@ -276,7 +305,13 @@ class PostcopyStorage(NbdCopy):
 
     async def rollback(self, ctx: RunContext) -> None:
         self._layered = False   # B never ran: it is fenced, its chain no longer matters
+        await self._drop_fetch()
         await self._abandon(ctx, JOB_ID, "the disk stream")
+
+    async def check(self) -> None:
+        """A fetch started but never run (the run ended before B's stream) stopped first."""
+        await self._drop_fetch()
+        await super().check()
 
     async def _count_wire(self, ctx: RunContext) -> None:
         """What B read over the pull channel, and the fetch (its connections have closed:

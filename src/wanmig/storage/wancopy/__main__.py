@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     send.add_argument("--level", type=int, default=3, help="zstd level (0: none)")
     send.add_argument("--rate", type=int, default=0, help="bytes/s (0: no limit)")
     send.add_argument("--resume-s", type=float, default=300.0)
+    send.add_argument("--wait-go", action="store_true",
+                      help="connect, then read the source only after a `go` command")
     send.add_argument("--pace", type=int, default=0,
                       help="each stream's kernel pacing rate, bytes/s (0: none)")
     send.add_argument("--no-same-offset", dest="same_offset", action="store_false",
@@ -50,7 +52,8 @@ async def _main(args: argparse.Namespace) -> int:
     if args.role == "send":
         return await sender.run(args.source, args.address, args.port, args.tls_dir,
                                 args.session, args.streams, args.level, args.rate,
-                                args.resume_s, args.same_offset, args.pace)
+                                args.resume_s, args.same_offset, args.pace,
+                                args.wait_go)
     return await receiver.run(args.target, args.base, args.address, args.port, args.tls_dir,
                               args.session, args.client_cert, args.streams)
 

@@ -108,8 +108,10 @@ class WanCopy:
         self._budgeted = False
 
     async def start(self) -> None:
-        """Both ends up: B indexed its base and listens, A fetched the index over TLS
-        (a foreign certificate fails here, before anything is copied)."""
+        """Both ends up and connected: B indexed its base and listens, A fetched the index
+        over TLS (a foreign certificate fails here, before anything is copied) and
+        waits for ``run``.  Nothing of the source is read yet, so a copy can start
+        before its source is frozen and leave only the copy itself for later."""
         ctx, addr = self.ctx, self.ctx.testbed.addr
         if not self.streams:
             self.streams = streams_for(ctx.scenario.wan.link,
@@ -126,24 +128,20 @@ class WanCopy:
             name=f"wancopy receiver ({self.label})", error=StorageError,
             registry=ctx.registry)
         await self.receiver.start(START_TIMEOUT_S)
-        await ctx.budget.start("storage", self._set_rate, apply_own=False)
-        self._budgeted = True
-        rate = ctx.budget.granted("storage") or 0
         # each stream's kernel pacing at its share of the line: a stream that never
         # sends faster than the bottleneck drains does not overflow its queue in slow
         # start (unpaced, 14-34 % of the bytes were sent again: bench storage run 8)
         pace = int(ctx.budget.line / self.streams) if ctx.budget.line else 0
         self.sender = JsonLinesChild(
             module_argv(MODULE, ["send", *common, *send_tls, "--source", str(self.source),
-                                 "--level", str(self.level), "--rate", str(rate),
-                                 "--pace", str(pace),
+                                 "--level", str(self.level), "--pace", str(pace), "--wait-go",
                                  *([] if self.same_offset else ["--no-same-offset"])],
                         netns=ctx.testbed.site_a.name, owner=owner),
             name=f"wancopy sender ({self.label})", error=StorageError, registry=ctx.registry)
         info = await self.sender.start(START_TIMEOUT_S)
-        ctx.ui.step(f"wancopy ({self.label}): {info['total'] / 1e6:.1f} MB to consider, "
-                    f"{self.streams} stream(s), zstd level {self.level}, B's base indexed "
-                    f"({info['index_blocks']} blocks){'' if self.tls else ', without TLS'}")
+        ctx.ui.step(f"wancopy ({self.label}): connected, {self.streams} stream(s), zstd "
+                    f"level {self.level}, B's base indexed ({info['index_blocks']} blocks)"
+                    f"{'' if self.tls else ', without TLS'}")
 
     async def _set_rate(self, rate: int | None) -> None:
         if self.sender is not None and self.sender.returncode is None:
@@ -151,9 +149,17 @@ class WanCopy:
 
     async def run(self, timeout_s: float,
                   moved: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
-        """Until every stream is applied and flushed at B; the sender's statistics."""
+        """The copy, from ``go`` (the source is read from then on) until every stream is
+        applied and flushed at B, within the migration's budget; the sender's
+        statistics."""
         assert self.sender is not None
-        say = ProgressSteps(self.ctx.ui.step, f"wancopy ({self.label})", moved=moved)
+        ctx = self.ctx
+        await ctx.budget.start("storage", self._set_rate, apply_own=False)
+        self._budgeted = True
+        await self._set_rate(ctx.budget.granted("storage"))
+        going = await self.sender.command("go", "going", timeout_s)
+        ctx.ui.step(f"wancopy ({self.label}): {going['total'] / 1e6:.1f} MB to consider")
+        say = ProgressSteps(ctx.ui.step, f"wancopy ({self.label})", moved=moved)
         async with asyncio.timeout(timeout_s):
             while True:
                 ev = await self.sender.next_event("progress", timeout_s)

@@ -205,6 +205,7 @@ async def run(target: Path, base: Path, listen: str, port: int, tls_dir: Path | 
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             receiver.close()
-        emit("stopped", **asdict(receiver.stats),
-             streams={i: s.applied for i, s in receiver.streams.items()})
+    # after qemu-nbd is gone: the caller may kill this process once it reads this
+    emit("stopped", **asdict(receiver.stats),
+         streams={i: s.applied for i, s in receiver.streams.items()})
     return 0

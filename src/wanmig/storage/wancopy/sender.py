@@ -117,6 +117,7 @@ class Sender:
         self.queues: list[asyncio.Queue[Item | None]] = [
             asyncio.Queue(QUEUE_BLOCKS) for _ in range(streams)]
         self.final: dict[int, dict[str, Any]] = {}
+        self.clients: list[NbdClient] = []     # the source's NBD: the producer's, each stream's
         self._open: list[asyncio.StreamWriter] = []
 
     # -- connections -------------------------------------------------------------
@@ -186,7 +187,9 @@ class Sender:
 
     # -- a stream ----------------------------------------------------------------
 
-    async def stream(self, i: int, nbd: NbdClient) -> None:
+    async def stream(self, i: int) -> None:
+        """Stream ``i``: connects at once, sends what the producer routes to it (blocks
+        it must send again are re-read through ``clients``, open by then)."""
         log: list[Item] = []        # what this stream sent, data dropped
         defined: set[bytes] = set()
         ended = False
@@ -214,7 +217,7 @@ class Sender:
                 for item in log[applied:]:          # what B lost with the last connection
                     if item.type == p.DATA:
                         item = Item(item.type, item.offset, item.length, item.digest,
-                                    await nbd.read(item.offset, item.length))
+                                    await self.clients[i + 1].read(item.offset, item.length))
                     await self._send(writer, zstd, item, ack)
                     self.stats.resent_frames += 1
                 while not ended:
@@ -310,12 +313,14 @@ async def _progress(sender: Sender) -> None:
         emit("progress", done=s.scanned_bytes, total=s.total_bytes, sent=s.frame_bytes)
 
 
-async def _commands(sender: Sender, stop: asyncio.Event) -> None:
+async def _commands(sender: Sender, go: asyncio.Event, stop: asyncio.Event) -> None:
     async for line in stdin_lines():
         verb, _, arg = line.partition(" ")
         if verb == "rate" and arg.strip().isdigit():
             sender.pacer.rate = int(arg)
             emit("rate", rate=sender.pacer.rate)
+        elif verb == "go":
+            go.set()
         elif verb == "stop":
             break
         elif line:
@@ -323,41 +328,64 @@ async def _commands(sender: Sender, stop: asyncio.Event) -> None:
     stop.set()
 
 
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
 async def run(source: Path, host: str, port: int, tls_dir: Path | None, session: str,
               streams: int, level: int, rate: int, resume_s: float, same_offset: bool,
-              pace: int) -> int:
-    extents = await top_extents(source)
+              pace: int, wait_go: bool) -> int:
+    """Connect (the index, then the streams at once), say ``ready``; with ``wait_go``,
+    wait for ``go`` -- the source may still change until then: it is read only after
+    -- then map the source, say ``going`` and copy; the last ``progress`` has the
+    statistics; ``stop`` ends it."""
     sender = Sender(host=host, port=port,
                     ssl_ctx=client_context(tls_dir) if tls_dir is not None else None,
                     session=session, streams=streams, level=level, rate=rate,
                     resume_s=resume_s, same_offset=same_offset, pace=pace)
-    sender.stats.total_bytes = sum(length for _, length, _ in extents)
-    stop = asyncio.Event()
-    commands = asyncio.create_task(_commands(sender, stop))
-    async with local_nbd(source, writable=False, clients=streams + 1) as sock:
-        clients = [await NbdClient.open(sock) for _ in range(streams + 1)]
-        # the streams connect while the index crosses (their queues fill only after it)
-        tasks = [asyncio.create_task(sender.stream(i, clients[i + 1])) for i in range(streams)]
-        progress = asyncio.create_task(_progress(sender))
-        try:
-            await sender.fetch_index()
-            emit("ready", total=sender.stats.total_bytes,
-                 index_blocks=sender.stats.index_blocks)
-            t0 = time.monotonic()
-            await asyncio.gather(sender.produce(clients[0], extents), *tasks)
-        finally:
-            progress.cancel()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for c in clients:
-                await c.close()
-        s = sender.stats
-        emit("progress", done=s.scanned_bytes, total=s.total_bytes, sent=s.frame_bytes,
-             final=True, elapsed_s=round(time.monotonic() - t0, 3), **asdict(s),
-             receiver=sender.final)
-        await stop.wait()     # the caller counts the bytes on the open connections first
+    go, stop = asyncio.Event(), asyncio.Event()
+    if not wait_go:
+        go.set()
+    commands = asyncio.create_task(_commands(sender, go, stop))
+    # the streams connect while the index crosses (their queues fill only after it)
+    tasks = [asyncio.create_task(sender.stream(i)) for i in range(streams)]
+    try:
+        await sender.fetch_index()
+        emit("ready", index_blocks=sender.stats.index_blocks)
+        await _first(go, stop)
+        if go.is_set():
+            await _copy(sender, source, tasks)
+            await stop.wait()     # the caller counts the bytes on the open connections first
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await sender.close()
     commands.cancel()
     emit("stopped")
     return 0
+
+
+async def _copy(sender: Sender, source: Path, tasks: list[asyncio.Task[None]]) -> None:
+    extents = await top_extents(source)
+    s = sender.stats
+    s.total_bytes = sum(length for _, length, _ in extents)
+    emit("going", total=s.total_bytes)
+    async with local_nbd(source, writable=False, clients=sender.n_streams + 1) as sock:
+        sender.clients = [await NbdClient.open(sock) for _ in range(sender.n_streams + 1)]
+        progress = asyncio.create_task(_progress(sender))
+        t0 = time.monotonic()
+        try:
+            await asyncio.gather(sender.produce(sender.clients[0], extents), *tasks)
+        finally:
+            progress.cancel()
+            for c in sender.clients:
+                await c.close()
+    emit("progress", done=s.scanned_bytes, total=s.total_bytes, sent=s.frame_bytes,
+         final=True, elapsed_s=round(time.monotonic() - t0, 3), **asdict(s),
+         receiver=sender.final)
