@@ -30,13 +30,14 @@ filesystem check and the guest's log remain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..context import RunContext
-from ..errors import StorageError
+from ..errors import StorageError, WanmigError
 from ..qemu.process import DISK_BASE_NODE, DISK_FILE_NODE, DISK_NODE
 from .disk import LocalDisks, create_overlay, disk_facts
 from .jobs import ProgressSteps, budgeted, wait_concluded
@@ -98,6 +99,7 @@ class PostcopyStorage(NbdCopy):
         self.layer_steps_ms: dict[str, float] = {}
         self.copy_tls: dict[str, CopyTls] = {}
         self._fetch_copy: WanCopy | None = None
+        self._fetch_started: asyncio.Task[None] | None = None
 
     @property
     def pulled(self) -> Path:
@@ -202,9 +204,9 @@ class PostcopyStorage(NbdCopy):
         return self.disks.target.with_name("pulled.qcow2")
 
     async def _prestart_fetch(self, ctx: RunContext) -> None:
-        """With wancopy: the fetch's two ends started and connected now, while the
-        migration goes on (A's image is read only once the fetch runs, after B runs),
-        so that only the copy itself is left for then.  Its copy of A's image is a
+        """With wancopy: the fetch's two ends start and connect in the background while
+        the migration goes on (A's image is read only once the fetch runs, after B
+        runs), so that only the copy itself is left for then.  Its copy of A's image is a
         fresh overlay on B's base; blocks equal to the base at their offset are left
         out only where that copy sits on that base (postcopy; hybrid's sits on B's
         disk, which differs from the base)."""
@@ -215,13 +217,16 @@ class PostcopyStorage(NbdCopy):
         self._fetch_copy = self._new_copy(ctx, source=self.pulled, target=self._local,
                                           label="fetch",
                                           same_offset=self.stream_base == DISK_BASE_NODE)
-        try:
-            await self._fetch_copy.start()
-        except BaseException:
-            await self._drop_fetch()
-            raise
+        # in the background: the migration does not wait for the fetch's processes
+        self._fetch_started = asyncio.create_task(self._fetch_copy.start())
 
     async def _drop_fetch(self) -> None:
+        """A fetch started but not run: its start cancelled, both ends killed."""
+        task, self._fetch_started = self._fetch_started, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WanmigError):
+                await task
         if self._fetch_copy is not None:
             copy, self._fetch_copy = self._fetch_copy, None
             await copy.kill()
@@ -229,8 +234,14 @@ class PostcopyStorage(NbdCopy):
     async def _fetch_wancopy(self, ctx: RunContext) -> Path:
         """A's image's own blocks, frozen since A stopped, into B's copy, with the
         fetch started at the copy (``_prestart_fetch``)."""
-        assert self._fetch_copy is not None
-        copy, self._fetch_copy = self._fetch_copy, None
+        assert self._fetch_copy is not None and self._fetch_started is not None
+        copy, started = self._fetch_copy, self._fetch_started
+        self._fetch_copy = self._fetch_started = None
+        try:
+            await started
+        except BaseException:
+            await copy.kill()
+            raise
         await self._run_copy(ctx, copy)
         self.fetch_bytes = copy.wire_bytes
         return self._local
