@@ -105,6 +105,16 @@ def strip_event(event: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in event.items() if k != "event"}
 
 
+def emit(event: str, **fields: Any) -> None:
+    """In a child: one JSON event on stdout (what ``JsonLinesChild`` reads).  A closed
+    pipe is not an error: the controller went away, nothing is left to tell."""
+    try:
+        sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+
+
 # ----------------------------------------------------------------- command lines
 
 def module_argv(module: str, args: Sequence[str] = (), *, python: str = sys.executable,

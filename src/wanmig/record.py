@@ -126,6 +126,7 @@ class StorageResult(_Model):
     streamed_bytes: int | None = None
     fetch_ms: float | None = None            # ... ``storage.fetch``: A's image fetched whole
     fetch_bytes: int | None = None           # ... and what that put on A's WAN interface
+    fetch_skipped: str | None = None         # ... why a fetch asked for did not run
     bulk_bytes: int | None = None            # hybrid: A's writes before the copy, sent in bulk
     #: auto: the strategy it ran, why, what it measured and predicted (``model.storage``).
     chosen: str | None = None

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..children import run_command
 from ..errors import StorageError
@@ -100,15 +101,19 @@ class DiskFacts:
                 "zero_bytes": self.zero_bytes, "overlay_bytes": self.top_bytes}
 
 
-async def disk_facts(path: Path) -> DiskFacts:
-    """``qemu-img map`` of ``path``: allocated, zero and top-layer bytes."""
+async def image_map(path: Path) -> list[dict[str, Any]]:
+    """``qemu-img map -U --output=json`` of ``path``: its extents, whole chain."""
     _, out = await qemu_img("map", "-U", "--output=json", str(path), what=f"mapping {path.name}")
     try:
-        extents = json.loads(out)
-    except json.JSONDecodeError as exc:
+        return list(json.loads(out))
+    except (json.JSONDecodeError, TypeError) as exc:
         raise StorageError(f"qemu-img map of {path.name} gave no JSON", cause=exc) from exc
+
+
+async def disk_facts(path: Path) -> DiskFacts:
+    """What ``path`` holds (``image_map``): allocated, zero and top-layer bytes."""
     virtual = allocated = zero = top = 0
-    for e in extents:
+    for e in await image_map(path):
         length = int(e["length"])
         virtual = max(virtual, int(e["start"]) + length)
         if e.get("zero"):

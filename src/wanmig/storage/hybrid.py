@@ -68,7 +68,6 @@ class HybridStorage(PostcopyStorage):
                            "frozen overlay), the rest read by B over NBD, then block-stream")
     stream_top: ClassVar[str] = TOP_NODE
     stream_base: ClassVar[str] = DISK_NODE
-    wancopy_labels: ClassVar[tuple[str, ...]] = ("bulk", "fetch")
 
     def __init__(self) -> None:
         super().__init__()
@@ -159,11 +158,7 @@ class HybridStorage(PostcopyStorage):
         assert self.disks is not None
         copy = self._new_copy(ctx, source=self.disks.source, target=self.disks.target,
                               label="bulk", same_offset=True)
-        try:
-            await copy.start()
-        except BaseException:
-            await copy.kill()
-            raise
+        await copy.start()
         await self._run_copy(ctx, copy)
         self._bulk_wire = copy.wire_bytes or 0
         return int(copy.result.get("total_bytes", 0))

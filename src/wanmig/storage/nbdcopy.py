@@ -178,13 +178,6 @@ class NbdCopy(StoragePart):
         self.io = {**diskio_from_lines(lines[:self._io_from]).summary("guest_io_before"),
                    **diskio_from_lines(lines[self._io_from:]).summary("guest_io")}
 
-    async def _count_wire(self, ctx: RunContext) -> None:
-        """The NBD channel's bytes so far, as site A sent them (read before it closes)."""
-        addr = ctx.testbed.addr
-        self.wire_bytes = await nbd.bytes_sent(
-            ctx.testbed, ("dst", addr.site_b_ip, "dport", "=", str(addr.nbd_port))
-            if self.server_site == "b" else ("sport", "=", str(addr.nbd_port)))
-
     async def _in_sync(self, ctx: RunContext) -> None:
         """The disk is in sync at B: note when, count the channel's bytes, close it."""
         self.ended = time.monotonic()

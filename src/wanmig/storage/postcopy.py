@@ -84,8 +84,6 @@ class PostcopyStorage(NbdCopy):
     #: The node B streams into, and the node below what it streams (the chain's end).
     stream_top: ClassVar[str] = DISK_NODE
     stream_base: ClassVar[str] = DISK_BASE_NODE
-    #: The wancopies this strategy makes (``storage.transport = "wancopy"``).
-    wancopy_labels: ClassVar[tuple[str, ...]] = ("fetch",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -94,10 +92,11 @@ class PostcopyStorage(NbdCopy):
         self.streamed_bytes: int | None = None
         self.fetch_ms: float | None = None
         self.fetch_bytes: int | None = None
+        self.fetch_skipped: str | None = None
         self._exported_size: int | None = None
         self.layer_ms: float | None = None
         self.layer_steps_ms: dict[str, float] = {}
-        self.copy_tls: dict[str, CopyTls] = {}
+        self.copy_tls: CopyTls | None = None     # ``transport = "wancopy"``
         self._fetch_copy: WanCopy | None = None
         self._fetch_started: asyncio.Task[None] | None = None
 
@@ -125,8 +124,7 @@ class PostcopyStorage(NbdCopy):
         wancopy, its copies' certificates are issued now too."""
         await self._open_pull(ctx, self.pulled, self.tls)
         if ctx.scenario.storage.transport == "wancopy":
-            self.copy_tls = {label: await issue_tls(ctx, label)
-                             for label in self.wancopy_labels}
+            self.copy_tls = await issue_tls(ctx)
 
     async def copy(self, ctx: RunContext) -> None:
         self.started = time.monotonic()
@@ -237,20 +235,16 @@ class PostcopyStorage(NbdCopy):
         assert self._fetch_copy is not None and self._fetch_started is not None
         copy, started = self._fetch_copy, self._fetch_started
         self._fetch_copy = self._fetch_started = None
-        try:
-            await started
-        except BaseException:
-            await copy.kill()
-            raise
+        await started      # a start that failed has killed both ends
         await self._run_copy(ctx, copy)
         self.fetch_bytes = copy.wire_bytes
         return self._local
 
     def _new_copy(self, ctx: RunContext, *, source: Path, target: Path, label: str,
                   same_offset: bool) -> WanCopy:
-        assert self.disks is not None
+        assert self.disks is not None and self.copy_tls is not None
         return WanCopy(ctx, source=source, target=target, base=self.disks.base,
-                       same_offset=same_offset, label=label, tls=self.copy_tls[label])
+                       same_offset=same_offset, label=label, tls=self.copy_tls)
 
     async def _run_copy(self, ctx: RunContext, copy: WanCopy) -> None:
         """A started wancopy run to its end; both ends stopped whatever happens."""
@@ -282,10 +276,14 @@ class PostcopyStorage(NbdCopy):
         local = None
         if spec.transport == "wancopy":
             local = await self._fetch_wancopy(ctx)
-        # nbdcopy takes no rate: under a budget below the link the stream reads over NBD
-        # at the job's speed instead
         elif spec.fetch and ctx.budget.rate >= ctx.budget.line:
             local = await self._fetch(ctx)
+        elif spec.fetch:
+            # nbdcopy takes no rate: under a budget below the link the stream reads over
+            # NBD at the job's speed instead -- said, not done silently
+            self.fetch_skipped = (f"budget {ctx.budget.mbit:g} Mbit/s is below the link "
+                                  "and nbdcopy takes no rate: streamed over NBD instead")
+            ctx.ui.step(f"{self.name}: no fetch: {self.fetch_skipped}")
         if local is not None:
             self.fetch_ms = round((time.monotonic() - t0) * 1000, 1)
             await self._use_local(ctx, local)
@@ -333,5 +331,6 @@ class PostcopyStorage(NbdCopy):
     def extra_record(self) -> dict[str, Any]:
         return {"stream_ms": self.stream_ms, "streamed_bytes": self.streamed_bytes,
                 "fetch_ms": self.fetch_ms, "fetch_bytes": self.fetch_bytes,
+                "fetch_skipped": self.fetch_skipped,
                 "layer_ms": self.layer_ms,
                 "layer_steps_ms": self.layer_steps_ms or None}

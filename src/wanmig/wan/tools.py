@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import os
 import select
 import signal
@@ -51,6 +50,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from ..children import emit
 from ..probe.probes import _next_slot
 from ..probe.stats import percentile
 from ..realtime import set_realtime, set_timer_slack
@@ -174,14 +174,6 @@ class _Stop(Exception):
     """SIGTERM/SIGINT: end the mode and print what was measured."""
 
 
-def _emit(event: str, **fields: Any) -> None:
-    try:
-        sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
-        sys.stdout.flush()
-    except (BrokenPipeError, ValueError):
-        pass  # the controller went away; nothing left to tell
-
-
 class _Control:
     """A server's stdin: ``stop`` or EOF ends it.  ``fd`` goes into select()."""
 
@@ -278,7 +270,7 @@ def udp_echo(args: argparse.Namespace) -> dict[str, Any]:
     sock = _udp_socket(args.port)
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     control = _Control()
-    _emit("ready", port=args.port, realtime=realtime, pid=os.getpid())
+    emit("ready", port=args.port, realtime=realtime, pid=os.getpid())
     buf = bytearray(2048)
     bufs, view = [buf], memoryview(buf)
     pack_into = ECHO_STAMPS.pack_into
@@ -499,7 +491,7 @@ def udp_sink(args: argparse.Namespace) -> dict[str, Any]:
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
     control = _Control()
-    _emit("ready", port=args.port, pid=os.getpid())
+    emit("ready", port=args.port, pid=os.getpid())
     buf = bytearray(65536)
     bufs = [buf]
     unpack = BLAST.unpack_from
@@ -610,7 +602,7 @@ def tcp_sink(args: argparse.Namespace) -> dict[str, Any]:
     srv.bind(("0.0.0.0", args.port))
     srv.listen(1)
     control = _Control()
-    _emit("ready", port=args.port, rcvbuf=rcvbuf, pid=os.getpid())
+    emit("ready", port=args.port, rcvbuf=rcvbuf, pid=os.getpid())
     conn = None
     try:
         while conn is None:
@@ -798,12 +790,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = MODES[args.mode](args)
     except _Stop:
-        _emit("error", message=f"{args.mode}: stopped before it had a result")
+        emit("error", message=f"{args.mode}: stopped before it had a result")
         return 1
     except Exception as exc:  # one line for the controller, not a traceback
-        _emit("error", message=f"{args.mode}: {type(exc).__name__}: {exc}")
+        emit("error", message=f"{args.mode}: {type(exc).__name__}: {exc}")
         return 1
-    _emit("result", mode=args.mode, **result)
+    emit("result", mode=args.mode, **result)
     return 0
 
 

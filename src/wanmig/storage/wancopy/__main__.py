@@ -7,9 +7,9 @@ import asyncio
 import sys
 from pathlib import Path
 
+from ...children import emit
 from ...errors import WanmigError
 from . import receiver, sender
-from .endpoint import emit
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

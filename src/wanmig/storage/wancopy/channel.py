@@ -72,16 +72,17 @@ class CopyTls:
     receive: tuple[str, ...] = ()
 
 
-async def issue_tls(ctx: RunContext, label: str) -> CopyTls:
-    """Certificates for the copy ``label`` from the deployment CA, made at prepare (as
-    QEMU's channels' are), so that issuing them is not part of the copy's time."""
+async def issue_tls(ctx: RunContext) -> CopyTls:
+    """Certificates for this migration's wancopies from the deployment CA, made at
+    prepare (as QEMU's channels' are), so that issuing them is not part of a copy's
+    time; every copy of the run is A to B, so they share them."""
     if not ctx.scenario.memory.tls:
         return CopyTls()
     ca = await asyncio.to_thread(DeploymentCa.load_or_create, ctx.pki_dir)
     foreign = ctx.scenario.fault.destination_cert == "foreign-ca"
     material = await asyncio.to_thread(
-        MigrationTls.create, ctx.run_dir / f"tls-{label}", ca, ctx.testbed.addr.site_b_ip,
-        rogue=foreign, source_name=f"wanmig-source-{ctx.registry.run_id}-{label}")
+        MigrationTls.create, ctx.run_dir / "tls-wancopy", ca, ctx.testbed.addr.site_b_ip,
+        rogue=foreign, source_name=f"wanmig-source-{ctx.registry.run_id}-wancopy")
     client_cert = await asyncio.to_thread(cert_fingerprint,
                                           material.source_dir / "client-cert.pem")
     return CopyTls(send=("--tls-dir", str(material.source_dir)),
@@ -99,7 +100,6 @@ class WanCopy:
         spec = ctx.scenario.storage
         self.streams = spec.streams   # 0: chosen at start (streams_for)
         self.level = spec.compress_level
-        self.tls = bool(tls.send)
         self.receiver: JsonLinesChild | None = None
         self.sender: JsonLinesChild | None = None
         self.result: dict[str, Any] = {}
@@ -111,7 +111,15 @@ class WanCopy:
         """Both ends up and connected: B indexed its base and listens, A fetched the index
         over TLS (a foreign certificate fails here, before anything is copied) and
         waits for ``run``.  Nothing of the source is read yet, so a copy can start
-        before its source is frozen and leave only the copy itself for later."""
+        before its source is frozen and leave only the copy itself for later.  Both
+        ends are killed if this fails or is cancelled."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.kill()
+            raise
+
+    async def _start(self) -> None:
         ctx, addr = self.ctx, self.ctx.testbed.addr
         if not self.streams:
             self.streams = streams_for(ctx.scenario.wan.link,
@@ -141,7 +149,7 @@ class WanCopy:
         info = await self.sender.start(START_TIMEOUT_S)
         ctx.ui.step(f"wancopy ({self.label}): connected, {self.streams} stream(s), zstd "
                     f"level {self.level}, B's base indexed ({info['index_blocks']} blocks)"
-                    f"{'' if self.tls else ', without TLS'}")
+                    f"{'' if self.copy_tls.send else ', without TLS'}")
 
     async def _set_rate(self, rate: int | None) -> None:
         if self.sender is not None and self.sender.returncode is None:

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import ctypes
 import hashlib
-import json
 import signal
 import ssl
 import sys
@@ -21,18 +20,11 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from ...errors import StorageError
-from ..nbdclient import NbdClient
 
 QEMU_NBD_START_S = 15.0
 PR_SET_PDEATHSIG = 1
-
-
-def emit(event: str, **fields: Any) -> None:
-    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
-    sys.stdout.flush()
 
 
 def _die_with_parent() -> None:

@@ -18,10 +18,12 @@ from typing import Any
 
 import zstandard
 
+from ...children import emit
 from ...errors import StorageError
+from ..disk import disk_facts
 from ..nbdclient import NbdClient
 from . import protocol as p
-from .endpoint import emit, local_nbd, peer_fingerprint, server_context, stdin_lines
+from .endpoint import local_nbd, peer_fingerprint, server_context, stdin_lines
 from .index import load_or_scan
 
 #: An ACK after this many applied frames (and at the end).
@@ -174,7 +176,6 @@ class Receiver:
 async def _check_fresh(target: Path) -> None:
     """The target must hold nothing of its own: the skipped same-as-base blocks rely on
     reading through to the base."""
-    from ..disk import disk_facts
     facts = await disk_facts(target)
     if facts.top_bytes:
         raise StorageError(f"wancopy: the target {target} already holds "

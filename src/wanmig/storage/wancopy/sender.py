@@ -21,7 +21,6 @@ One token bucket paces all streams (``rate``, bytes/s, changed with the
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import ssl
 import time
@@ -31,11 +30,12 @@ from typing import Any
 
 import zstandard
 
-from ...children import run_command
+from ...children import emit
 from ...errors import StorageError
+from ..disk import image_map
 from ..nbdclient import NbdClient
 from . import protocol as p
-from .endpoint import client_context, emit, local_nbd, stdin_lines
+from .endpoint import client_context, local_nbd, stdin_lines
 from .index import ZERO_BLOCK, digest
 
 #: A read from the source: this many bytes at a time.
@@ -95,10 +95,8 @@ class Pacer:
 
 async def top_extents(image: Path) -> list[tuple[int, int, bool]]:
     """(start, length, zero) of what ``image`` itself holds (depth 0 of its chain)."""
-    done = await run_command(("qemu-img", "map", "-U", "--output=json", str(image)),
-                             timeout=300, error=StorageError, what=f"mapping {image.name}")
     return [(int(e["start"]), int(e["length"]), bool(e.get("zero")))
-            for e in json.loads(done.out)
+            for e in await image_map(image)
             if int(e.get("depth", 0)) == 0 and (e.get("data") or e.get("zero"))
             and e.get("present", True)]
 
