@@ -50,13 +50,7 @@ async def local_nbd(image: Path, *, writable: bool, clients: int) -> AsyncIterat
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent)
         try:
-            deadline = time.monotonic() + QEMU_NBD_START_S
-            while not sock.exists():
-                if proc.returncode is not None or time.monotonic() > deadline:
-                    err = (await proc.stderr.read()).decode(errors="replace").strip() \
-                        if proc.stderr and proc.returncode is not None else "no socket"
-                    raise StorageError(f"qemu-nbd on {image} did not start: {err[-300:]}")
-                await asyncio.sleep(0.02)
+            await _accepting(proc, sock, image)
             yield sock
         finally:
             if proc.returncode is None:
@@ -67,6 +61,30 @@ async def local_nbd(image: Path, *, writable: bool, clients: int) -> AsyncIterat
                     proc.kill()
                     await proc.wait()
 
+
+
+async def _accepting(proc: asyncio.subprocess.Process, sock: Path, image: Path) -> None:
+    """Until ``qemu-nbd`` accepts on ``sock``: the socket's file appears at bind(), a
+    moment before listen(), and a connect in between is refused (seen once in CI on a
+    loaded machine), so readiness is a connection that succeeds."""
+    deadline = time.monotonic() + QEMU_NBD_START_S
+    while True:
+        if proc.returncode is not None:
+            err = (await proc.stderr.read()).decode(errors="replace").strip() \
+                if proc.stderr else ""
+            raise StorageError(f"qemu-nbd on {image} exited ({proc.returncode}) before "
+                               f"serving: {err[-300:]}")
+        try:
+            _, writer = await asyncio.open_unix_connection(str(sock))
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() > deadline:
+                raise StorageError(f"qemu-nbd on {image} did not accept on {sock} within "
+                                   f"{QEMU_NBD_START_S:.0f} s") from None
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
 
 
 def server_context(tls_dir: Path) -> ssl.SSLContext:
