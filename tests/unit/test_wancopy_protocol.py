@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from wanmig.storage.wancopy import protocol as p
 from wanmig.storage.wancopy.channel import streams_for
+from wanmig.storage.wancopy.warmstart import DEFAULT_INITCWND, MAX_INITCWND, initial_window
 from wanmig.wan.profiles import PROFILES
 
 TARGET = 64 * 2**20
@@ -89,3 +90,13 @@ def test_streams_follow_the_bandwidth_delay_product_and_loss() -> None:
     # 0.5 % loss at 80 ms holds one cubic stream to a few Mbit/s (Mathis): more streams
     assert streams_for(PROFILES["lossy"], window) > 1
     assert streams_for(None, window) == 1
+
+
+def test_the_initial_window_is_a_streams_share_of_the_bdp() -> None:
+    # continental: 100 Mbit/s x 50 ms = 625 kB, 432 segments of 1448 bytes
+    assert initial_window(100e6, 50, 1) == 432
+    assert initial_window(100e6, 50, 2) == 216
+    # never below Linux's own, never above the cap; unknown rate: Linux's own
+    assert initial_window(1e6, 1, 1) == DEFAULT_INITCWND
+    assert initial_window(10e9, 250, 1) == MAX_INITCWND
+    assert initial_window(None, 50, 1) == DEFAULT_INITCWND

@@ -26,6 +26,7 @@ from ...wan.profiles import LinkProfile
 from ..jobs import JobStatus, ProgressSteps
 from ..nbd import ss_counter
 from .endpoint import cert_fingerprint
+from .warmstart import WarmStart, initial_window
 
 if TYPE_CHECKING:
     from ...context import RunContext
@@ -106,6 +107,7 @@ class WanCopy:
         self.wire_bytes: int | None = None
         self.retransmitted: int | None = None
         self._budgeted = False
+        self.warm: WarmStart | None = None
 
     async def start(self) -> None:
         """Both ends up and connected: B indexed its base and listens, A fetched the index
@@ -138,8 +140,14 @@ class WanCopy:
         await self.receiver.start(START_TIMEOUT_S)
         # each stream's kernel pacing at its share of the line: a stream that never
         # sends faster than the bottleneck drains does not overflow its queue in slow
-        # start (unpaced, 14-34 % of the bytes were sent again: bench storage run 8)
+        # start (unpaced, 14-34 % of the bytes were sent again: bench storage run 8);
+        # paced, it may start at its share of the path's BDP (warmstart.py)
         pace = int(ctx.budget.line / self.streams) if ctx.budget.line else 0
+        if pace:
+            self.warm = WarmStart(ctx.testbed.site_a, addr.site_b_ip, addr.wancopy_port,
+                                  initial_window(ctx.budget.line * 8, ctx.link.rtt_ms,
+                                                 self.streams))
+            await self.warm.add()
         self.sender = JsonLinesChild(
             module_argv(MODULE, ["send", *common, *send_tls, "--source", str(self.source),
                                  "--level", str(self.level), "--pace", str(pace), "--wait-go",
@@ -201,12 +209,15 @@ class WanCopy:
         if self._budgeted:
             self._budgeted = False
             await self.ctx.budget.stop("storage")
+        if self.warm is not None:
+            await self.warm.remove()
 
     def summary(self) -> dict[str, Any]:
         """The record's view: what was skipped and why, the compression, the streams."""
         r = self.result
         data, wire = r.get("data_bytes", 0), r.get("data_wire_bytes", 0)
         return {"streams": self.streams, "compress_level": self.level,
+                "initcwnd": self.warm.segments if self.warm else None,
                 "wire_bytes": self.wire_bytes, "frame_bytes": r.get("frame_bytes"),
                 "retransmitted_bytes": self.retransmitted, "elapsed_s": r.get("elapsed_s"),
                 "image_bytes": r.get("total_bytes"), "data_bytes": data,
