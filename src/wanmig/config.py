@@ -176,7 +176,7 @@ class StorageSpec(_Strict):
     dest_running_within_s: float | None = Field(None, gt=0)
     fetch: bool = False
     transport: StorageTransport = "qemu"
-    compress_level: int = Field(3, ge=0, le=19)
+    compress_level: int = Field(1, ge=0, le=19)
     streams: int = Field(0, ge=0, le=16)
 
     @model_validator(mode="after")

@@ -81,7 +81,7 @@ def test_local_disk_settings_are_accepted() -> None:
     assert app.vm.root == "debian" and app.vm.workload == "app"
     own = parse_scenario({"storage": {"strategy": "postcopy", "transport": "wancopy"}})
     assert (own.storage.transport, own.storage.streams, own.storage.compress_level) == (
-        "wancopy", 0, 3)
+        "wancopy", 0, 1)
 
 
 def test_cli_options_override_the_file(tmp_path: Path) -> None:

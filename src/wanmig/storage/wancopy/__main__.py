@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="the endpoint's certificates (none: plain TCP)")
     send, receive = sub.choices["send"], sub.choices["receive"]
     send.add_argument("--source", type=Path, required=True)
-    send.add_argument("--level", type=int, default=3, help="zstd level (0: none)")
+    send.add_argument("--level", type=int, default=1, help="zstd level (0: none)")
     send.add_argument("--rate", type=int, default=0, help="bytes/s (0: no limit)")
     send.add_argument("--resume-s", type=float, default=300.0)
     send.add_argument("--wait-go", action="store_true",
