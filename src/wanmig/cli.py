@@ -164,7 +164,8 @@ StorageOption = Annotated[Optional[str], typer.Option(
     "--storage", help=f"Storage strategy: {STORAGE.help()}.")]
 TransportOption = Annotated[Optional[str], typer.Option(
     "--transport", help="What carries a frozen disk image (hybrid's bulk, the postcopy/"
-                        "hybrid fetch): qemu (NBD) or wancopy (zstd, dedup, TLS streams).")]
+                        "hybrid fetch): wancopy (zstd, dedup, TLS streams), qemu (NBD) or auto "
+                        "(wancopy for postcopy and hybrid, the default).")]
 
 
 def _overrides(wan: str | None, strategy: str | None, workload: str | None,

@@ -48,7 +48,9 @@ def _part_name(table: PartTable) -> Any:
 
 MemoryStrategy = _part_name(MEMORY)
 StorageStrategy = _part_name(STORAGE)
-StorageTransport = Literal["qemu", "wancopy"]
+StorageTransport = Literal["auto", "qemu", "wancopy"]
+#: The strategies whose frozen images wancopy carries.
+WANCOPY_STRATEGIES = ("postcopy", "hybrid")
 NetworkMode = _part_name(NETWORK)
 
 
@@ -161,7 +163,9 @@ class StorageSpec(_Strict):
 
     ``transport``: what carries a whole frozen image across -- ``hybrid``'s
     bulk and the fetch of ``postcopy``/``hybrid`` (``wancopy`` implies the
-    fetch).  ``qemu`` is QEMU's NBD (``blockdev-backup``, ``nbdcopy``);
+    fetch).  ``auto`` (the default): wancopy for ``postcopy`` and ``hybrid``,
+    QEMU's NBD for the rest (``auto``'s model predicts QEMU's transport, so its
+    choice runs on it).  ``qemu`` is QEMU's NBD (``blockdev-backup``, ``nbdcopy``);
     ``wancopy`` is wanmig's own (``storage.wancopy``): zero blocks as ranges,
     blocks B's base holds by reference, the rest zstd at ``compress_level``
     (0: none), over ``streams`` TLS connections (0: as many as the link's
@@ -175,19 +179,25 @@ class StorageSpec(_Strict):
     survey_s: float = Field(2.0, gt=0, le=60)
     dest_running_within_s: float | None = Field(None, gt=0)
     fetch: bool = False
-    transport: StorageTransport = "qemu"
+    transport: StorageTransport = "auto"
     compress_level: int = Field(1, ge=0, le=19)
     streams: int = Field(0, ge=0, le=16)
 
     @model_validator(mode="after")
     def _transport_fits(self) -> StorageSpec:
-        if self.transport == "wancopy" and self.strategy not in ("postcopy", "hybrid"):
+        if self.transport == "wancopy" and self.strategy not in WANCOPY_STRATEGIES:
             raise ValueError(
                 f"storage.transport = \"wancopy\" is not implemented for {self.strategy}: "
                 "wancopy copies frozen images (hybrid's bulk, the postcopy/hybrid fetch); "
                 "mirror and precopy copy a disk the guest keeps writing over QEMU's NBD, "
                 "and auto's model predicts QEMU's transport")
         return self
+
+    @property
+    def wancopy(self) -> bool:
+        """Whether wancopy carries this run's frozen images (``transport``, resolved)."""
+        return self.transport == "wancopy" or (self.transport == "auto"
+                                               and self.strategy in WANCOPY_STRATEGIES)
 
 
 class BudgetSpec(_Strict):

@@ -151,8 +151,9 @@ async def test_precopy_resumes_where_it_stopped_after_a_link_outage(
 
 async def test_postcopy_runs_b_at_once_and_streams_the_overlay_after(
         leaves_nothing_behind) -> None:
-    # fetch: A's image crosses whole with nbdcopy, then the stream is local
-    rec = await _run("postcopy-disk", {"strategy": "postcopy", "fetch": True},
+    # QEMU's transport, fetch: A's image crosses whole with nbdcopy, then the stream is local
+    rec = await _run("postcopy-disk", {"strategy": "postcopy", "fetch": True,
+                                       "transport": "qemu"},
                      vm={**SMALL_VM, "disk_write_mbps": 1.0, "disk_write_mib": 16})
 
     _streamed_disk_intact(rec, "postcopy")
@@ -174,7 +175,7 @@ async def test_postcopy_runs_b_at_once_and_streams_the_overlay_after(
 
 async def test_hybrid_sends_the_bulk_first_and_leaves_only_later_writes_to_b(
         leaves_nothing_behind) -> None:
-    rec = await _run("hybrid-disk", {"strategy": "hybrid"},
+    rec = await _run("hybrid-disk", {"strategy": "hybrid", "transport": "qemu"},
                      vm={**SMALL_VM, "disk_write_mbps": 1.0, "disk_write_mib": 16})
 
     _streamed_disk_intact(rec, "hybrid")
@@ -313,6 +314,7 @@ async def test_the_debian_guest_runs_its_app_and_its_orders_cross_with_the_disk(
     i = rec.integrity
     assert i.ok and i.guest_log_gaps == 0 and i.disk_fsck_clean is True, i.disk_fsck_problems
     s = rec.storage
+    assert s.transport == "wancopy"            # hybrid's default transport
     # the overlay holds what the Debian guest wrote (Redis's file, nginx's log, ...)
     assert s.disk and s.disk["overlay_bytes"] > 0 and s.bulk_bytes
     # Redis kept the orders on the disk that moved: numbered from 1, none missing up

@@ -82,6 +82,13 @@ def test_local_disk_settings_are_accepted() -> None:
     own = parse_scenario({"storage": {"strategy": "postcopy", "transport": "wancopy"}})
     assert (own.storage.transport, own.storage.streams, own.storage.compress_level) == (
         "wancopy", 0, 1)
+    # by default wancopy carries postcopy's and hybrid's frozen images, QEMU's NBD the rest
+    for strategy, wancopy in (("postcopy", True), ("hybrid", True), ("mirror", False),
+                              ("precopy", False), ("auto", False), ("shared", False)):
+        spec = parse_scenario({"storage": {"strategy": strategy}}).storage
+        assert (spec.transport, spec.wancopy) == ("auto", wancopy), strategy
+    qemu = parse_scenario({"storage": {"strategy": "hybrid", "transport": "qemu"}}).storage
+    assert not qemu.wancopy
 
 
 def test_cli_options_override_the_file(tmp_path: Path) -> None:

@@ -46,8 +46,9 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "mirror": {"strategy": "mirror"},
     "mirror-sync": {"strategy": "mirror", "synchronous_writes": True},
     "precopy": {"strategy": "precopy"},
-    "postcopy": {"strategy": "postcopy"},
-    "hybrid": {"strategy": "hybrid"},
+    # QEMU's transport for their frozen images (NBD, nbdcopy), beside wancopy's below
+    "postcopy": {"strategy": "postcopy", "transport": "qemu"},
+    "hybrid": {"strategy": "hybrid", "transport": "qemu"},
     "auto": {"strategy": "auto"},
     # wanmig's own transport (zero ranges, dedup against B's base, zstd, TLS streams)
     # for the frozen images: hybrid's bulk, the postcopy/hybrid fetch

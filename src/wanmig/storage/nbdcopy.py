@@ -292,7 +292,8 @@ class NbdCopy(StoragePart):
             data, wire = data + copy["data_bytes"], wire + copy["data_wire_bytes"]
         return {"zero_bytes_skipped": zero, "dedup_bytes_skipped": dedup,
                 "compress_ratio": round(data / wire, 3) if wire else 1.0,
-                "transport": self.ctx.scenario.storage.transport if self.ctx else None,
+                "transport": (None if self.ctx is None else
+                              "wancopy" if self.ctx.scenario.storage.wancopy else "qemu"),
                 "wancopy": self.wancopies or None}
 
     def record(self) -> dict[str, Any]:
