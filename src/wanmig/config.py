@@ -163,9 +163,8 @@ class StorageSpec(_Strict):
 
     ``transport``: what carries a whole frozen image across -- ``hybrid``'s
     bulk and the fetch of ``postcopy``/``hybrid`` (``wancopy`` implies the
-    fetch).  ``auto`` (the default): wancopy for ``postcopy`` and ``hybrid``,
-    QEMU's NBD for the rest (``auto``'s model predicts QEMU's transport, so its
-    choice runs on it).  ``qemu`` is QEMU's NBD (``blockdev-backup``, ``nbdcopy``);
+    fetch).  ``auto`` (the default): wancopy for ``postcopy`` and ``hybrid``
+    (also where ``auto`` chose them), QEMU's NBD for the rest.  ``qemu`` is QEMU's NBD (``blockdev-backup``, ``nbdcopy``);
     ``wancopy`` is wanmig's own (``storage.wancopy``): zero blocks as ranges,
     blocks B's base holds by reference, the rest zstd at ``compress_level``
     (0: none), over ``streams`` TLS connections (0: as many as the link's
@@ -189,15 +188,15 @@ class StorageSpec(_Strict):
             raise ValueError(
                 f"storage.transport = \"wancopy\" is not implemented for {self.strategy}: "
                 "wancopy copies frozen images (hybrid's bulk, the postcopy/hybrid fetch); "
-                "mirror and precopy copy a disk the guest keeps writing over QEMU's NBD, "
-                "and auto's model predicts QEMU's transport")
+                "mirror and precopy copy a disk the guest keeps writing over QEMU's NBD; "
+                "with transport \"auto\" (the default) auto's choice of postcopy or "
+                "hybrid runs on wancopy")
         return self
 
-    @property
-    def wancopy(self) -> bool:
-        """Whether wancopy carries this run's frozen images (``transport``, resolved)."""
-        return self.transport == "wancopy" or (self.transport == "auto"
-                                               and self.strategy in WANCOPY_STRATEGIES)
+    def wancopy_for(self, strategy: str) -> bool:
+        """Whether wancopy carries ``strategy``'s frozen images (``transport`` resolved):
+        asked for, or by default for postcopy and hybrid, also as ``auto``'s choice."""
+        return strategy in WANCOPY_STRATEGIES and self.transport in ("auto", "wancopy")
 
 
 class BudgetSpec(_Strict):

@@ -259,6 +259,8 @@ async def test_auto_runs_hybrid_when_the_guest_writes_near_the_links_rate(
     assert s.measurements and s.measurements["dirty_bytes_s"] > 0.5e6
     assert s.measurements["memory_s_from"] == "the memory part's prediction"
     assert s.bulk_bytes and s.streamed_bytes is not None
+    # the chosen hybrid ran on its default transport: both frozen images over wancopy
+    assert s.transport == "wancopy" and s.wancopy and set(s.wancopy) == {"bulk", "fetch"}
     i = rec.integrity
     assert i.disk_fsck_clean is True, i.disk_fsck_problems
     assert i.ok and i.guest_log_gaps == 0 and i.guest_log_out_of_order == 0

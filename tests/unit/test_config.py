@@ -82,13 +82,14 @@ def test_local_disk_settings_are_accepted() -> None:
     own = parse_scenario({"storage": {"strategy": "postcopy", "transport": "wancopy"}})
     assert (own.storage.transport, own.storage.streams, own.storage.compress_level) == (
         "wancopy", 0, 1)
-    # by default wancopy carries postcopy's and hybrid's frozen images, QEMU's NBD the rest
-    for strategy, wancopy in (("postcopy", True), ("hybrid", True), ("mirror", False),
-                              ("precopy", False), ("auto", False), ("shared", False)):
-        spec = parse_scenario({"storage": {"strategy": strategy}}).storage
-        assert (spec.transport, spec.wancopy) == ("auto", wancopy), strategy
+    # by default wancopy carries postcopy's and hybrid's frozen images (also as auto's
+    # choice), QEMU's NBD the rest
+    auto = parse_scenario({"storage": {"strategy": "auto"}}).storage
+    assert auto.transport == "auto"
+    assert [s for s in ("mirror", "precopy", "postcopy", "hybrid", "shared")
+            if auto.wancopy_for(s)] == ["postcopy", "hybrid"]
     qemu = parse_scenario({"storage": {"strategy": "hybrid", "transport": "qemu"}}).storage
-    assert not qemu.wancopy
+    assert not qemu.wancopy_for("hybrid")
 
 
 def test_cli_options_override_the_file(tmp_path: Path) -> None:

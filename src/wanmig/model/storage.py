@@ -26,6 +26,12 @@ rate, ``R`` the drain rate, ``M`` the memory copy's time::
     hybrid    O in bulk before memory (no passes), the same layering in the
               outage, then B streams D (O/R + M)
 
+Bytes are counted uncompressed: wancopy, which carries postcopy's and
+hybrid's frozen images by default (``storage.transport``), compresses and
+deduplicates, so for those two the bytes (and the copy times after them) are
+upper bounds; the choice between strategies rests on outage, throttling and
+the dependency on A before bytes, so the bound does not change it.
+
 The choice, in order: a strategy B must be running by (``within_s``) rules
 out those predicted later; one that throttles the guest or never converges
 is taken only if nothing else is left; then the smallest added outage wins,

@@ -109,7 +109,7 @@ class HybridStorage(PostcopyStorage):
         """Both channels: B reads A's delta (pull), A writes the bulk to B (push; with
         wancopy the bulk has its own connections, made when it starts)."""
         await super()._open_channel(ctx)
-        if not ctx.scenario.storage.wancopy:
+        if not ctx.scenario.storage.wancopy_for(self.name):
             self.push_tls = await self._channel_tls(ctx, "b")
             await self._open_push(ctx, self.push_tls)
 
@@ -124,7 +124,7 @@ class HybridStorage(PostcopyStorage):
         ctx.ui.step("hybrid: A's disk frozen under a new overlay; copying what the guest "
                     "wrote so far to B" + (f" ({facts.top_bytes / 1e6:.1f} MB; B holds the "
                                            "base)" if facts else ""))
-        if ctx.scenario.storage.wancopy:
+        if ctx.scenario.storage.wancopy_for(self.name):
             done = await self._bulk_wancopy(ctx)
         else:
             done = await self._bulk_backup(ctx)

@@ -293,7 +293,8 @@ class NbdCopy(StoragePart):
         return {"zero_bytes_skipped": zero, "dedup_bytes_skipped": dedup,
                 "compress_ratio": round(data / wire, 3) if wire else 1.0,
                 "transport": (None if self.ctx is None else
-                              "wancopy" if self.ctx.scenario.storage.wancopy else "qemu"),
+                              "wancopy" if self.ctx.scenario.storage.wancopy_for(self.name)
+                              else "qemu"),
                 "wancopy": self.wancopies or None}
 
     def record(self) -> dict[str, Any]:

@@ -123,7 +123,7 @@ class PostcopyStorage(NbdCopy):
         """A serves the file B reads; B connects to it now (nothing is read yet).  With
         wancopy, its copies' certificates are issued now too."""
         await self._open_pull(ctx, self.pulled, self.tls)
-        if ctx.scenario.storage.wancopy:
+        if ctx.scenario.storage.wancopy_for(self.name):
             self.copy_tls = await issue_tls(ctx)
 
     async def copy(self, ctx: RunContext) -> None:
@@ -208,7 +208,7 @@ class PostcopyStorage(NbdCopy):
         fresh overlay on B's base; blocks equal to the base at their offset are left
         out only where that copy sits on that base (postcopy; hybrid's sits on B's
         disk, which differs from the base)."""
-        if not ctx.scenario.storage.wancopy:
+        if not ctx.scenario.storage.wancopy_for(self.name):
             return
         assert self.disks is not None
         await create_overlay(self._local, self.disks.base)
@@ -274,7 +274,7 @@ class PostcopyStorage(NbdCopy):
         t0 = time.monotonic()
         spec = ctx.scenario.storage
         local = None
-        if spec.wancopy:
+        if spec.wancopy_for(self.name):
             local = await self._fetch_wancopy(ctx)
         elif spec.fetch and ctx.budget.rate >= ctx.budget.line:
             local = await self._fetch(ctx)
