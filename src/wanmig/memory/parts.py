@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from ..context import Part, RunContext
 from ..errors import MigrationError
 from ..model import Calibration, choose, predict
+from ..model.link import QEMU_DEFAULT_MAX_BANDWIDTH
 from ..model.switchover import switchover_timeout_s
 from ..record import MemoryResult
 from ..testbed.netns import tx_bytes

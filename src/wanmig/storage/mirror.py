@@ -42,7 +42,7 @@ class MirrorStorage(NbdCopy):
     async def copy(self, ctx: RunContext) -> None:
         assert ctx.src is not None
         facts = self.source_facts
-        ctx.ui.step(f"mirror: copying the disk to B over NBD"
+        ctx.ui.step("mirror: copying the disk to B over NBD"
                     + (f" ({facts.allocated_bytes / 1e6:.1f} MB allocated of "
                        f"{facts.virtual_bytes / 1e6:.0f} MB)" if facts else ""))
         self.started = time.monotonic()
