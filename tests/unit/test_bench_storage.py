@@ -20,7 +20,7 @@ def test_matrix_and_unknown_names() -> None:
                                           "postcopy-wancopy")
                      for w in ("idle", "disk-5", "fast-10", "app")] + [
         "postcopy-1g/idle", "postcopy-4g/idle", "mirror-sync-insecure/idle",
-        "hybrid-wancopy-insecure/idle"]
+        "hybrid-wancopy-insecure/disk-5"]
     fast = plan_cases(["hybrid"], ["fast-10"])[0].scenario()
     assert fast["wan"] == {"profile": "continental", "rate_mbit": 40}
     assert fast["vm"]["disk_write_mbps"] == 10.0 and fast["storage"]["strategy"] == "hybrid"
