@@ -100,3 +100,26 @@ def test_the_disks_own_time_leaves_the_memory_copy_out() -> None:
     results[1]["storage"]["total_ms"] = 7500.0                      # own 1.5 s
     checks = {c["check"]: c for c in evaluate_checks(summarise(results, FIGURES))}
     assert checks["postcopy/disk-5: disk's own ≤ 1.1 × disk bytes/rate + fixed"]["ok"] is True
+
+
+def test_auto_is_held_to_the_fixed_cost_of_what_it_ran() -> None:
+    def entry(case: str, total: float, wire: int, chosen: str | None = None,
+              transport: str = "qemu") -> dict:
+        e = _entry(case, "completed", wire)
+        e["storage"].update(total_ms=total, transport=transport,
+                            **({"chosen": chosen} if chosen else {}))
+        e["memory"] = {"wire_bytes": 12_500_000, "total_ms": 1000.0}   # 1 s of bytes
+        return e
+
+    # auto chose precopy when idle (little fixed cost) and hybrid on wancopy when busy:
+    # the busy case is held to hybrid-wancopy's idle fixed cost, not to precopy's
+    results = [entry("auto/idle", 1500.0, 125_000, "precopy"),               # fixed 0.49 s
+               entry("hybrid-wancopy/idle", 3500.0, 125_000, transport="wancopy"),  # 2.49 s
+               entry("auto/disk-5", 7800.0, 50_000_000, "hybrid", "wancopy"),
+               entry("auto/disk-5", 7900.0, 50_000_000, "hybrid", "wancopy"),
+               entry("auto/disk-5", 7700.0, 50_000_000, "precopy")]
+    checks = {c["check"]: c for c in evaluate_checks(summarise(results, FIGURES))}
+    busy = checks["auto/disk-5: total ≤ 1.1 × bytes/rate + fixed"]
+    # 5 s of bytes (disk 4 s, memory 1 s): 7.8 s ≤ 1.1 × 5.0 + 2.49 (+ 0.49 would fail)
+    assert busy["ok"] is True, busy
+    assert "hybrid-wancopy/idle's fixed cost: what it ran" in busy["detail"], busy
