@@ -164,7 +164,8 @@ class StorageSpec(_Strict):
     ``transport``: what carries a whole frozen image across -- ``hybrid``'s
     bulk and the fetch of ``postcopy``/``hybrid`` (``wancopy`` implies the
     fetch).  ``auto`` (the default): wancopy for ``postcopy`` and ``hybrid``
-    (also where ``auto`` chose them), QEMU's NBD for the rest.  ``qemu`` is QEMU's NBD (``blockdev-backup``, ``nbdcopy``);
+    (also where ``auto`` chose them), QEMU's NBD for the rest.  ``qemu`` is
+    QEMU's NBD (``blockdev-backup``, ``nbdcopy``);
     ``wancopy`` is wanmig's own (``storage.wancopy``): zero blocks as ranges,
     blocks B's base holds by reference, the rest zstd at ``compress_level``
     (0: none), over ``streams`` TLS connections (0: as many as the link's

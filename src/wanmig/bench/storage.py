@@ -155,19 +155,19 @@ def _transfer_ms(entry: Entry) -> float | None:
     return round((s["bytes_on_wire"] + memory) / rate, 1)
 
 
+def _less(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 1)
+
+
 def _fixed_ms(entry: Entry) -> float | None:
     """The copy's time beyond its bytes at the link's rate: what it costs besides moving data."""
-    total, transfer = _storage(entry).get("total_ms"), _transfer_ms(entry)
-    if total is None or transfer is None:
-        return None
-    return round(total - transfer, 1)
+    return _less(_storage(entry).get("total_ms"), _transfer_ms(entry))
 
 
 def _own_ms(entry: Entry) -> float | None:
     """The disk's own time: the storage total less the memory copy's (which it encloses,
     and whose time is the memory strategy's: ``bench memory`` judges it)."""
-    total, memory = _storage(entry).get("total_ms"), (entry.get("memory") or {}).get("total_ms")
-    return None if total is None or memory is None else round(total - memory, 1)
+    return _less(_storage(entry).get("total_ms"), (entry.get("memory") or {}).get("total_ms"))
 
 
 def _own_transfer_ms(entry: Entry) -> float | None:
@@ -177,8 +177,7 @@ def _own_transfer_ms(entry: Entry) -> float | None:
 
 
 def _own_fixed_ms(entry: Entry) -> float | None:
-    own, transfer = _own_ms(entry), _own_transfer_ms(entry)
-    return None if own is None or transfer is None else round(own - transfer, 1)
+    return _less(_own_ms(entry), _own_transfer_ms(entry))
 
 
 def _net_outage(entry: Entry) -> float | None:

@@ -26,7 +26,7 @@ from ...wan.profiles import LinkProfile
 from ..jobs import JobStatus, ProgressSteps
 from ..nbd import ss_counter
 from .endpoint import cert_fingerprint
-from .warmstart import WarmStart, initial_window
+from .warmstart import MSS, WarmStart, initial_window
 
 if TYPE_CHECKING:
     from ...context import RunContext
@@ -37,7 +37,6 @@ START_TIMEOUT_S = 120.0       # the receiver may index a base it has not seen (s
 STOP_TIMEOUT_S = 30.0
 #: The most streams ``streams_for`` asks for.
 MAX_STREAMS = 8
-MSS = 1448
 #: Linux's default largest receive buffer (6 MiB), halved.
 DEFAULT_WINDOW = 3 * 2**20
 

@@ -62,7 +62,6 @@ async def local_nbd(image: Path, *, writable: bool, clients: int) -> AsyncIterat
                     await proc.wait()
 
 
-
 async def _accepting(proc: asyncio.subprocess.Process, sock: Path, image: Path) -> None:
     """Until ``qemu-nbd`` accepts on ``sock``: the socket's file appears at bind(), a
     moment before listen(), and a connect in between is refused (seen once in CI on a
