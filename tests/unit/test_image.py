@@ -28,6 +28,7 @@ from wanmig.qemu.image import (
     newc_archive,
     parse_apt_depends,
     parse_kernel_config,
+    parse_ldd,
     render_cmdline,
 )
 
@@ -101,6 +102,31 @@ def test_parse_apt_depends() -> None:
     assert parse_apt_depends(text) == "linux-image-6.1.0-56-cloud-amd64"
     with pytest.raises(ImageError):
         parse_apt_depends("linux-image-cloud-amd64\n")
+
+
+def test_parse_ldd_names_every_library_and_the_loader() -> None:
+    text = ("\tlinux-vdso.so.1 (0x00007ffd5a1f2000)\n"
+            "\tlibext2fs.so.2 => /lib/x86_64-linux-gnu/libext2fs.so.2 (0x00007f0345230000)\n"
+            "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f0344fd5000)\n"
+            "\t/lib64/ld-linux-x86-64.so.2 (0x00007f0345301000)\n")
+    assert parse_ldd(text) == [Path("/lib/x86_64-linux-gnu/libext2fs.so.2"),
+                               Path("/lib/x86_64-linux-gnu/libc.so.6"),
+                               Path("/lib64/ld-linux-x86-64.so.2")]
+    with pytest.raises(ImageError, match="libe2p.so.2 => not found"):
+        parse_ldd("\tlibe2p.so.2 => not found\n")
+
+
+def test_initramfs_holds_a_program_with_its_directories(tmp_path: Path) -> None:
+    lib = tmp_path / "lib" / "x86_64-linux-gnu" / "libx.so.1"
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b"\x7fELF lib")
+    entries = image._initramfs_entries(busybox=Path("/bin/busybox"), init=b"#!/bin/sh\n",
+                                       guestd=b"g", modules=[], programs=[lib])
+    names = [e.name for e in entries]
+    rel = str(lib.relative_to("/"))
+    assert names.count(rel) == 1 and names.count("lib") == 1
+    for parent in Path(rel).parents[:-1]:
+        assert names.index(str(parent)) < names.index(rel)
 
 
 def test_kernel_version_from_deb() -> None:
@@ -224,6 +250,7 @@ def test_digest_is_stable() -> None:
     {"busybox_sha256": "d" * 64},
     {"init_sha256": "e" * 64},
     {"guestd_sha256": "f" * 64},
+    {"e2fsck_sha256": "0" * 64},
     {"module_roots": ("virtio_pci", "virtio_net")},
     {"layout_version": 99},
 ])

@@ -312,6 +312,14 @@ static void format_record(char rec[RECORD_SIZE], unsigned long long seq, unsigne
     rec[RECORD_SIZE - 1] = '\n';
 }
 
+static int all_zero(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
 /* Returns the record's seq, or -1 if it is not a valid record. */
 static long long parse_record(const char rec[RECORD_SIZE])
 {
@@ -331,8 +339,10 @@ static long long parse_record(const char rec[RECORD_SIZE])
 
 /*
  * Continue an existing log: drop a torn tail (a record cut short by a crash or a
- * power cut would otherwise shift every later record), then continue after the
- * last record that verifies. Returns the next sequence number.
+ * power cut would otherwise shift every later record) and the records of zeros after
+ * the last one that verifies (the file's size reached the disk before its data: the
+ * write never returned), then continue after that record. Returns the next sequence
+ * number.
  */
 static unsigned long long recover(const char *path)
 {
@@ -350,15 +360,24 @@ static unsigned long long recover(const char *path)
             die("truncate torn tail");
     }
     unsigned long long next = 0;
+    off_t end = size; /* the log ends after the last record that is not all zeros */
     for (off_t at = size - RECORD_SIZE; at >= 0; at -= RECORD_SIZE) {
         char rec[RECORD_SIZE];
         if (pread(fd, rec, RECORD_SIZE, at) != RECORD_SIZE)
             die("pread");
+        if (end == at + RECORD_SIZE && all_zero(rec, RECORD_SIZE))
+            end = at;
         long long seq = parse_record(rec);
         if (seq >= 0) {
             next = (unsigned long long)seq + 1;
             break;
         }
+    }
+    if (end != size) {
+        fprintf(stderr, "guestd: %s: dropping %lld bytes of zeros at its end\n", path,
+                (long long)(size - end));
+        if (ftruncate(fd, end) < 0 || fsync(fd) < 0)
+            die("truncate zeros");
     }
     close(fd);
     return next;

@@ -13,6 +13,7 @@ Pipeline (each step is cached; ``build_image`` returns at once when nothing chan
     dpkg-deb -x       (into build/kernel/)       -> vmlinuz, config, modules
     modinfo -F depends (per .ko)                 -> module_load_order()   [pure]
     gcc -static -O2 guest/guestd.c               -> guestd
+    ldd /sbin/e2fsck                             -> e2fsck and its libraries
     newc cpio written here (no root, no mknod, fixed mtimes) + gzip
                                                  -> build/image/{vmlinuz,initrd.gz,manifest.json}
 
@@ -21,8 +22,8 @@ The kernel package is unpacked, never installed on the host. A .deb already in
 ``force=True`` asks apt again and rebuilds everything.
 
 Cache key: ``manifest.json`` holds a digest over every input (kernel .deb name
-and size, busybox sha256, ``init`` and ``guestd.c`` contents, module roots and
-the layout version). See ``ImageInputs``. Outputs are replaced by rename, so a
+and size, busybox sha256, ``init`` and ``guestd.c`` contents, e2fsck's contents,
+module roots and the layout version). See ``ImageInputs``. Outputs are replaced by rename, so a
 QEMU that already opened the old files is not disturbed by a rebuild, and a file
 lock keeps two concurrent builds from interleaving.
 
@@ -30,7 +31,8 @@ Inside the guest (see guest/init): modules are insmod-ed in ``/etc/modules.order
 network settings come from ``wanmig.ip=`` / ``wanmig.gw=`` / ``wanmig.name=`` on
 the kernel command line (``GuestImage.cmdline``), and so does the optional memory
 dirtier (``wanmig.dirty=SIZE_MIB:RATE_MBPS``, the ``dirty`` workload); the data
-disk ``/dev/vda`` (ext2, ``create_data_disk``) is mounted on /data, where the
+disk ``/dev/vda`` (ext2, ``create_data_disk``) is checked with the host's e2fsck
+(copied in with its libraries: busybox has none) and mounted on /data, where the
 integrity writer appends to ``/integrity.log`` (read back on the host with
 ``read_integrity_log`` and checked with ``wanmig.integrity.check_log``). The line
 ``READY_MARKER`` on the serial console means every workload is serving.
@@ -96,11 +98,17 @@ device driver depends on it by symbol."""
 INTEGRITY_LOG_NAME = "integrity.log"
 """The writer's log, at the root of the data disk (``/data/integrity.log`` in the guest)."""
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 """Bump when the image layout changes in a way the other inputs do not capture."""
 
 GUEST_SOURCE_DIR = Path(__file__).resolve().parent.parent / "guest"
 BUSYBOX = Path("/bin/busybox")
+#: The guest's boot checks its ext2 data disk with this (and the libraries ``ldd``
+#: names for it): ext2 has no journal, a QEMU stopped with the guest running is a
+#: power cut, and the block bitmaps of the guest's last allocations are then not on
+#: the disk. Mounted unchecked, the next boot hands those blocks out again and the
+#: integrity log overwrites itself (seen once in CI: 224 records doubled, 240 lost).
+E2FSCK = Path("/sbin/e2fsck")
 
 Log = Callable[[str], None]
 
@@ -246,6 +254,7 @@ class ImageInputs:
     busybox_sha256: str
     init_sha256: str
     guestd_sha256: str
+    e2fsck_sha256: str = ""
     module_roots: tuple[str, ...] = MODULE_ROOTS
     layout_version: int = LAYOUT_VERSION
 
@@ -262,8 +271,36 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def gather_inputs(deb: Path, guest_dir: Path, busybox: Path) -> ImageInputs:
-    """Read the inputs' identities (no subprocess: the cached path stays fast and offline)."""
+def parse_ldd(text: str) -> list[Path]:
+    """The absolute paths of the libraries in ``ldd``'s output (the loader included,
+    the kernel's vDSO not: it has no file)."""
+    paths = []
+    for line in text.splitlines():
+        m = re.match(r"^\s*(?:\S+\s+=>\s+)?(/\S+)\s+\(0x[0-9a-f]+\)\s*$", line)
+        if m:
+            paths.append(Path(m.group(1)))
+        elif "=>" in line and "not found" in line:
+            raise ImageError(f"a library is missing: {line.strip()}")
+    return paths
+
+
+def program_files(program: Path) -> list[Path]:
+    """``program`` and every library it loads, as the host has them."""
+    if not program.is_file():
+        raise ImageError(f"{program} is not installed (e2fsprogs)")
+    try:
+        out = subprocess.run(["ldd", str(program)], capture_output=True, text=True,
+                             check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ImageError(f"ldd {program} failed: {exc}") from exc
+    return [program, *parse_ldd(out)]
+
+
+def gather_inputs(deb: Path, guest_dir: Path, busybox: Path,
+                  e2fsck: Path = E2FSCK) -> ImageInputs:
+    """Read the inputs' identities (no subprocess: the cached path stays fast and
+    offline). e2fsck's libraries are not part of the key: the image holds the copies
+    ldd named when it was built, which work together whatever the host has since."""
     try:
         return ImageInputs(
             kernel_deb=deb.name,
@@ -271,6 +308,7 @@ def gather_inputs(deb: Path, guest_dir: Path, busybox: Path) -> ImageInputs:
             busybox_sha256=_sha256_file(busybox),
             init_sha256=_sha256_file(guest_dir / "init"),
             guestd_sha256=_sha256_file(guest_dir / "guestd.c"),
+            e2fsck_sha256=_sha256_file(e2fsck),
         )
     except OSError as exc:
         raise ImageError(f"cannot read an image input: {exc}") from exc
@@ -563,7 +601,8 @@ def _compile_guestd(src: Path, out: Path) -> bytes:
 
 
 def _initramfs_entries(*, busybox: Path, init: bytes, guestd: bytes,
-                       modules: Sequence[tuple[str, bytes]]) -> list[CpioEntry]:
+                       modules: Sequence[tuple[str, bytes]],
+                       programs: Sequence[Path] = ()) -> list[CpioEntry]:
     entries = [CpioEntry.directory(d) for d in (
         "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "tmp",
         "etc", "lib", "lib/modules", "data", "www")]
@@ -578,6 +617,16 @@ def _initramfs_entries(*, busybox: Path, init: bytes, guestd: bytes,
             entries.append(CpioEntry.symlink(applet, "/bin/busybox"))
     entries.append(CpioEntry.file("init", init, executable=True))
     entries.append(CpioEntry.file("bin/guestd", guestd, executable=True))
+    # Dynamically linked programs at the host's paths (the loader finds its libraries
+    # there). Their directories first; the usr-merged host's /lib is a directory here.
+    made = {e.name for e in entries}
+    for path in programs:
+        rel = path.relative_to("/")
+        for parent in reversed(rel.parents[:-1]):
+            if str(parent) not in made:
+                made.add(str(parent))
+                entries.append(CpioEntry.directory(str(parent)))
+        entries.append(CpioEntry.file(str(rel), path.read_bytes(), executable=True))
     for name, data in modules:
         entries.append(CpioEntry.file(f"lib/modules/{name}.ko", data))
     order = "".join(f"{name}\n" for name, _ in modules)
@@ -626,7 +675,8 @@ def build_image(build_dir: Path | None = None, *, force: bool = False,
             say("compiling guestd")
             guestd = _compile_guestd(GUEST_SOURCE_DIR / "guestd.c", Path(tmp) / "guestd")
         entries = _initramfs_entries(busybox=BUSYBOX, init=(GUEST_SOURCE_DIR / "init").read_bytes(),
-                                     guestd=guestd, modules=modules)
+                                     guestd=guestd, modules=modules,
+                                     programs=program_files(E2FSCK))
         initrd = gzip.compress(newc_archive(entries), compresslevel=6, mtime=0)
 
         atomic_write(image_dir / "vmlinuz", vmlinuz.read_bytes())
