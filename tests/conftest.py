@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs qemu-system-x86_64 (make setup)"))
 
 
-RUN_NETNS = re.compile(r"^wm[0-9a-f]{6}-[a-z]$")  # the testbed's names: wm<run id>-<role>
+RUN_NETNS = re.compile(r"^wm[0-9a-f]{6}-[a-z]{1,2}$")  # the testbed's names: wm<run id>-<role>
 
 
 def netns_names() -> set[str]:
@@ -52,6 +52,12 @@ def wancopy_pids() -> set[int]:
     return {int(p) for p in out.split()}
 
 
+def daemon_pids() -> set[int]:
+    """The network modes' servers (BIRD)."""
+    out = subprocess.run(["pgrep", "-x", "bird"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
 def interface_names() -> set[str]:
     out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
@@ -59,11 +65,12 @@ def interface_names() -> set[str]:
 
 @pytest.fixture
 def leaves_nothing_behind():
-    """Fails the test if it left a run namespace, a QEMU, a wancopy or an interface
-    behind."""
-    before = (run_netns_names(), qemu_pids(), interface_names(), wancopy_pids())
+    """Fails the test if it left a run namespace, a QEMU, a wancopy, a network mode's
+    server or an interface behind."""
+    before = (run_netns_names(), qemu_pids(), interface_names(), wancopy_pids(), daemon_pids())
     yield
-    after = (run_netns_names(), qemu_pids(), interface_names(), wancopy_pids())
+    after = (run_netns_names(), qemu_pids(), interface_names(), wancopy_pids(), daemon_pids())
+    assert after[4] <= before[4], f"servers left: {after[4] - before[4]}"
     assert after[3] <= before[3], f"wancopy processes left: {after[3] - before[3]}"
     assert after[0] <= before[0], f"namespaces left: {after[0] - before[0]}"
     assert after[1] <= before[1], f"QEMU processes left: {after[1] - before[1]}"

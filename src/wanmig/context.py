@@ -119,6 +119,7 @@ class RunContext:
                         disk_format=image_format(disk), disk_backed=has_backing(disk),
                         ram_mib=sc.vm.ram_mib,
                         mac=addr.vm_mac, tap=addr.tap, ip_cidr=addr.vm_cidr, accel=self.accel,
+                        gateway=addr.gateway("a"),
                         netns=self.testbed.site(site).name, incoming=site == "b",
                         dirty=((sc.vm.dirty_mib, sc.vm.dirty_rate_mbps)
                                if sc.vm.workload == "dirty" else None),
@@ -156,6 +157,10 @@ class Part:
 
     async def rollback(self, ctx: RunContext) -> None:
         """Undo what this part did; the destination is fenced and has never run."""
+
+    async def close(self) -> None:
+        """At the run's end, however it ended (the VMs are stopped): stop the servers and
+        close the handles this part opened.  Idempotent."""
 
     def record(self) -> dict[str, Any]:
         """This part's block of the result record."""

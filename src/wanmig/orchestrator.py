@@ -500,6 +500,8 @@ class Orchestrator:
         for vm in (ctx.dst, ctx.src) if ctx else ():
             if vm is not None:
                 await attempt(f"stopping {vm.name}", vm.stop())
+        for part in self.parts:
+            await attempt(f"closing the {part.kind} part {part.name}", part.close())
         disk = self.storage.log_disk
         if disk is not None and disk.exists():
             await attempt("integrity check", self._check_integrity(disk))
@@ -534,18 +536,34 @@ class Orchestrator:
         return [RunEvent(name=name, at_ms=round((at - self.state.t0) * 1000, 1))
                 for name, at in vm.run_events]
 
-    def _timeline(self) -> dict[str, float] | None:
-        """The record's ``switchover_timeline``: every part's instants and the engine's,
-        and the client's largest gap, as ms after the source's STOP."""
-        ctx, client = self.ctx, self.client
+    def _all_instants(self) -> dict[str, float]:
+        instants = {k: v for part in self.parts for k, v in part.instants().items()}
+        instants.update(self.instants)
+        return instants
+
+    def _source_stop(self) -> float | None:
+        """When QEMU stopped the guest at A for the switchover (its last STOP before
+        ``migrate-continue``), ``time.monotonic()`` s; None if it never did."""
+        ctx = self.ctx
         stops = [at for name, at in (ctx.src.run_events if ctx and ctx.src else ())
                  if name == "STOP"]
         if not stops:
             return None
-        instants = {k: v for part in self.parts for k, v in part.instants().items()}
-        instants.update(self.instants)
-        before = instants.get("continue", float("inf"))
-        stop = max((at for at in stops if at <= before), default=stops[0])
+        before = self._all_instants().get("continue", float("inf"))
+        return max((at for at in stops if at <= before), default=stops[0])
+
+    def _switchover(self) -> tuple[float, float] | None:
+        stop, resume = self._source_stop(), self.instants.get("resume")
+        return None if stop is None or resume is None else (stop, resume)
+
+    def _timeline(self) -> dict[str, float] | None:
+        """The record's ``switchover_timeline``: every part's instants and the engine's,
+        and the client's largest gap, as ms after the source's STOP."""
+        client = self.client
+        stop = self._source_stop()
+        if stop is None:
+            return None
+        instants = self._all_instants()
         report = client.probe_report if client else None
         if report is not None and client is not None:
             for name, probe_ms in (("client_gap_start", report.udp_max_gap_start_ms),
@@ -574,7 +592,8 @@ class Orchestrator:
             memory=MemoryResult.model_validate(self.memory.record()),
             storage=StorageResult.model_validate(self.storage.record()),
             network=NetworkResult(**self.network.record(),
-                                  **(client.network_fields() if client else {})),
+                                  **(client.network_fields(self._switchover())
+                                     if client else {})),
             integrity=self._integrity(),
             phases=phases,
             total_ms=phases[-1].end_ms - phases[0].start_ms if phases else 0.0,

@@ -160,6 +160,22 @@ class NetworkResult(_Model):
     #: of ms), measured on one site without migrating (``bench/floor.py``): set by
     #: ``wanmig bench memory`` from its calibration before the first run; None in a plain run.
     tcg_floor_ms: float | None = None
+    #: What the client saw beyond the largest gap.  The median UDP echo RTT before the
+    #: migration and after the switchover (path stretch: a tunnelled path goes through A);
+    #: echoes unanswered over the whole run, and of those sent from 1 s before the source
+    #: stopped to 1 s after the destination resumed; new HTTP connections that did not
+    #: complete within 1 s (a client with a 1 s timeout saw them fail).
+    rtt_before_ms: float | None = None
+    rtt_after_ms: float | None = None
+    udp_lost: int | None = None
+    udp_lost_switchover: int | None = None
+    http_failed_1s: int | None = None
+    #: ``route``: from B's announcement until the client's site routed the VM's /32 via
+    #: B, and how long the BGP sessions took to come up before the migration.
+    route_switch_ms: float | None = None
+    bgp_sessions_up_ms: float | None = None
+    #: ``route``: the client's kernel route to the VM once BGP converged (``ip route get``).
+    client_route: str | None = None
 
 
 class IntegrityResult(_Model):

@@ -32,6 +32,11 @@ from .workload import WebLoad, WebLoadReport
 from .workload.spec import APP_PATHS, DEFAULT_PATHS
 
 
+#: Lost echoes sent this long before the source stopped or after the destination
+#: resumed count as the switchover's (``udp_lost_switchover``).
+SWITCHOVER_MARGIN_S = 1.0
+
+
 class ClientWatch:
     def __init__(self, scenario: Scenario, testbed: Testbed, registry: Registry, *,
                  interval_ms: float) -> None:
@@ -103,15 +108,31 @@ class ClientWatch:
             elif self.web is not None:
                 await self.web.kill()
 
-    def network_fields(self) -> dict[str, Any]:
-        """The client's figures for the record's ``network`` block."""
+    def network_fields(self, switchover: tuple[float, float] | None = None) -> dict[str, Any]:
+        """The client's figures for the record's ``network`` block; ``switchover``: the
+        source's stop and the destination's resume (``time.monotonic()`` s), around which
+        lost echoes are counted apart."""
         p = self.probe_report
+        rtt = {w.name: w.udp_rtt_p50_ms for w in self.windows}
         return {"client_outage_ms": p.udp_max_gap_ms if p else None,
                 "tcp_survived": p.tcp_survived if p else None,
                 "new_conn_ms": self.new_conn_ms,
                 "probe": p.to_dict() if p else None,
                 "probe_interval_ms": self.interval_ms,
-                "probe_windows": [w.summary() for w in self.windows] or None}
+                "probe_windows": [w.summary() for w in self.windows] or None,
+                "rtt_before_ms": rtt.get("migration-start"),
+                "rtt_after_ms": rtt.get("stop"),
+                "udp_lost": p.udp_lost if p else None,
+                "udp_lost_switchover": self._lost_around(switchover),
+                "http_failed_1s": p.http_failed_1s if p else None}
+
+    def _lost_around(self, switchover: tuple[float, float] | None) -> int | None:
+        offset, p = self.clock_offset_ms(), self.probe_report
+        if p is None or switchover is None or offset is None:
+            return None
+        stop, resume = switchover
+        return p.udp_lost_between((stop - SWITCHOVER_MARGIN_S) * 1000 - offset,
+                                  (resume + SWITCHOVER_MARGIN_S) * 1000 - offset)
 
     def workload_detail(self) -> dict[str, Any] | None:
         """The workload's settings and, for ``web`` and ``app``, what the HTTP clients

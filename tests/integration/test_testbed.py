@@ -10,6 +10,7 @@ import pytest
 
 from wanmig.registry import STATE_DIR, Registry, clean_leftovers, new_run_id
 from wanmig.testbed import Testbed
+from wanmig.testbed.netns import Namespace
 
 from ..conftest import interface_names, run_netns_names
 
@@ -20,22 +21,35 @@ async def test_sites_are_joined_and_removed() -> None:
     before_ns, before_if = run_netns_names(), interface_names()
     registry = Registry(new_run_id())
     async with Testbed(registry) as tb:
+        a = tb.addr
         assert {ns.name for ns in tb.namespaces} <= run_netns_names()
-        # The inter-site link carries IP between the sites ...
-        out = await tb.site_a.run("python3", "-c", _UDP_ROUNDTRIP, tb.addr.site_b_ip,
-                                  tb.site_b.name)
-        assert out.strip() == "ok"
-        # ... and both bridges hold the VM tap and the VXLAN port.
+        # The hypervisors reach each other through both routers ...
+        assert await _udp_roundtrip(tb.site_a, a.site_b_ip, tb.site_b) == "ok"
+        # ... the client reaches each site's LAN over its own link ...
+        for which in ("a", "b"):
+            assert await _udp_roundtrip(tb.client, a.gateway(which), tb.router(which)) == "ok"
+        route = await tb.client.run("ip", "route", "get", a.vm_ip)
+        assert f"via {a.link_ip('a', 'c')} dev ra0 src {a.client_ip}" in route
+        # ... both bridges hold the VM's tap and the LAN, the underlay carries VXLAN ...
         for site in (tb.site_a, tb.site_b):
             links = await site.run("ip", "-o", "link", "show", "master", "br0")
-            assert "tap0" in links and "vx0" in links
+            assert "tap0" in links and "rt0" in links and "vx0" not in links
+        assert "mtu 1600" in await tb.site_a.run("ip", "link", "show", "up0")
+        # ... and A's subnet reaches B's bridge only once stretched (l2-extend).
+        await tb.stretch()
+        for site in (tb.site_a, tb.site_b):
+            assert "vx0" in await site.run("ip", "-o", "link", "show", "master", "br0")
         vx = await tb.site_b.run("ip", "-d", "link", "show", "vx0")
-        assert "vxlan id 77" in vx and f"remote {tb.addr.site_a_ip}" in vx
-        assert "mtu 1600" in await tb.site_a.run("ip", "link", "show", "isl0")
+        assert "vxlan id 77" in vx and f"remote {a.site_a_ip}" in vx
     registry.close()
     assert run_netns_names() == before_ns
     assert interface_names() <= before_if
     assert not registry.path.exists()
+
+
+async def _udp_roundtrip(src: Namespace, ip: str, dst: Namespace) -> str:
+    """One datagram from ``src`` to a listener on ``ip`` in ``dst``, and its echo."""
+    return (await src.run("python3", "-c", _UDP_ROUNDTRIP, ip, dst.name)).strip()
 
 
 async def test_clean_removes_what_a_crashed_run_left() -> None:
@@ -103,7 +117,8 @@ async def test_sites_joined_by_an_emulated_wan() -> None:
         rtt = await measure.rtt(tb.site_a.name, tb.site_b.name, tb.addr.site_b_ip,
                                 rate_hz=100, seconds=1.0)
         assert rtt.p50_ms is not None and 24 <= rtt.p50_ms <= 36
-        # ... and the client's path has a link of its own.
-        assert tb.client_wan is not None and tb.client_wan.describe()["profile"] == "metro"
+        # ... and the client's site has a link of its own to each site.
+        assert {w: link.describe()["profile"] for w, link in tb.client_wans.items()} == \
+            {"a": "metro", "b": "metro"}
     registry.close()
     assert run_netns_names() == before_ns

@@ -9,7 +9,7 @@ import pytest
 
 from wanmig.probe import ClientProbe, ProbeState, agent_argv
 from wanmig.probe.agent import Agent, parse_args
-from wanmig.probe.probes import _next_slot, parse_http_head
+from wanmig.probe.probes import HttpLoop, HttpResult, UdpEcho, _next_slot, parse_http_head
 
 MS = 1_000_000
 
@@ -85,3 +85,22 @@ async def test_controller_refuses_commands_when_not_running() -> None:
         await probe.mark("x")
     with pytest.raises(ProbeError, match="idle"):
         await probe.stop()
+
+
+def test_udp_loss_bursts_are_runs_of_unanswered_echoes() -> None:
+    echo = UdpEcho("127.0.0.1", 7, 5 * MS, t0=0)
+    echo.first_seq, echo.sent = 2, 12
+    echo.sent_ns.extend(seq * 5 * MS for seq in range(12))
+    echo.seen.extend(bytes([0, 0, 1, 1, 0, 0, 0, 1, 0, 1, 1, 0]))
+    # seqs 0-1 came before the first reply (warm-up), 11 was never answered
+    assert echo.loss_bursts() == [[20.0, 30.0, 3], [40.0, 40.0, 1], [55.0, 55.0, 1]]
+
+
+def test_http_attempts_slower_than_a_second_count_as_failed_for_a_short_timeout() -> None:
+    loop = HttpLoop("127.0.0.1", 80, t0=0, timeout_s=2.0)
+    loop._record(HttpResult(ok=False, ms=2000.0, error="timeout"), now=1)  # warm-up
+    for ms in (5.0, 1200.0, 30.0):
+        loop._record(HttpResult(ok=True, ms=ms, error=None), now=2)
+    loop._record(HttpResult(ok=False, ms=2000.0, error="timeout"), now=3)
+    summary = loop.summary()
+    assert (summary["http_ok"], summary["http_failed"], summary["http_failed_1s"]) == (3, 1, 2)

@@ -66,3 +66,14 @@ def test_gap_relative_to_marks() -> None:
 def test_is_frozen() -> None:
     with pytest.raises(AttributeError):
         _report().udp_sent = 1  # type: ignore[misc]
+
+
+def test_lost_echoes_between_two_instants() -> None:
+    # 10 echoes lost 5 ms apart from 1000 ms, one at 3000 ms
+    report = _report(udp_loss_bursts=[[1000.0, 1045.0, 10], [3000.0, 3000.0, 1]])
+    assert report.udp_lost_between(0, 5000) == 11
+    assert report.udp_lost_between(1020, 2000) == 6          # 1020 to 1045: part of a burst
+    assert report.udp_lost_between(1020, 5000) == 7
+    assert report.udp_lost_between(2000, 2999) == 0
+    assert report.udp_lost_between(3000, 3000) == 1          # a single echo, on the edge
+    assert ProbeReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report

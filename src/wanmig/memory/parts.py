@@ -45,8 +45,9 @@ log = logging.getLogger("wanmig.memory")
 
 #: auto plans to finish within this share of the timeout (see the module docstring).
 AUTO_HORIZON_SHARE = 0.5
-#: The inter-site interface whose counter gives the bytes on the WAN.
-WAN_IFACE = "isl0"
+#: A's hypervisor's uplink, whose counter gives the bytes on the WAN: all it sends to B
+#: (the migration, the disk, the stretched subnet's frames) crosses the WAN.
+WAN_IFACE = "up0"
 #: Linux's default tcp_wmem maximum: what default precopy may have queued.
 DEFAULT_SNDBUF_MAX = 4 * 2**20
 

@@ -11,7 +11,9 @@ microsecond timeouts (asyncio's timers would add over a millisecond of error)::
                 every 50 ms, each echo checked intact and in order.  It
                 survived if it was never closed/reset and the last message
                 sent before stop was echoed (within a grace period).
-    HttpLoop    GET / on a new connection every 200 ms, 2 s timeout each.
+    HttpLoop    GET / on a new connection every 200 ms, 2 s timeout each; those
+                that took over 1 s count apart (``http_failed_1s``: what a client
+                with a 1 s timeout saw fail).
 
 The probes must not be what loads the guest.  Under TCG a wake-up costs the
 guest's one vCPU about a millisecond, and each HTTP request forks busybox's
@@ -60,6 +62,10 @@ TCP_INTERVAL_NS = 50 * MS    # see the module note: what the guest sustains unde
 HTTP_INTERVAL_NS = 200 * MS
 HTTP_TIMEOUT_S = 2.0
 ABORT_SLICE_S = 0.05         # how often a blocking wait looks at the stop flag
+MAX_LOSS_BURSTS = 1000       # the report lists at most these (a dead target is one)
+#: A new connection that takes longer than this has failed, for a client with a short
+#: timeout (``http_failed_1s``): a SYN lost costs TCP's 1 s initial retransmission.
+HTTP_CLIENT_DEADLINE_MS = 1000.0
 
 
 def _next_slot(deadline: int, now: int, interval: int) -> int:
@@ -134,6 +140,7 @@ class UdpEcho(ProbeThread):
         self.seen = bytearray()
         self.rtts_ns = array("q")
         self.late_ns = array("q")             # actual send time minus its slot
+        self.sent_ns = array("q")             # when each datagram went (by seq)
         self.gaps = GapTracker()
         # the gaps since the last ``cut_window`` (a mark): swapped by the agent's main
         # thread while this one adds to it, hence the lock
@@ -180,6 +187,7 @@ class UdpEcho(ProbeThread):
                     self.send_errors += 1
                     self.last_error = _err_text(exc)
                 self.late_ns.append(now - deadline)
+                self.sent_ns.append(now)
                 self.sent += 1
                 self.last_send = now
                 deadline = _next_slot(deadline, now, self.interval)
@@ -271,7 +279,25 @@ class UdpEcho(ProbeThread):
                                    if self.gaps.count else None),
             "udp_send_late_p99_ms": _round(percentile(late, 99)),
             "udp_send_late_max_ms": _round(max(late)) if late else None,
+            "udp_loss_bursts": self.loss_bursts(),
         }
+
+    def loss_bursts(self) -> list[list[float]]:
+        """Runs of consecutive unanswered datagrams, from the first reply on: ``[first
+        sent ms, last sent ms, count]`` each, the first ``MAX_LOSS_BURSTS``."""
+        bursts: list[list[float]] = []
+        start = None
+        for seq in range(self.first_seq or 0, self.sent + 1):
+            lost = seq < self.sent and (seq >= len(self.seen) or not self.seen[seq])
+            if lost and start is None:
+                start = seq
+            elif not lost and start is not None:
+                bursts.append([self.ms(self.sent_ns[start]), self.ms(self.sent_ns[seq - 1]),
+                               seq - start])
+                start = None
+                if len(bursts) == MAX_LOSS_BURSTS:
+                    break
+        return bursts
 
 
 # --------------------------------------------------------------------- TCP
@@ -497,6 +523,7 @@ class HttpLoop(ProbeThread):
         self.target, self.port, self.timeout_s = target, port, timeout_s
         self.ok = 0
         self.failed = 0
+        self.failed_1s = 0      # failed, or answered after HTTP_CLIENT_DEADLINE_MS
         self.latencies_ms: list[float] = []
         self.gaps = GapTracker()
 
@@ -511,6 +538,8 @@ class HttpLoop(ProbeThread):
             self.stop_event.wait(max(0, deadline - time.monotonic_ns()) / S)
 
     def _record(self, result: HttpResult, now: int) -> None:
+        if self.first_ok is not None and (not result.ok or result.ms > HTTP_CLIENT_DEADLINE_MS):
+            self.failed_1s += 1
         if result.ok:
             if self.first_ok is None:
                 self.first_ok = now
@@ -527,6 +556,7 @@ class HttpLoop(ProbeThread):
         return {
             "http_ok": self.ok,
             "http_failed": self.failed,
+            "http_failed_1s": self.failed_1s,
             "http_max_gap_ms": ns_to_ms(self.gaps.result(end=end).length),
             "http_latency_p50_ms": _round(percentile(self.latencies_ms, 50)),
             "http_latency_max_ms": max(self.latencies_ms) if self.latencies_ms else None,

@@ -16,6 +16,7 @@ CPU the agent used.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,24 @@ class ProbeReport:
     udp_send_late_max_ms: float | None = None
     udp_max_gap_end_ms: float | None = None
     agent_cpu_pct: float | None = None
+    #: Runs of unanswered echoes: [first sent ms, last sent ms, count] (``UdpEcho``).
+    udp_loss_bursts: list[list[float]] = field(default_factory=list)
+    http_failed_1s: int | None = None
+
+    def udp_lost_between(self, start_ms: float, end_ms: float) -> int:
+        """Unanswered echoes sent from ``start_ms`` to ``end_ms`` (the agent's clock); the
+        echoes of a burst are evenly spaced, so one that crosses an end counts in part."""
+        lost = 0
+        for first, last, count in self.udp_loss_bursts:
+            n = int(count)
+            step = (last - first) / (n - 1) if n > 1 else 0.0
+            if step <= 0:
+                lost += n if start_ms <= first <= end_ms else 0
+                continue
+            lo = max(0, math.ceil((start_ms - first) / step - 1e-9))
+            hi = min(n - 1, math.floor((end_ms - first) / step + 1e-9))
+            lost += max(0, hi - lo + 1)
+        return lost
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -52,6 +52,7 @@ class VmConfig:
     tap: str | None            # None: an isolated user-mode NIC (restrict=on), for probes
     ip_cidr: str
     accel: str                 # resolved: "kvm" or "tcg"
+    gateway: str | None = None  # the guest's default route (its site router)
     netns: str | None = None
     incoming: bool = False     # start with -incoming defer (a migration destination)
     disk_format: str = "raw"   # the image format of ``disk``: raw or qcow2
@@ -89,7 +90,8 @@ def qemu_argv(cfg: VmConfig, run_dir: Path, binary: QemuBinary | None = None) ->
         "-qmp", f"unix:{observer_socket(run_dir, cfg.name)},server=on,wait=off",
         "-serial", f"file:{run_dir / (cfg.name + '.console.log')}",
         "-kernel", str(cfg.image.kernel), "-initrd", str(cfg.image.initrd),
-        "-append", cfg.image.cmdline(ip_cidr=cfg.ip_cidr, name="vm", dirty=cfg.dirty,
+        "-append", cfg.image.cmdline(ip_cidr=cfg.ip_cidr, gateway=cfg.gateway, name="vm",
+                                     dirty=cfg.dirty,
                                      diskwrite=cfg.diskwrite, root=cfg.root),
         # cache=none keeps no host-side dirty state in QEMU that a switchover
         # would have to flush (shared storage: both sites see the same image).

@@ -203,6 +203,13 @@ def render_record(rec: ResultRecord) -> Group:
         ("client outage (largest UDP echo gap)", _ms(rec.network.client_outage_ms), "client"),
         ("long-lived TCP connection survived", _flag(rec.network.tcp_survived), "client"),
         ("new connection after the move", _ms(rec.network.new_conn_ms), "client"),
+        ("client RTT before / after the move (path stretch)",
+         f"{_ms(rec.network.rtt_before_ms)} / {_ms(rec.network.rtt_after_ms)}", "client"),
+        ("UDP echoes lost around the switchover / in the run",
+         f"{_count(rec.network.udp_lost_switchover)} / {_count(rec.network.udp_lost)}",
+         "client (±1 s of the pause)"),
+        ("new HTTP connections not done within 1 s", _count(rec.network.http_failed_1s),
+         "client"),
         ("guest disk log records", str(rec.integrity.guest_log_records or "–"), "host, after run"),
         *([("application orders on the disk / missing",
             f"{rec.integrity.app_orders} (up to {rec.integrity.app_last_order}) / "

@@ -1,26 +1,43 @@
-"""The two-site topology, built with pyroute2.
+"""The three-site topology, built with pyroute2.
 
 ::
 
-   client ns (<id>-c)          site A ns (<id>-a)                         site B ns (<id>-b)
-  ┌─────────────────┐       ┌───────────────────────┐                 ┌───────────────────────┐
-  │ eth0 10.77.0.100 ├─[c]──┤ cl0 ─┐                │                 │                       │
-  └─────────────────┘       │      br0 ── tap0 (VM) │                 │  br0 ── tap0 (VM)     │
-                            │       └─ vx0 (VXLAN)  │                 │   └─ vx0 (VXLAN)      │
-                            │ isl0 172.30.0.1/30 ───┼──────[w]────────┼─ isl0 172.30.0.2/30   │
-                            └───────────────────────┘                 └───────────────────────┘
+                                  client site C  (<id>-c)
+                                  10.3.0.100 (lo)
+                            ra0 172.30.1.2      rb0 172.30.2.2
+                               │ [ca]                  │ [cb]
+        site A                 │                       │                 site B
+  ┌─ router (<id>-ra) ─────────┴──┐             ┌──────┴───────── router (<id>-rb) ─┐
+  │ cl0 172.30.1.1                │             │                  cl0 172.30.2.1   │
+  │ wan0 172.30.0.1 ──────────────┼────[w]──────┼─────────────── wan0 172.30.0.2    │
+  │ lan0 10.1.0.1/24  hv0 172.16.1.1            lan0 10.2.0.1/24  hv0 172.16.2.1    │
+  └───┬───────────────┬───────────┘             └───┬────────────────┬──────────────┘
+      │               │                             │                │
+  ┌─ hypervisor (<id>-a) ─────────┐             ┌─ hypervisor (<id>-b) ─────────┐
+  │ rt0 ─ br0 ─ tap0 (VM)          │             │ rt0 ─ br0 ─ tap0 (VM)         │
+  │ up0 172.16.1.2 (default: ra)   │             │ up0 172.16.2.2 (default: rb)  │
+  └────────────────────────────────┘             └───────────────────────────────┘
 
-Each site has a bridge holding the VM's tap.  The sites are joined by an
-inter-site link [w] carrying both the migration stream and a VXLAN tunnel
-that stretches the VM's subnet across the sites, so the VM keeps its address
-and MAC when it moves (Travostino's L2 extension).  The underlay MTU is 1600
-so that full 1500-byte guest frames fit in VXLAN.  The client sits on site
-A's segment; after the move its traffic crosses the inter-site link.
+Three sites, each an IP subnet of its own behind its router: the VM's home
+subnet 10.1.0.0/24 at A (router A is its gateway, 10.1.0.1), 10.2.0.0/24 at B,
+the client at C.  Every path crosses an emulated WAN link: [w] between the
+sites' routers carries what the hypervisors send each other (the migration, the
+disk, a mode's tunnel), and the client's site has a link of its own to each
+site ([ca], [cb]), so that after a move the client reaches B directly, or
+through A where a mode tunnels (path stretch shows in the RTT).  The routers'
+routes are static: each knows the other sites' subnets by their links.  A
+network mode adds what it needs on top (``network/``): ``l2-extend`` stretches
+A's subnet to B's bridge with VXLAN between the hypervisors (``stretch``).
 
-[w] is a plain veth pair, or, with a WAN profile, two veth pairs meeting in a
-middle namespace (<id>-w, interfaces ``wa``/``wb``) where a ``WanLink``
-delays, drops and shapes the frames.  The client's path [c] can get its own
-emulated link the same way (``ca``/``cb`` in the middle namespace).
+A hypervisor holds the VM's tap on its bridge, which a veth (``rt0`` to the
+router's ``lan0``) joins to the site's LAN; its own traffic to the other site
+leaves by ``up0``.  The underlay (``up0``, ``hv0``, ``wan0`` and the link) has
+MTU 1600 so that full 1500-byte guest frames fit in VXLAN.
+
+[w], [ca] and [cb] are plain veth pairs, or, with a WAN profile (``wan`` for
+[w], ``client_wan`` for both client links), two veth pairs meeting in a middle
+namespace (<id>-w: ``wa``/``wb``, ``ca``/``ac``, ``cb``/``bc``) where a
+``WanLink`` delays, drops and shapes the frames.
 """
 
 from __future__ import annotations
@@ -44,18 +61,21 @@ log = logging.getLogger("wanmig.testbed")
 UNDERLAY_MTU = 1600
 VXLAN_ID = 77
 VXLAN_PORT = 4789
+SITES = ("a", "b")
+#: Each site's number in its addresses (10.N.0.0/24, 172.16.N.0/24); the client's is 3.
+SITE_NUMBER = {"a": 1, "b": 2, "c": 3}
+#: Each WAN link's /30, and the sites holding its .1 and its .2.
+LINKS = {frozenset("ab"): ("172.30.0", "a", "b"), frozenset("ac"): ("172.30.1", "a", "c"),
+         frozenset("bc"): ("172.30.2", "b", "c")}
 
 
 @dataclass(frozen=True)
 class Addressing:
     """Addresses and names of the testbed; the defaults are what the demo uses."""
 
-    vm_ip: str = "10.77.0.10"
-    client_ip: str = "10.77.0.100"
+    vm_ip: str = "10.1.0.10"          # in A's subnet: the VM's home address
+    client_ip: str = "10.3.0.100"
     vm_prefixlen: int = 24
-    site_a_ip: str = "172.30.0.1"
-    site_b_ip: str = "172.30.0.2"
-    inter_site_prefixlen: int = 30
     vm_mac: str = "52:54:00:77:00:10"
     tap: str = "tap0"
     migration_port: int = 4444
@@ -66,6 +86,35 @@ class Addressing:
     def vm_cidr(self) -> str:
         return f"{self.vm_ip}/{self.vm_prefixlen}"
 
+    @staticmethod
+    def lan(site: str) -> str:
+        """A site's LAN (``10.N.0.0/24``): the VM's home subnet at A."""
+        return f"10.{SITE_NUMBER[site]}.0.0/24"
+
+    @staticmethod
+    def gateway(site: str) -> str:
+        """The site router's address on its LAN: the VM's gateway at its home site."""
+        return f"10.{SITE_NUMBER[site]}.0.1"
+
+    @staticmethod
+    def hypervisor_ip(site: str) -> str:
+        """The hypervisor's own address: the migration's, the disk's and the tunnels' end."""
+        return f"172.16.{SITE_NUMBER[site]}.2"
+
+    @staticmethod
+    def link_ip(site: str, toward: str) -> str:
+        """``site``'s address on its WAN link to ``toward``."""
+        net, first, _ = LINKS[frozenset((site, toward))]
+        return f"{net}.{1 if site == first else 2}"
+
+    @property
+    def site_a_ip(self) -> str:
+        return self.hypervisor_ip("a")
+
+    @property
+    def site_b_ip(self) -> str:
+        return self.hypervisor_ip("b")
+
 
 class TestbedState(enum.Enum):
     CREATED = "created"
@@ -74,7 +123,8 @@ class TestbedState(enum.Enum):
 
 
 class Testbed:
-    """Site A, site B and the client; ``async with`` builds and removes them."""
+    """Sites A and B (a router and a hypervisor each) and the client's site; ``async
+    with`` builds and removes them."""
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -86,12 +136,16 @@ class Testbed:
         rid = registry.run_id
         self.site_a = Namespace(f"wm{rid}-a", registry)
         self.site_b = Namespace(f"wm{rid}-b", registry)
+        self.router_a = Namespace(f"wm{rid}-ra", registry)
+        self.router_b = Namespace(f"wm{rid}-rb", registry)
         self.client = Namespace(f"wm{rid}-c", registry)
         self.middle = Namespace(f"wm{rid}-w", registry) if (wan or client_wan) else None
         self.wan_profile, self.client_wan_profile = wan, client_wan
         self.wan_backend = wan_backend
         self.wan: WanLink | None = None          # the inter-site link, once up
-        self.client_wan: WanLink | None = None   # the client's link, once up
+        #: The client's links, to site A and to site B, once up (with ``client_wan``).
+        self.client_wans: dict[str, WanLink] = {}
+        self.stretched = False
         self.state = TestbedState.CREATED
 
     def __repr__(self) -> str:
@@ -100,14 +154,22 @@ class Testbed:
 
     @property
     def namespaces(self) -> tuple[Namespace, ...]:
-        base = (self.site_a, self.site_b, self.client)
+        base = (self.router_a, self.router_b, self.site_a, self.site_b, self.client)
         return base + ((self.middle,) if self.middle else ())
 
+    @property
+    def links(self) -> tuple[WanLink, ...]:
+        return tuple(x for x in (self.wan, *self.client_wans.values()) if x is not None)
+
     def site(self, which: str) -> Namespace:
+        """A site's hypervisor: where its QEMU, tap and bridge are."""
         return {"a": self.site_a, "b": self.site_b}[which]
 
+    def router(self, which: str) -> Namespace:
+        return {"a": self.router_a, "b": self.router_b}[which]
+
     def site_ip(self, which: str) -> str:
-        return {"a": self.addr.site_a_ip, "b": self.addr.site_b_ip}[which]
+        return self.addr.hypervisor_ip(which)
 
     async def up(self) -> None:
         """Create everything; on any failure remove what was made and raise."""
@@ -122,21 +184,21 @@ class Testbed:
 
     async def down(self) -> None:
         errors = []
-        for link in (self.client_wan, self.wan):
-            if link is not None:
-                try:
-                    await link.stop()
-                except NetworkError as exc:
-                    errors.append(str(exc))
-        self.wan = self.client_wan = None
+        for link in self.links:
+            try:
+                await link.stop()
+            except NetworkError as exc:
+                errors.append(str(exc))
+        self.wan, self.client_wans = None, {}
         errors += await remove_namespaces(self.namespaces)
         self.state = TestbedState.DOWN
         if errors:
             raise NetworkError("; ".join(errors))
 
     async def measure_link(self, *, goodput: bool) -> tuple[float | None, float | None]:
-        """The inter-site link as it is now: RTT p50 from A to B (1 s of 100 Hz pings)
-        and, if asked, one TCP stream's goodput in Mbit/s (2 s after its warm-up)."""
+        """The inter-site path as it is now: RTT p50 from A's hypervisor to B's (1 s of
+        100 Hz pings) and, if asked, one TCP stream's goodput in Mbit/s (2 s after its
+        warm-up)."""
         a, b, ip_b = self.site_a.name, self.site_b.name, self.addr.site_b_ip
         rtt = await measure.rtt(a, b, ip_b, rate_hz=100, seconds=1.0, registry=self.registry)
         if not goodput or rtt.p50_ms is None:
@@ -146,6 +208,24 @@ class Testbed:
                                   rtt_ms=rtt.p50_ms, queue_ms=p.queue_ms if p else 0.0,
                                   registry=self.registry)
         return rtt.p50_ms, g.goodput_mbit
+
+    async def stretch(self) -> None:
+        """A's subnet stretched to B's bridge: a VXLAN port on each hypervisor's bridge,
+        its far end the other hypervisor (``l2-extend``; removed with the namespaces)."""
+        if self.stretched:
+            return
+        try:
+            for which in SITES:
+                local, remote = self.site_ip(which), self.site_ip("b" if which == "a" else "a")
+                async with AsyncIPRoute(netns=self.site(which).name) as ipr:
+                    await ipr.link("add", ifname="vx0", kind="vxlan", vxlan_id=VXLAN_ID,
+                                   vxlan_local=local, vxlan_group=remote,
+                                   vxlan_port=VXLAN_PORT)
+                    br = (await ipr.link_lookup(ifname="br0"))[0]
+                    await link_up(ipr, "vx0", mtu=1500, master=br)
+        except NetlinkError as exc:
+            raise NetworkError(f"cannot stretch A's subnet to B: {exc}", cause=exc) from exc
+        self.stretched = True
 
     async def __aenter__(self) -> "Testbed":
         await self.up()
@@ -157,17 +237,19 @@ class Testbed:
     async def _build(self) -> None:
         a = self.addr
         try:
-            await self._join(self.site_a, "isl0", self.site_b, "isl0", ("wa", "wb"),
+            await self._join(self.router_a, "wan0", self.router_b, "wan0", ("wa", "wb"),
                              self.wan_profile is not None, UNDERLAY_MTU)
-            await self._join(self.client, "eth0", self.site_a, "cl0", ("ca", "cb"),
-                             self.client_wan_profile is not None, 1500)
-            for which in ("a", "b"):
-                async with AsyncIPRoute(netns=self.site(which).name) as ipr:
-                    await self._build_site(ipr, which)
-            async with AsyncIPRoute(netns=self.client.name) as ipr:
-                await link_up(ipr, "lo")
-                idx = await link_up(ipr, "eth0", mtu=1500)
-                await ipr.addr("add", index=idx, address=a.client_ip, prefixlen=a.vm_prefixlen)
+            client_emulated = self.client_wan_profile is not None
+            await self._join(self.client, "ra0", self.router_a, "cl0", ("ca", "ac"),
+                             client_emulated, 1500)
+            await self._join(self.client, "rb0", self.router_b, "cl0", ("cb", "bc"),
+                             client_emulated, 1500)
+            for which in SITES:
+                await add_veth(self.site(which), "up0", self.router(which), "hv0")
+                await add_veth(self.site(which), "rt0", self.router(which), "lan0")
+                await self._build_router(which)
+                await self._build_hypervisor(which)
+            await self._build_client()
             if self.middle is not None:
                 async with AsyncIPRoute(netns=self.middle.name) as ipr:
                     await link_up(ipr, "lo")
@@ -176,7 +258,9 @@ class Testbed:
         if self.wan_profile is not None:
             self.wan = await self._start_link("wa", "wb", self.wan_profile)
         if self.client_wan_profile is not None:
-            self.client_wan = await self._start_link("ca", "cb", self.client_wan_profile)
+            for which, ends in (("a", ("ca", "ac")), ("b", ("cb", "bc"))):
+                self.client_wans[which] = await self._start_link(*ends, self.client_wan_profile)
+        log.debug("addressing: %s", a)
 
     async def _join(self, left: Namespace, left_if: str, right: Namespace, right_if: str,
                     middle_ifs: tuple[str, str], emulated: bool, mtu: int) -> None:
@@ -198,17 +282,59 @@ class Testbed:
         await link.start()
         return link
 
-    async def _build_site(self, ipr: AsyncIPRoute, which: str) -> None:
+    async def _build_router(self, which: str) -> None:
+        a, other = self.addr, "b" if which == "a" else "a"
+        ns = self.router(which)
+        await _routing_on(ns)
+        async with AsyncIPRoute(netns=ns.name) as ipr:
+            await link_up(ipr, "lo")
+            await _address(ipr, "lan0", a.gateway(which), 24, 1500)
+            await _address(ipr, "hv0", _infra(which, 1), 24, UNDERLAY_MTU)
+            await _address(ipr, "wan0", a.link_ip(which, other), 30, UNDERLAY_MTU)
+            await _address(ipr, "cl0", a.link_ip(which, "c"), 30, 1500)
+            peer = a.link_ip(other, which)
+            for net in (a.lan(other), f"172.16.{SITE_NUMBER[other]}.0/24"):
+                await ipr.route("add", dst=net, gateway=peer)
+            await ipr.route("add", dst=a.lan("c"), gateway=a.link_ip("c", which))
+
+    async def _build_hypervisor(self, which: str) -> None:
         a = self.addr
-        local, remote = self.site_ip(which), self.site_ip("b" if which == "a" else "a")
-        await link_up(ipr, "lo")
-        isl = await link_up(ipr, "isl0", mtu=UNDERLAY_MTU)
-        await ipr.addr("add", index=isl, address=local, prefixlen=a.inter_site_prefixlen)
-        await ipr.link("add", ifname="br0", kind="bridge")
-        br = await link_up(ipr, "br0", mtu=1500)
-        await ipr.link("add", ifname="vx0", kind="vxlan", vxlan_id=VXLAN_ID,
-                       vxlan_local=local, vxlan_group=remote, vxlan_port=VXLAN_PORT)
-        await ipr.link("add", ifname=a.tap, kind="tuntap", mode="tap", no_pi=True)
-        ports = ["vx0", a.tap] + (["cl0"] if which == "a" else [])
-        for port in ports:
-            await link_up(ipr, port, mtu=1500, master=br)
+        async with AsyncIPRoute(netns=self.site(which).name) as ipr:
+            await link_up(ipr, "lo")
+            await _address(ipr, "up0", a.hypervisor_ip(which), 24, UNDERLAY_MTU)
+            await ipr.route("add", dst="0.0.0.0/0", gateway=_infra(which, 1))
+            await ipr.link("add", ifname="br0", kind="bridge")
+            br = await link_up(ipr, "br0", mtu=1500)
+            await ipr.link("add", ifname=a.tap, kind="tuntap", mode="tap", no_pi=True)
+            for port in ("rt0", a.tap):
+                await link_up(ipr, port, mtu=1500, master=br)
+
+    async def _build_client(self) -> None:
+        a = self.addr
+        await _routing_on(self.client, forward=False)
+        async with AsyncIPRoute(netns=self.client.name) as ipr:
+            lo = await link_up(ipr, "lo")
+            await ipr.addr("add", index=lo, address=a.client_ip, prefixlen=32)
+            for which in SITES:
+                await _address(ipr, f"r{which}0", a.link_ip("c", which), 30, 1500)
+                await ipr.route("add", dst=a.lan(which), gateway=a.link_ip(which, "c"),
+                                prefsrc=a.client_ip)
+
+
+def _infra(site: str, host: int) -> str:
+    return f"172.16.{SITE_NUMBER[site]}.{host}"
+
+
+async def _address(ipr: AsyncIPRoute, ifname: str, address: str, prefixlen: int,
+                   mtu: int) -> None:
+    index = await link_up(ipr, ifname, mtu=mtu)
+    await ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+
+
+async def _routing_on(ns: Namespace, *, forward: bool = True) -> None:
+    """Forwarding on (a router), and no reverse-path filter: after a move, requests
+    and replies may take different paths (a tunnel one way, a direct route back)."""
+    if forward:
+        await ns.sysctl("net.ipv4.ip_forward", "1")
+    for key in ("all", "default"):
+        await ns.sysctl(f"net.ipv4.conf.{key}.rp_filter", "0")

@@ -1,0 +1,163 @@
+"""``route``: the VM keeps its address in B's foreign subnet; its /32 moves by BGP.
+
+Silvera et al. (SYSTOR 2009) let a VM keep its address where the subnet is
+not its own; operators move such host routes today with EVPN type-5 or LISP.
+Here each router runs BIRD (``network/bird.py``) and the three sites speak
+eBGP.  While the VM is at A its address is reached by A's subnet route (the
+testbed's static one); at the switchover B's BIRD announces the VM's /32
+from B's LAN, the client's site and A learn it, and the longer prefix wins:
+the client reaches the VM at B directly, A forwards to B what still comes to it.
+
+The guest changes nothing.  Its gateway is A's router (10.1.0.1), whose MAC
+its ARP cache holds; B's router answers for that gateway with the same MAC
+(an anycast gateway MAC, set at ``prepare``) and, should the guest ask again,
+by proxy ARP.
+
+* ``prepare``: B's router takes the gateway's MAC and proxies its address;
+  the three BIRDs start and their six sessions must be up within
+  ``SESSION_TIMEOUT_S`` (else the run stops here, the VM untouched);
+* ``switchover`` (the guest is stopped at A): B's router gets a permanent
+  neighbour entry for the VM (what reaches it waits in B's tap for the guest,
+  no ARP), and B's BIRD enables the host route (kernel, then BGP);
+* ``redirect`` (B runs): ``announce-self``, then until the client site's
+  BIRD has the /32 via B (``route_switch_ms``, from the announcement);
+* ``rollback``: the host route withdrawn, so the /24 leads to A again;
+* ``close``: the daemons stopped (their routes go with them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, ClassVar
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..context import Part, RunContext
+from ..errors import NetworkError
+from ..testbed.topology import Addressing
+from .bird import HOST_ROUTE_PROTOCOL, Bird, BirdConfig, Peer, wait_established
+from .l2extend import ANNOUNCE
+
+SESSION_TIMEOUT_S = 15.0
+CONVERGE_TIMEOUT_S = 10.0
+#: Each site's AS number.
+ASN = {"a": 65001, "b": 65002, "c": 65003}
+_NUD_PERMANENT = 0x80
+
+
+def bird_configs(addr: Addressing) -> dict[str, BirdConfig]:
+    """Each router's BIRD: eBGP to the two other sites over its WAN links; B may announce
+    the VM's /32 (from its LAN), the client's site installs routes with its address."""
+    def peers(site: str) -> tuple[Peer, ...]:
+        return tuple(Peer(f"to_{other}", addr.link_ip(site, other), addr.link_ip(other, site),
+                          ASN[other]) for other in "abc" if other != site)
+
+    home = addr.lan("a")
+    return {
+        "a": BirdConfig(addr.link_ip("a", "b"), ASN["a"], peers("a"), host_prefix=home),
+        "b": BirdConfig(addr.link_ip("b", "a"), ASN["b"], peers("b"),
+                        host_routes=(f"{addr.vm_ip}/32",), host_prefix=home),
+        "c": BirdConfig(addr.link_ip("c", "a"), ASN["c"], peers("c"), prefsrc=addr.client_ip,
+                        host_prefix=home),
+    }
+
+
+class Route(Part):
+    kind: ClassVar[str] = "network"
+    name: ClassVar[str] = "route"
+
+    def __init__(self) -> None:
+        self.birds: dict[str, Bird] = {}
+        self.sessions_up_ms: float | None = None
+        self.announced_at: float | None = None
+        self.route_switch_ms: float | None = None
+        self.client_route: str | None = None
+        self.announced = False
+
+    def __repr__(self) -> str:
+        return f"Route(announced at B: {self.announced}, daemons: {list(self.birds)})"
+
+    async def prepare(self, ctx: RunContext) -> None:
+        tb = ctx.testbed
+        await self._gateway_at_b(ctx)
+        configs = bird_configs(tb.addr)
+        where = {"a": tb.router_a, "b": tb.router_b, "c": tb.client}
+        for site, cfg in configs.items():
+            bird = Bird(f"r{site}", where[site].name, cfg, ctx.run_dir, ctx.registry)
+            self.birds[site] = bird
+            await bird.start()
+        ctx.ui.step("route: BIRD on the three routers, waiting for the BGP sessions")
+        self.sessions_up_ms = round(1000 * await wait_established(
+            list(self.birds.values()), SESSION_TIMEOUT_S), 1)
+
+    async def _gateway_at_b(self, ctx: RunContext) -> None:
+        """B's router answers for the VM's gateway at A: its MAC, and proxy ARP for its
+        address (at once: no proxy delay)."""
+        tb, gateway = ctx.testbed, ctx.testbed.addr.gateway("a")
+        try:
+            async with AsyncIPRoute(netns=tb.router_a.name) as ipr:
+                link = (await ipr.link("get", ifname="lan0"))[0]
+                mac = link.get("IFLA_ADDRESS")
+            async with AsyncIPRoute(netns=tb.router_b.name) as ipr:
+                index = (await ipr.link_lookup(ifname="lan0"))[0]
+                await ipr.link("set", index=index, state="down")
+                await ipr.link("set", index=index, address=mac)
+                await ipr.link("set", index=index, state="up")
+                await ipr.neigh("add", dst=gateway, ifindex=index, proxy=True)
+        except (NetlinkError, IndexError) as exc:
+            raise NetworkError(f"route: cannot make B's router the VM's gateway: {exc}",
+                               cause=exc) from exc
+        await tb.router_b.sysctl("net.ipv4.neigh.lan0.proxy_delay", "0")
+
+    async def switchover(self, ctx: RunContext) -> None:
+        tb = ctx.testbed
+        try:
+            async with AsyncIPRoute(netns=tb.router_b.name) as ipr:
+                index = (await ipr.link_lookup(ifname="lan0"))[0]
+                await ipr.neigh("replace", dst=tb.addr.vm_ip, lladdr=tb.addr.vm_mac,
+                                ifindex=index, state=_NUD_PERMANENT)
+        except (NetlinkError, IndexError) as exc:
+            raise NetworkError(f"route: cannot reach the VM from B's router: {exc}",
+                               cause=exc) from exc
+        await self.birds["b"].request(f"enable {HOST_ROUTE_PROTOCOL}")
+        self.announced, self.announced_at = True, time.monotonic()
+
+    async def redirect(self, ctx: RunContext) -> None:
+        assert ctx.dst is not None and self.announced_at is not None
+        await ctx.dst.execute("announce-self", dict(ANNOUNCE))
+        net, via = f"{ctx.testbed.addr.vm_ip}/32", ctx.testbed.addr.link_ip("b", "c")
+        deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+        while via not in await self.birds["c"].gateways(net):
+            if time.monotonic() > deadline:
+                raise NetworkError(f"route: the client's site has no route to {net} via B "
+                                   f"{CONVERGE_TIMEOUT_S:g} s after B announced it")
+            await asyncio.sleep(0.005)
+        self.route_switch_ms = round((time.monotonic() - self.announced_at) * 1000, 1)
+        # what the client's kernel does with the VM's address now (BIRD installed it)
+        self.client_route = (await ctx.testbed.client.run(
+            "ip", "route", "get", ctx.testbed.addr.vm_ip)).splitlines()[0].strip()
+
+    async def rollback(self, ctx: RunContext) -> None:
+        if self.announced:
+            await self.birds["b"].request(f"disable {HOST_ROUTE_PROTOCOL}")
+            self.announced = False
+
+    async def close(self) -> None:
+        errors = []
+        for bird in self.birds.values():
+            try:
+                await bird.stop()
+            except NetworkError as exc:
+                errors.append(str(exc))
+        self.birds.clear()
+        if errors:
+            raise NetworkError("; ".join(errors))
+
+    def record(self) -> dict[str, Any]:
+        return {"mode": self.name, "route_switch_ms": self.route_switch_ms,
+                "bgp_sessions_up_ms": self.sessions_up_ms, "client_route": self.client_route}
+
+    def instants(self) -> dict[str, float]:
+        return {} if self.announced_at is None else {"route_announced": self.announced_at}
