@@ -28,6 +28,7 @@ from rich.progress import (
 
 from .bench import floor as floor_bench
 from .bench import memory as memory_bench
+from .bench import network as network_bench
 from .bench import storage as storage_bench
 from .bench import wan as wan_bench
 from .budget import POLL_S, write_rate
@@ -35,7 +36,7 @@ from .config import Scenario, load_scenario, parse_scenario
 from .errors import ConfigError, WanmigError
 from .memory import MigrationProgress
 from .orchestrator import Orchestrator
-from .parts import MEMORY, STORAGE
+from .parts import MEMORY, NETWORK, STORAGE
 from .wan.profiles import PROFILES
 from .qemu.image import build_image
 from .record import ResultRecord
@@ -277,6 +278,24 @@ def bench_memory(
     _bench(memory_bench.run_memory_bench(
         strategies=strategy or None, workloads=workload or None, profile=wan, repeat=repeat,
         floor_cycles=floor_cycles, timeout_s=timeout, out=out, ui=RichUi(),
+        say=lambda m: console.print(f"[bold]{escape(m)}[/]")), out)
+
+
+@bench_app.command("network")
+def bench_network(
+    out: BenchJsonOption,
+    mode: Annotated[Optional[list[str]], typer.Option(
+        "--mode", help=f"Only these modes (repeatable): {NETWORK.help()}; "
+                       "default: every implemented one.")] = None,
+    wan: Annotated[str, typer.Option(
+        "--wan", help="WAN profile, between the sites and from the client's site to "
+                      "each.")] = network_bench.PROFILE,
+    repeat: RepeatOption = network_bench.DEFAULT_REPEAT,
+) -> None:
+    """Every network mode on one guest and one WAN, precopy-tuned memory (a minute or two
+    a mode)."""
+    _bench(network_bench.run_network_bench(
+        modes=mode or None, profile=wan, repeat=repeat, out=out, ui=RichUi(),
         say=lambda m: console.print(f"[bold]{escape(m)}[/]")), out)
 
 

@@ -8,12 +8,14 @@ from rich.console import Group
 
 from .floor import render_floor_bench
 from .memory import render_memory_bench
+from .network import render_network_bench
 from .storage import render_storage_bench
 from .text import render_record
 from .wan import render_wan_bench
 
 BENCH_RENDERERS = {"memory": render_memory_bench, "wan": render_wan_bench,
-                   "floor": render_floor_bench, "storage": render_storage_bench}
+                   "floor": render_floor_bench, "storage": render_storage_bench,
+                   "network": render_network_bench}
 
 
 def render_bench(doc: dict[str, Any]) -> Group:
@@ -26,4 +28,4 @@ def render_bench(doc: dict[str, Any]) -> Group:
 
 
 __all__ = ["BENCH_RENDERERS", "render_bench", "render_floor_bench", "render_memory_bench",
-           "render_record", "render_storage_bench", "render_wan_bench"]
+           "render_network_bench", "render_record", "render_storage_bench", "render_wan_bench"]

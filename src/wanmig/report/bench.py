@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.table import Table
 from rich.text import Text
 
 
@@ -42,3 +43,21 @@ def runs_note(doc: dict[str, Any]) -> str:
     """``, median (range) of N runs`` for a table title when cases were repeated."""
     repeat = (doc.get("settings") or {}).get("repeat", 1)
     return f", median (range) of {repeat} runs" if repeat > 1 else ""
+
+
+def checks_and_failures(doc: dict[str, Any]) -> list[Table]:
+    """The targets' table, and the table of runs that did not complete (when any)."""
+    checks = Table(title="targets", header_style="bold")
+    for col in ("check", "result", "detail"):
+        checks.add_column(col)
+    for c in doc.get("checks", []):
+        checks.add_row(c["check"], verdict(c.get("ok")), c.get("detail", ""))
+    failed = [r for r in doc.get("results", []) if r.get("status") != "completed"]
+    if not failed:
+        return [checks]
+    errors = Table(title="why runs did not complete", header_style="bold")
+    errors.add_column("case")
+    errors.add_column("error")
+    for r in failed:
+        errors.add_row((r.get("bench") or {}).get("case", "?"), str(r.get("error")))
+    return [checks, errors]

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
-from .bench import figure, runs_of, runs_note, verdict
+from .bench import checks_and_failures, figure, runs_of, runs_note
 
 
 def render_storage_bench(doc: dict[str, Any]) -> Group:
@@ -38,15 +38,4 @@ def render_storage_bench(doc: dict[str, Any]) -> Group:
             figure(row, "net_outage_ms", "{:.0f}", ranged=True),
             figure(row, "io_p50_ms", "{:.1f}"), figure(row, "io_p99_ms", "{:.0f}"),
             figure(row, "throttle_bps", "{:.2f}", scale=1e6 / 8))
-    checks = Table(title="targets", header_style="bold")
-    for col in ("check", "result", "detail"):
-        checks.add_column(col)
-    for c in doc.get("checks", []):
-        checks.add_row(c["check"], verdict(c.get("ok")), c.get("detail", ""))
-    errors = Table(title="why runs did not complete", header_style="bold")
-    errors.add_column("case")
-    errors.add_column("error")
-    failed = [r for r in doc.get("results", []) if r.get("status") != "completed"]
-    for r in failed:
-        errors.add_row((r.get("bench") or {}).get("case", "?"), str(r.get("error")))
-    return Group(table, checks, *([errors] if failed else []))
+    return Group(table, *checks_and_failures(doc))
