@@ -163,6 +163,8 @@ InsecureOption = Annotated[bool, typer.Option(
     "--insecure", help="Migrate without TLS (to measure what TLS costs).")]
 StorageOption = Annotated[Optional[str], typer.Option(
     "--storage", help=f"Storage strategy: {STORAGE.help()}.")]
+NetworkOption = Annotated[Optional[str], typer.Option(
+    "--network", help=f"Network mode: {NETWORK.help()}.")]
 TransportOption = Annotated[Optional[str], typer.Option(
     "--transport", help="What carries a frozen disk image (hybrid's bulk, the postcopy/"
                         "hybrid fetch): wancopy (zstd, dedup, TLS streams), qemu (NBD) or auto "
@@ -171,7 +173,8 @@ TransportOption = Annotated[Optional[str], typer.Option(
 
 def _overrides(wan: str | None, strategy: str | None, workload: str | None,
                insecure: bool, storage: str | None = None,
-               transport: str | None = None) -> dict[str, dict[str, Any]]:
+               transport: str | None = None,
+               network: str | None = None) -> dict[str, dict[str, Any]]:
     """The CLI's options as scenario values; they win over the scenario file."""
     out: dict[str, dict[str, Any]] = {}
     if wan is not None:
@@ -186,17 +189,20 @@ def _overrides(wan: str | None, strategy: str | None, workload: str | None,
         out.setdefault("memory", {})["tls"] = False
     if workload is not None:
         out["vm"] = {"workload": workload}
+    if network is not None:
+        out["network"] = {"mode": network}
     return out
 
 
 @app.command()
 def demo(out: JsonOption = None, wan: WanOption = None, strategy: StrategyOption = None,
          workload: WorkloadOption = None, insecure: InsecureOption = False,
-         storage: StorageOption = None, transport: TransportOption = None) -> None:
+         storage: StorageOption = None, transport: TransportOption = None,
+         network: NetworkOption = None) -> None:
     """Migrate a running guest from site A to site B while a client watches."""
     try:
         data: dict[str, Any] = {"name": "demo", **_overrides(wan, strategy, workload, insecure,
-                                                             storage, transport)}
+                                                             storage, transport, network)}
         _run_scenario(parse_scenario(data), out)
     except WanmigError as exc:
         raise _fail(exc) from None
@@ -212,11 +218,12 @@ def migrate(
     insecure: InsecureOption = False,
     storage: StorageOption = None,
     transport: TransportOption = None,
+    network: NetworkOption = None,
 ) -> None:
     """Run the migration a scenario file describes."""
     try:
         _run_scenario(load_scenario(scenario, overrides=_overrides(
-            wan, strategy, workload, insecure, storage, transport)), out)
+            wan, strategy, workload, insecure, storage, transport, network)), out)
     except WanmigError as exc:
         raise _fail(exc) from None
 

@@ -233,7 +233,9 @@ class WanSpec(_Strict):
     rate_mbit: float | None = None
     queue_ms: float | None = None
     backend: Annotated[str, AfterValidator(check_backend)] = "auto"
-    client_profile: str | None = None  # an emulated link on the client's path too
+    #: The client's site's links to A and to B (one profile for both; "none": plain
+    #: veths): a nearby client by default, so every path it takes crosses a WAN.
+    client_profile: str | None = "metro"
     _link: LinkProfile | None = PrivateAttr(None)
     _client_link: LinkProfile | None = PrivateAttr(None)
 

@@ -131,7 +131,9 @@ def test_wan_defaults_to_continental() -> None:
     profile = wan.link
     assert wan.profile == "continental" and profile is not None
     assert profile.rtt_ms == 50 and profile.rate_mbit == 100
-    assert wan.client_link is None
+    # the client's site is a nearby one, behind emulated links of its own
+    assert wan.client_link is not None and wan.client_link.name == "metro"
+    assert parse_scenario({"wan": {"client_profile": "none"}}).wan.client_link is None
 
 
 def test_wan_overrides_and_none() -> None:
