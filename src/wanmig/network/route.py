@@ -44,7 +44,7 @@ SESSION_TIMEOUT_S = 15.0
 CONVERGE_TIMEOUT_S = 10.0
 #: Each site's AS number.
 ASN = {"a": 65001, "b": 65002, "c": 65003}
-_NUD_PERMANENT = 0x80
+_NUD_PERMANENT, _NTF_PROXY = 0x80, 0x08
 
 
 def bird_configs(addr: Addressing) -> dict[str, BirdConfig]:
@@ -105,7 +105,7 @@ class Route(Part):
                 await ipr.link("set", index=index, state="down")
                 await ipr.link("set", index=index, address=mac)
                 await ipr.link("set", index=index, state="up")
-                await ipr.neigh("add", dst=gateway, ifindex=index, proxy=True)
+                await ipr.neigh("add", dst=gateway, ifindex=index, flags=_NTF_PROXY)
         except (NetlinkError, IndexError) as exc:
             raise NetworkError(f"route: cannot make B's router the VM's gateway: {exc}",
                                cause=exc) from exc
