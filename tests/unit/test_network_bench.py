@@ -28,7 +28,7 @@ def _checks(*entries: dict[str, Any]) -> dict[str, bool | None]:
 
 
 def test_plan_is_every_implemented_mode_and_refuses_the_rest() -> None:
-    assert [c.mode for c in plan_cases()] == ["l2-extend", "route"]
+    assert [c.mode for c in plan_cases()] == ["l2-extend", "mobile-ip", "route"]
     assert plan_cases()[0].scenario()["wan"] == {"profile": "continental",
                                                 "client_profile": "continental"}
     assert plan_cases()[0].scenario()["memory"] == {"strategy": "precopy-tuned"}

@@ -72,7 +72,7 @@ def test_part_tables_name_every_part_once_and_refuse_what_is_not_built() -> None
     assert MEMORY.names("modelled") == ("precopy", "precopy-tuned", "postcopy", "hybrid")
     assert STORAGE.names(implemented=True) == ("shared", "mirror", "precopy", "postcopy",
                                               "hybrid", "auto")
-    assert NETWORK.names(implemented=True) == ("l2-extend", "route")
+    assert NETWORK.names(implemented=True) == ("l2-extend", "mobile-ip", "route")
     with pytest.raises(PartError, match="not implemented yet"):
         NETWORK.info("dns-tunnel")
     with pytest.raises(PartError, match="unknown memory strategy 'warp'"):

@@ -8,10 +8,8 @@ testbed's static one); at the switchover B's BIRD announces the VM's /32
 from B's LAN, the client's site and A learn it, and the longer prefix wins:
 the client reaches the VM at B directly, A forwards to B what still comes to it.
 
-The guest changes nothing.  Its gateway is A's router (10.1.0.1), whose MAC
-its ARP cache holds; B's router answers for that gateway with the same MAC
-(an anycast gateway MAC, set at ``prepare``) and, should the guest ask again,
-by proxy ARP.
+The guest changes nothing: B's router answers for its gateway at A
+(``gateway.answer_for_old_gateway``).
 
 * ``prepare``: B's router takes the gateway's MAC and proxies its address;
   the three BIRDs start and their six sessions must be up within
@@ -38,13 +36,13 @@ from ..context import Part, RunContext
 from ..errors import NetworkError
 from ..testbed.topology import Addressing
 from .bird import HOST_ROUTE_PROTOCOL, Bird, BirdConfig, Peer, wait_established
+from .gateway import NUD_PERMANENT, answer_for_old_gateway
 from .l2extend import ANNOUNCE
 
 SESSION_TIMEOUT_S = 15.0
 CONVERGE_TIMEOUT_S = 10.0
 #: Each site's AS number.
 ASN = {"a": 65001, "b": 65002, "c": 65003}
-_NUD_PERMANENT, _NTF_PROXY = 0x80, 0x08
 
 
 def bird_configs(addr: Addressing) -> dict[str, BirdConfig]:
@@ -75,13 +73,17 @@ class Route(Part):
         self.route_switch_ms: float | None = None
         self.client_route: str | None = None
         self.announced = False
+        self._ipr_b: AsyncIPRoute | None = None   # B's router, opened at prepare
+        self._lan_b = 0
 
     def __repr__(self) -> str:
         return f"Route(announced at B: {self.announced}, daemons: {list(self.birds)})"
 
     async def prepare(self, ctx: RunContext) -> None:
         tb = ctx.testbed
-        await self._gateway_at_b(ctx)
+        await answer_for_old_gateway(tb)
+        self._ipr_b = AsyncIPRoute(netns=tb.router_b.name)
+        self._lan_b = (await self._ipr_b.link_lookup(ifname="lan0"))[0]
         configs = bird_configs(tb.addr)
         where = {"a": tb.router_a, "b": tb.router_b, "c": tb.client}
         for site, cfg in configs.items():
@@ -92,37 +94,21 @@ class Route(Part):
         self.sessions_up_ms = round(1000 * await wait_established(
             list(self.birds.values()), SESSION_TIMEOUT_S), 1)
 
-    async def _gateway_at_b(self, ctx: RunContext) -> None:
-        """B's router answers for the VM's gateway at A: its MAC, and proxy ARP for its
-        address (at once: no proxy delay)."""
-        tb, gateway = ctx.testbed, ctx.testbed.addr.gateway("a")
-        try:
-            async with AsyncIPRoute(netns=tb.router_a.name) as ipr:
-                link = (await ipr.link("get", ifname="lan0"))[0]
-                mac = link.get("IFLA_ADDRESS")
-            async with AsyncIPRoute(netns=tb.router_b.name) as ipr:
-                index = (await ipr.link_lookup(ifname="lan0"))[0]
-                await ipr.link("set", index=index, state="down")
-                await ipr.link("set", index=index, address=mac)
-                await ipr.link("set", index=index, state="up")
-                await ipr.neigh("add", dst=gateway, ifindex=index, flags=_NTF_PROXY)
-        except (NetlinkError, IndexError) as exc:
-            raise NetworkError(f"route: cannot make B's router the VM's gateway: {exc}",
-                               cause=exc) from exc
-        await tb.router_b.sysctl("net.ipv4.neigh.lan0.proxy_delay", "0")
-
     async def switchover(self, ctx: RunContext) -> None:
-        tb = ctx.testbed
+        """Both at once, on what ``prepare`` opened: the neighbour entry and the
+        announcement."""
+        assert self._ipr_b is not None
+        addr = ctx.testbed.addr
+        self.announced = True   # from here a rollback withdraws it, whatever came of it
+        neighbour = self._ipr_b.neigh("replace", dst=addr.vm_ip, lladdr=addr.vm_mac,
+                                      ifindex=self._lan_b, state=NUD_PERMANENT)
         try:
-            async with AsyncIPRoute(netns=tb.router_b.name) as ipr:
-                index = (await ipr.link_lookup(ifname="lan0"))[0]
-                await ipr.neigh("replace", dst=tb.addr.vm_ip, lladdr=tb.addr.vm_mac,
-                                ifindex=index, state=_NUD_PERMANENT)
-        except (NetlinkError, IndexError) as exc:
+            await asyncio.gather(neighbour,
+                                 self.birds["b"].request(f"enable {HOST_ROUTE_PROTOCOL}"))
+        except NetlinkError as exc:
             raise NetworkError(f"route: cannot reach the VM from B's router: {exc}",
                                cause=exc) from exc
-        await self.birds["b"].request(f"enable {HOST_ROUTE_PROTOCOL}")
-        self.announced, self.announced_at = True, time.monotonic()
+        self.announced_at = time.monotonic()
 
     async def redirect(self, ctx: RunContext) -> None:
         assert ctx.dst is not None and self.announced_at is not None
@@ -145,6 +131,9 @@ class Route(Part):
             self.announced = False
 
     async def close(self) -> None:
+        if self._ipr_b is not None:
+            self._ipr_b.close()
+            self._ipr_b = None
         errors = []
         for bird in self.birds.values():
             try:

@@ -285,7 +285,7 @@ class Testbed:
     async def _build_router(self, which: str) -> None:
         a, other = self.addr, "b" if which == "a" else "a"
         ns = self.router(which)
-        await _routing_on(ns)
+        await _routing_on(ns, ("lan0", "hv0", "wan0", "cl0"))
         async with AsyncIPRoute(netns=ns.name) as ipr:
             await link_up(ipr, "lo")
             await _address(ipr, "lan0", a.gateway(which), 24, 1500)
@@ -311,7 +311,7 @@ class Testbed:
 
     async def _build_client(self) -> None:
         a = self.addr
-        await _routing_on(self.client, forward=False)
+        await _routing_on(self.client, ("ra0", "rb0"), forward=False)
         async with AsyncIPRoute(netns=self.client.name) as ipr:
             lo = await link_up(ipr, "lo")
             await ipr.addr("add", index=lo, address=a.client_ip, prefixlen=32)
@@ -331,10 +331,10 @@ async def _address(ipr: AsyncIPRoute, ifname: str, address: str, prefixlen: int,
     await ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
 
 
-async def _routing_on(ns: Namespace, *, forward: bool = True) -> None:
-    """Forwarding on (a router), and no reverse-path filter: after a move, requests
-    and replies may take different paths (a tunnel one way, a direct route back)."""
-    if forward:
-        await ns.sysctl("net.ipv4.ip_forward", "1")
-    for key in ("all", "default"):
-        await ns.sysctl(f"net.ipv4.conf.{key}.rp_filter", "0")
+async def _routing_on(ns: Namespace, ifnames: tuple[str, ...], *, forward: bool = True) -> None:
+    """Forwarding on (a router), and no reverse-path filter on any of ``ifnames`` (an
+    interface keeps the value the machine's default had when it was made): after a
+    move, requests and replies may take different paths (a tunnel one way, a direct
+    route back)."""
+    keys = [f"net.ipv4.conf.{name}.rp_filter=0" for name in ("all", "default", *ifnames)]
+    await ns.run("sysctl", "-qw", *keys, *(["net.ipv4.ip_forward=1"] if forward else []))
