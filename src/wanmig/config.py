@@ -213,9 +213,12 @@ class BudgetSpec(_Strict):
 
 
 class NetworkSpec(_Strict):
-    """How the VM's network identity moves (``wanmig.parts.NETWORK``)."""
+    """How the VM's network identity moves (``wanmig.parts.NETWORK``).  ``dns_ttl_s``:
+    the TTL ``dns-tunnel`` lowers the VM's record to before the move (its zone's normal
+    TTL is ``network.dns.NORMAL_TTL_S``)."""
 
     mode: NetworkMode = "l2-extend"
+    dns_ttl_s: int = Field(5, ge=1, le=3600)
 
 
 class WanSpec(_Strict):

@@ -140,6 +140,15 @@ class Part:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.kind} {self.name!r})"
 
+    async def setup(self, ctx: RunContext) -> None:
+        """The sites are up, the guest not booted, the client not started: servers the
+        client needs from the start (a network mode's DNS)."""
+
+    def client_name(self) -> tuple[str, str] | None:
+        """A network mode's name for the VM and the DNS server the client resolves it
+        through (new connections by name); None: the client uses the address."""
+        return None
+
     async def prepare(self, ctx: RunContext) -> None:
         """Before anything moves: the destination exists, channels are opened."""
 

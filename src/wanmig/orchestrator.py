@@ -251,6 +251,8 @@ class Orchestrator:
         ctx.faults = Faults(ctx)
         ctx.budget = budget_for(sc.budget, ctx.link, self.registry.run_dir, t0=self.state.t0)
         await self.storage.create(ctx)
+        for part in self.parts:
+            await part.setup(ctx)
         await self._boot_source(ctx)
 
     async def _measure_wan(self, testbed: Testbed) -> WanInfo:
@@ -278,7 +280,8 @@ class Orchestrator:
                      + (f" and {sc.vm.web_rps:g} HTTP requests/s ({sc.vm.workload})"
                         if sc.vm.workload in ("web", "app") else ""))
         self.client = ClientWatch(sc, ctx.testbed, ctx.registry,
-                                  interval_ms=sc.probe.interval_for(ctx.accel))
+                                  interval_ms=sc.probe.interval_for(ctx.accel),
+                                  by_name=self.network.client_name())
         await self.client.start()
 
     async def _migrate(self) -> tuple[str, str | None]:
@@ -574,6 +577,19 @@ class Orchestrator:
         return {name: round((at - stop) * 1000, 1)
                 for name, at in sorted(instants.items(), key=lambda kv: kv[1])}
 
+    def _network_result(self) -> NetworkResult:
+        """The mode's fields and the client's; where the mode renamed the VM, what the
+        client's resolver and its new connections by name saw of it."""
+        fields = self.network.record()
+        client = self.client
+        if client is not None:
+            fields.update(client.network_fields(self._switchover()))
+            if fields.get("dns_new_address"):
+                fields.update(client.renamed(fields["dns_new_address"],
+                                             self._all_instants().get("dns_updated"),
+                                             self.instants.get("resume")))
+        return NetworkResult(**fields)
+
     def _record(self, status: str, error: str | None, started: str) -> ResultRecord:
         sc, ctx, client = self.scenario, self.ctx, self.client
         if ctx is not None and ctx.faults.fired:
@@ -591,9 +607,7 @@ class Orchestrator:
                       destination_events=self._events(ctx.dst if ctx else None)),
             memory=MemoryResult.model_validate(self.memory.record()),
             storage=StorageResult.model_validate(self.storage.record()),
-            network=NetworkResult(**self.network.record(),
-                                  **(client.network_fields(self._switchover())
-                                     if client else {})),
+            network=self._network_result(),
             integrity=self._integrity(),
             phases=phases,
             total_ms=phases[-1].end_ms - phases[0].start_ms if phases else 0.0,

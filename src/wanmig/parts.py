@@ -5,7 +5,7 @@ A migration is put together from three parts, one of each kind::
     kind      scenario key        package      first parts
     memory    [memory] strategy   memory/      precopy, precopy-tuned, postcopy, hybrid, auto
     storage   [storage] strategy  storage/     shared
-    network   [network] mode      network/     l2-extend, route, mobile-ip
+    network   [network] mode      network/     l2-extend, dns-tunnel, mobile-ip, route
 
 Each table lists, in the order users see them, the names wanmig knows, a
 one-line summary, whether this build implements the part, the traits other
@@ -128,7 +128,8 @@ STORAGE = PartTable("storage", "storage strategy", [
 
 NETWORK = PartTable("network", "network mode", [
     PartInfo("l2-extend", "the VM's subnet stretched over VXLAN", "network.l2extend:L2Extend"),
-    PartInfo("dns-tunnel", "dynamic DNS and a tunnel for old connections"),
+    PartInfo("dns-tunnel", "a new address and DNS record at B, a tunnel for old connections",
+             "network.dnstunnel:DnsTunnel"),
     PartInfo("mobile-ip", "a home agent at A tunnels to the VM at B",
              "network.mobileip:MobileIp"),
     PartInfo("route", "the VM's /32 announced from its new site by BGP (BIRD)",

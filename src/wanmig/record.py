@@ -176,6 +176,15 @@ class NetworkResult(_Model):
     bgp_sessions_up_ms: float | None = None
     #: ``route``: the client's kernel route to the VM once BGP converged (``ip route get``).
     client_route: str | None = None
+    #: ``dns-tunnel``: the record's lowered TTL, the VM's name and its address at B; how
+    #: long the signed update took from B, and from it until the client's resolver
+    #: answered the new address (``new_conn_ms`` is then from B's resume until a new
+    #: connection by name was answered at the new address).
+    dns_ttl_s: int | None = None
+    dns_name: str | None = None
+    dns_new_address: str | None = None
+    dns_update_ms: float | None = None
+    dns_switch_ms: float | None = None
 
 
 class IntegrityResult(_Model):

@@ -39,12 +39,12 @@ SWITCHOVER_MARGIN_S = 1.0
 
 class ClientWatch:
     def __init__(self, scenario: Scenario, testbed: Testbed, registry: Registry, *,
-                 interval_ms: float) -> None:
+                 interval_ms: float, by_name: tuple[str, str] | None = None) -> None:
         self.scenario = scenario
         self.interval_ms = interval_ms   # the UDP echo's: the scenario's, or by accelerator
         addr, netns = testbed.addr, testbed.client.name
         self.probe = ClientProbe(addr.vm_ip, netns=netns, interval_ms=interval_ms,
-                                 registry=registry)
+                                 registry=registry, by_name=by_name)
         workload = scenario.vm.workload
         self.web = (WebLoad(addr.vm_ip, netns=netns, rate=scenario.vm.web_rps, registry=registry,
                             paths=APP_PATHS if workload == "app" else DEFAULT_PATHS)
@@ -125,6 +125,26 @@ class ClientWatch:
                 "udp_lost": p.udp_lost if p else None,
                 "udp_lost_switchover": self._lost_around(switchover),
                 "http_failed_1s": p.http_failed_1s if p else None}
+
+    def renamed(self, address: str, updated_at: float | None,
+                resumed_at: float | None) -> dict[str, Any]:
+        """By name, once the VM's record says ``address`` (updated at ``updated_at``,
+        the destination resumed at ``resumed_at``; ``time.monotonic()`` s): until the
+        client's resolver answered it (``dns_switch_ms``), and until a new connection by
+        name was answered there (``new_conn_ms``, from the resume)."""
+        p, offset = self.probe_report, self.clock_offset_ms()
+        if p is None or offset is None:
+            return {}
+        answered = next((t for t, a in (p.dns_answers or []) if a == address), None)
+        first_ok = (p.http_first_ok_ms or {}).get(address)
+
+        def since(probe_ms: float | None, at: float | None) -> float | None:
+            if probe_ms is None or at is None:
+                return None
+            return round(probe_ms + offset - at * 1000, 1)
+
+        return {"dns_switch_ms": since(answered, updated_at),
+                "new_conn_ms": since(first_ok, resumed_at)}
 
     def _lost_around(self, switchover: tuple[float, float] | None) -> int | None:
         offset, p = self.clock_offset_ms(), self.probe_report

@@ -3,7 +3,8 @@ WAN while the client, at a third site behind links of its own, keeps using it.
 
 ``route`` runs real BIRD daemons on the three routers: the VM's /32 must reach the
 client's kernel by BGP, via B.  ``mobile-ip`` tunnels from A's router (the home agent)
-to B's hypervisor.  Every mode must keep the client's long-lived TCP
+to B's hypervisor.  ``dns-tunnel`` runs Knot DNS, which the client resolves the VM
+through, and updates it with TSIG.  Every mode must keep the client's long-lived TCP
 connection, lose none of the guest's durable writes and leave nothing behind (the
 fixture also looks for BIRD processes).
 """
@@ -15,15 +16,19 @@ import dataclasses
 import pytest
 
 from wanmig.config import parse_scenario
+from wanmig.errors import NetworkError
 from wanmig.network import route
 from wanmig.network.bird import BirdConfig
+from wanmig.network.dns import KnotServer, TsigKey, lookup, update_address
 from wanmig.orchestrator import Orchestrator
+from wanmig.registry import Registry, new_run_id
+from wanmig.testbed import Testbed
 from wanmig.testbed.topology import Addressing
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu]
 
 
-@pytest.mark.parametrize("mode", ["l2-extend", "route", "mobile-ip"])
+@pytest.mark.parametrize("mode", ["l2-extend", "route", "mobile-ip", "dns-tunnel"])
 async def test_mode_keeps_the_client_connected(mode: str, leaves_nothing_behind) -> None:
     scenario = parse_scenario({
         "name": f"mode-{mode}", "vm": {"ram_mib": 256}, "network": {"mode": mode},
@@ -44,6 +49,13 @@ async def test_mode_keeps_the_client_connected(mode: str, leaves_nothing_behind)
     if mode == "l2-extend":
         # the stretched path: client -> router A -> VXLAN over the 50 ms WAN -> B
         assert net.rtt_after_ms > net.rtt_before_ms + 40, (net.rtt_before_ms, net.rtt_after_ms)
+    elif mode == "dns-tunnel":
+        # B's address, announced by a signed update; the client's resolver had it within
+        # the TTL, and a new connection by name reached it there within the TTL + 1 s
+        ttl_ms = net.dns_ttl_s * 1000
+        assert net.dns_new_address == addr.vm_ip_at("b")
+        assert net.dns_switch_ms is not None and 0 <= net.dns_switch_ms <= ttl_ms + 500
+        assert net.new_conn_ms <= ttl_ms + 1000, net.new_conn_ms
     elif mode == "mobile-ip":
         # the home agent at A tunnels to B, the replies leave B directly: half the WAN's
         # 50 ms RTT is added to the client's metro RTT
@@ -82,3 +94,33 @@ async def test_routing_daemons_that_do_not_peer_stop_the_run_before_the_move(
     assert [p.name for p in rec.phases][-1] == "prepare"      # nothing was copied
     assert rec.model_extra and rec.model_extra["source_state_after_rollback"] == "running"
     assert rec.network.new_conn_ms is not None and rec.network.tcp_survived is True
+
+
+async def test_dns_update_with_a_wrong_key_is_refused_and_changes_nothing(
+        leaves_nothing_behind) -> None:
+    registry = Registry(new_run_id())
+    try:
+        async with Testbed(registry) as tb:
+            addr = tb.addr
+            await tb.router_a.run("ip", "addr", "add", f"{addr.dns_ip()}/32", "dev", "lo")
+            key = TsigKey.fresh()
+            server = KnotServer(tb.router_a.name, registry.run_dir, addr.dns_ip(), addr.vm_ip,
+                                300, key, registry)
+            await server.start()
+            try:
+                # asked the way the client asks, from the client's site, over its link
+                assert await lookup(tb.client.name, addr.dns_ip(), server.fqdn) == \
+                    (addr.vm_ip, 300)
+                for wrong in (TsigKey.fresh(), TsigKey("someone-else", key.secret)):
+                    with pytest.raises(NetworkError, match="DNS update refused"):
+                        await update_address(tb.site_b.name, addr.dns_ip(), wrong,
+                                             addr.vm_ip_at("b"), 5)
+                assert await lookup(tb.client.name, addr.dns_ip(), server.fqdn) == \
+                    (addr.vm_ip, 300)
+                await update_address(tb.site_b.name, addr.dns_ip(), key, addr.vm_ip_at("b"), 5)
+                assert await lookup(tb.client.name, addr.dns_ip(), server.fqdn) == \
+                    (addr.vm_ip_at("b"), 5)
+            finally:
+                await server.stop()
+    finally:
+        registry.close()

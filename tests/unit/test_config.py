@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from wanmig.cli import app
 from wanmig.config import load_scenario, parse_scenario
 from wanmig.errors import ConfigError
+from wanmig.parts import NETWORK, PartInfo
 
 
 def test_defaults_are_the_demo() -> None:
@@ -37,9 +38,14 @@ def test_bad_values_name_the_field(data: dict, field: str) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_unimplemented_mode_is_refused_not_replaced() -> None:
-    with pytest.raises(ConfigError, match="'dns-tunnel' is not implemented yet"):
-        parse_scenario({"network": {"mode": "dns-tunnel"}})
+def test_unimplemented_mode_is_refused_not_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    # every mode of the table is built now: one the project names but has not built
+    later = PartInfo("teleport", "a mode named, not built")
+    monkeypatch.setitem(NETWORK._entries, later.name, later)
+    with pytest.raises(ConfigError, match="'teleport' is not implemented yet"):
+        parse_scenario({"network": {"mode": "teleport"}})
+    with pytest.raises(ConfigError, match="unknown network mode 'warp'"):
+        parse_scenario({"network": {"mode": "warp"}})
 
 
 @pytest.mark.parametrize("strategy", ["precopy", "precopy-tuned", "postcopy", "hybrid", "auto"])

@@ -28,12 +28,12 @@ def _checks(*entries: dict[str, Any]) -> dict[str, bool | None]:
 
 
 def test_plan_is_every_implemented_mode_and_refuses_the_rest() -> None:
-    assert [c.mode for c in plan_cases()] == ["l2-extend", "mobile-ip", "route"]
+    assert [c.mode for c in plan_cases()] == ["l2-extend", "dns-tunnel", "mobile-ip", "route"]
     assert plan_cases()[0].scenario()["wan"] == {"profile": "continental",
                                                 "client_profile": "continental"}
     assert plan_cases()[0].scenario()["memory"] == {"strategy": "precopy-tuned"}
-    with pytest.raises(ConfigError, match="not implemented yet"):
-        plan_cases(["dns-tunnel"])
+    with pytest.raises(ConfigError, match="unknown network mode 'warp'"):
+        plan_cases(["warp"])
 
 
 def test_route_is_held_to_l2_extend_plus_one_rtt() -> None:
@@ -64,3 +64,13 @@ def test_table_renders_from_the_document_alone() -> None:
     text = console.export_text()
     assert "network modes, precopy-tuned memory on continental" in text
     assert "route" in text and "340" in text
+
+
+def test_dns_tunnel_is_held_to_its_ttl_and_a_second() -> None:
+    entry = _entry("dns-tunnel", 300.0)
+    entry["network"].update(dns_ttl_s=5, new_conn_ms=5800.0)
+    assert _checks(entry)["dns-tunnel: a new connection by name reaches B within the TTL + 1 s"]
+    entry["network"]["new_conn_ms"] = 6200.0
+    assert not _checks(entry)["dns-tunnel: a new connection by name reaches B within the TTL + 1 s"]
+    # no frames to hold: the tunnel carries the old address, DNS the new one
+    assert "dns-tunnel: no new HTTP connection over 1 s" not in _checks(entry)

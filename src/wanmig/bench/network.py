@@ -9,7 +9,8 @@ orchestrator, so each result is an ordinary result record labelled by the runner
 
 ``evaluate_checks`` (pure) holds the issue's targets against the summary's
 medians: ``route`` and ``mobile-ip`` within one inter-site RTT of l2-extend's
-outage (measured in the same bench), and for every mode the long-lived TCP
+outage (measured in the same bench), ``dns-tunnel``'s new connection by name at
+B within the TTL and a second, and for every mode the long-lived TCP
 connection kept, no gap in the guest's disk log, no new HTTP connection over
 1 s and no more echoes lost around the switchover than the outage holds.
 """
@@ -94,6 +95,8 @@ FIGURES: Figures = {
     "http_failed_1s": lambda r: _net(r).get("http_failed_1s"),
     "probe_interval_ms": lambda r: _net(r).get("probe_interval_ms"),
     "route_switch_ms": lambda r: _net(r).get("route_switch_ms"),
+    "dns_ttl_s": lambda r: _net(r).get("dns_ttl_s"),
+    "dns_switch_ms": lambda r: _net(r).get("dns_switch_ms"),
     "log_gaps": lambda r: (r.get("integrity") or {}).get("guest_log_gaps"),
     "wan_rtt_ms": lambda r: (r.get("wan") or {}).get("rtt_measured_ms"),
     "downtime_ms": lambda r: (r.get("memory") or {}).get("downtime_ms"),
@@ -121,6 +124,11 @@ def evaluate_checks(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             add(f"{mode}: outage <= l2-extend's + one RTT",
                 out <= ref + rtt if known else None,
                 f"{out} ms vs {ref} ms + {rtt} ms", mode)
+        if mode == "dns-tunnel":
+            new, ttl = m["new_conn_ms"], m["dns_ttl_s"]
+            add(f"{mode}: a new connection by name reaches B within the TTL + 1 s",
+                new <= ttl * 1000 + 1000 if None not in (new, ttl) else None,
+                f"{new} ms after B resumed, TTL {ttl} s", mode)
         if mode in HELD:
             add(f"{mode}: no new HTTP connection over 1 s", _is(m["http_failed_1s"], 0),
                 f"{m['http_failed_1s']} over 1 s", mode)

@@ -13,6 +13,12 @@
  *                                   nginx: each HTTP request is an order stored in
  *                                   Redis (127.0.0.1:REDIS_PORT), answered with its
  *                                   number
+ *   guestd agent DEVICE IFNAME      the host's agent on a virtio-serial port: one
+ *                                   request per line, one answer per line ("ok" or
+ *                                   "error WHAT"); "ping", and "addr A.B.C.D/N", which
+ *                                   adds that address to IFNAME (the dns-tunnel mode
+ *                                   gives the VM an address of B's subnet at B and
+ *                                   keeps the old one for open connections)
  *
  * Each workload is its own process (one sub-command each) so that a crash in one
  * cannot stall the others, and each loop stays single-threaded and easy to read.
@@ -91,6 +97,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysinfo.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -946,11 +953,75 @@ static _Noreturn void app(int port, int redis_port)
     }
 }
 
+/* ---- Host agent ---- */
+
+static int valid_cidr(const char *s)
+{
+    unsigned a, b, c, d, n;
+    char tail;
+    return sscanf(s, "%3u.%3u.%3u.%3u/%2u%c", &a, &b, &c, &d, &n, &tail) == 5 && a < 256 &&
+           b < 256 && c < 256 && d < 256 && n >= 1 && n <= 32;
+}
+
+/* `ip addr add CIDR dev IFNAME` through busybox; 0 on success. */
+static int add_address(const char *cidr, const char *ifname)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        execlp("ip", "ip", "addr", "add", cidr, "dev", ifname, (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    if (waitpid(pid, &status, 0) < 0)
+        return -1;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+}
+
+static void agent(const char *device, const char *ifname)
+{
+    int fd = open(device, O_RDWR);
+    if (fd < 0)
+        die(device);
+    detach_when_ready();
+    char line[256];
+    size_t used = 0;
+    for (;;) {
+        ssize_t n = read(fd, line + used, sizeof line - 1 - used);
+        if (n <= 0) { /* the host is not connected (yet, or any more): wait for it */
+            if (n < 0 && errno != EINTR && errno != EAGAIN)
+                sleep(1);
+            else
+                usleep(100000);
+            continue;
+        }
+        used += (size_t)n;
+        char *nl;
+        while ((nl = memchr(line, '\n', used)) != NULL) {
+            *nl = '\0';
+            const char *answer = "error unknown request\n";
+            if (strcmp(line, "ping") == 0)
+                answer = "ok pong\n";
+            else if (strncmp(line, "addr ", 5) == 0 && valid_cidr(line + 5))
+                answer = add_address(line + 5, ifname) == 0 ? "ok\n" : "error ip addr add failed\n";
+            else if (strncmp(line, "addr ", 5) == 0)
+                answer = "error not an address A.B.C.D/N\n";
+            write_all(fd, answer, strlen(answer));
+            size_t rest = used - (size_t)(nl + 1 - line);
+            memmove(line, nl + 1, rest);
+            used = rest;
+        }
+        if (used == sizeof line - 1) /* a line too long to be a request */
+            used = 0;
+    }
+}
+
 static int usage(void)
 {
     fprintf(stderr, "usage: guestd udp-echo PORT | tcp-echo PORT | writer PATH PERIOD_MS"
                     " | dirty SIZE_MIB RATE_MBPS | diskwrite PATH SIZE_MIB RATE_MBPS"
-                    " | app PORT REDIS_PORT\n");
+                    " | app PORT REDIS_PORT | agent DEVICE IFNAME\n");
     return 2;
 }
 
@@ -967,6 +1038,8 @@ int main(int argc, char **argv)
         dirty(parse_size_mib(argv[2]), parse_rate_mbps(argv[3]));
     if (argc == 4 && strcmp(argv[1], "app") == 0)
         app(parse_port(argv[2]), parse_port(argv[3]));
+    if (argc == 4 && strcmp(argv[1], "agent") == 0)
+        agent(argv[2], argv[3]);
     if (argc == 5 && strcmp(argv[1], "diskwrite") == 0)
         diskwrite(argv[2], parse_size_mib(argv[3]), parse_rate_mbps(argv[4]));
     return usage();

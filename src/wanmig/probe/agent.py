@@ -52,6 +52,8 @@ from .probes import (
     HTTP_TIMEOUT_S,
     MS,
     HttpLoop,
+    HttpResult,
+    NameResolver,
     ProbeThread,
     S,
     TcpStream,
@@ -98,6 +100,8 @@ class Agent:
         self.udp = UdpEcho(args.target, args.udp_port, int(args.interval_ms * MS), self.t0)
         self.tcp = TcpStream(args.target, args.tcp_port, self.t0, args.tcp_grace)
         self.http = HttpLoop(args.target, args.http_port, self.t0, args.http_timeout)
+        if args.name:
+            self.http.resolver = NameResolver(args.name, args.dns, self.http)
         self.probes: tuple[ProbeThread, ...] = (self.udp, self.tcp, self.http)
         if args.rt_priority > 0:
             for probe in self.probes:
@@ -169,10 +173,13 @@ class Agent:
             except ValueError:
                 self.emitter.emit("error", message=f"bad timeout {rest!r}", fatal=False)
                 return True
-            result = http_get(self.args.target, self.args.http_port, timeout)
+            target = (self.http.resolver.address() if self.http.resolver
+                      else self.args.target)
+            result = (http_get(target, self.args.http_port, timeout) if target
+                      else HttpResult(False, 0.0, error="no DNS answer"))
             assert result is not None  # no abort flag given
             self.emitter.emit("newconn", ms=result.ms, ok=result.ok, status=result.status,
-                              error=result.error, t_ms=self.ms_now())
+                              error=result.error, t_ms=self.ms_now(), address=target)
         elif command:
             self.emitter.emit("error", message=f"unknown command {command!r}", fatal=False)
         return True
@@ -223,6 +230,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--udp-port", type=int, default=7)
     p.add_argument("--tcp-port", type=int, default=7)
     p.add_argument("--http-port", type=int, default=80)
+    p.add_argument("--name", default=None,
+                   help="resolve the VM by this name for new HTTP connections (with --dns)")
+    p.add_argument("--dns", default=None, help="the DNS server --name is asked of")
     p.add_argument("--interval-ms", type=float, default=1.0, help="UDP send interval")
     p.add_argument("--ready-timeout", type=float, default=30.0)
     p.add_argument("--tcp-grace", type=float, default=3.0,
@@ -236,6 +246,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.interval_ms <= 0:
         p.error("--interval-ms must be positive")
+    if bool(args.name) != bool(args.dns):
+        p.error("--name and --dns go together")
     return args
 
 

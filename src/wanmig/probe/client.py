@@ -40,11 +40,15 @@ ProbeState = ChildState  # the name this package has always exported
 
 def agent_argv(target: str, *, netns: str | None, udp_port: int, tcp_port: int,
                http_port: int, interval_ms: float, python: str, ready_timeout: float,
-               rt_priority: int = 10, owner: str | None = None) -> list[str]:
-    """The agent's command line; pure so that unit tests can check it."""
+               rt_priority: int = 10, owner: str | None = None,
+               by_name: tuple[str, str] | None = None) -> list[str]:
+    """The agent's command line; pure so that unit tests can check it.  ``by_name``:
+    (name, DNS server) new HTTP connections resolve the VM by."""
     args = ["--target", target, "--udp-port", str(udp_port), "--tcp-port", str(tcp_port),
             "--http-port", str(http_port), "--interval-ms", f"{interval_ms:g}",
             "--ready-timeout", f"{ready_timeout:g}", "--rt-priority", str(rt_priority)]
+    if by_name is not None:
+        args += ["--name", by_name[0], "--dns", by_name[1]]
     return module_argv("wanmig.probe.agent", args, python=python, netns=netns, owner=owner)
 
 
@@ -63,10 +67,12 @@ class ClientProbe(AgentHandle[ProbeReport]):
     def __init__(self, target: str, *, netns: str | None = None, udp_port: int = 7,
                  tcp_port: int = 7, http_port: int = 80, interval_ms: float = 1.0,
                  python: str = sys.executable, rt_priority: int = 10,
-                 registry: Registry | None = None) -> None:
+                 registry: Registry | None = None,
+                 by_name: tuple[str, str] | None = None) -> None:
         super().__init__(netns=netns, python=python, registry=registry,
                          log=logging.getLogger(f"wanmig.probe.{netns or 'local'}"))
         self.target = target
+        self.by_name = by_name
         self.udp_port = udp_port
         self.tcp_port = tcp_port
         self.http_port = http_port
@@ -81,7 +87,7 @@ class ClientProbe(AgentHandle[ProbeReport]):
                           tcp_port=self.tcp_port, http_port=self.http_port,
                           interval_ms=self.interval_ms, python=self.python,
                           ready_timeout=ready_timeout, rt_priority=self.rt_priority,
-                          owner=owner)
+                          owner=owner, by_name=self.by_name)
 
     # -- commands -----------------------------------------------------------
 

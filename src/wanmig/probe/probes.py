@@ -515,12 +515,47 @@ def parse_http_head(head: bytes) -> tuple[int | None, int | None]:
     return status, length
 
 
-class HttpLoop(ProbeThread):
-    """A new connection and ``GET /`` every 200 ms, counted from the first success."""
+class NameResolver:
+    """The VM's address by name through one DNS server, as a caching stub resolver asks
+    it: an answer is reused until its TTL runs out (dnspython's cache).  Every change
+    of the answer is kept, with the agent's clock (``answers``)."""
 
-    def __init__(self, target: str, port: int, t0: int, timeout_s: float) -> None:
+    def __init__(self, name: str, server: str, clock: ProbeThread) -> None:
+        import dns.resolver   # only agents that resolve by name need it
+
+        self.name, self.clock = name, clock
+        self.resolver = dns.resolver.Resolver(configure=False)
+        self.resolver.nameservers = [server]
+        self.resolver.cache = dns.resolver.Cache()
+        self.resolver.lifetime = 1.0
+        self.answers: list[list[Any]] = []   # [t_ms, address] at each change
+        self._lock = threading.Lock()
+
+    def address(self) -> str | None:
+        """The address now (None: no answer); a change is noted."""
+        import dns.exception
+
+        try:
+            address = str(self.resolver.resolve(self.name, "A")[0])
+        except dns.exception.DNSException:
+            return None
+        with self._lock:
+            if not self.answers or self.answers[-1][1] != address:
+                self.answers.append([self.clock.ms(time.monotonic_ns()), address])
+        return address
+
+
+class HttpLoop(ProbeThread):
+    """A new connection and ``GET /`` every 200 ms, counted from the first success.  With
+    a ``NameResolver`` the address is looked up before each connection, and the first
+    answered request at each address is kept (``http_first_ok_ms``)."""
+
+    def __init__(self, target: str, port: int, t0: int, timeout_s: float,
+                 resolver: NameResolver | None = None) -> None:
         super().__init__("http-loop", t0)
         self.target, self.port, self.timeout_s = target, port, timeout_s
+        self.resolver = resolver
+        self.first_ok_at: dict[str, float] = {}
         self.ok = 0
         self.failed = 0
         self.failed_1s = 0      # failed, or answered after HTTP_CLIENT_DEADLINE_MS
@@ -530,10 +565,14 @@ class HttpLoop(ProbeThread):
     def work(self) -> None:
         deadline = time.monotonic_ns()
         while not self.stop_event.is_set():
-            result = http_get(self.target, self.port, self.timeout_s, abort=self.stop_event)
+            target = self.resolver.address() if self.resolver else self.target
+            result = (http_get(target, self.port, self.timeout_s, abort=self.stop_event)
+                      if target else HttpResult(False, 0.0, error="no DNS answer"))
             now = time.monotonic_ns()
             if result is not None:
                 self._record(result, now)
+                if result.ok and target and target not in self.first_ok_at:
+                    self.first_ok_at[target] = self.ms(now)
             deadline = _next_slot(deadline, now, HTTP_INTERVAL_NS)
             self.stop_event.wait(max(0, deadline - time.monotonic_ns()) / S)
 
@@ -557,6 +596,8 @@ class HttpLoop(ProbeThread):
             "http_ok": self.ok,
             "http_failed": self.failed,
             "http_failed_1s": self.failed_1s,
+            "http_first_ok_ms": dict(self.first_ok_at) if self.resolver else None,
+            "dns_answers": list(self.resolver.answers) if self.resolver else None,
             "http_max_gap_ms": ns_to_ms(self.gaps.result(end=end).length),
             "http_latency_p50_ms": _round(percentile(self.latencies_ms, 50)),
             "http_latency_max_ms": max(self.latencies_ms) if self.latencies_ms else None,

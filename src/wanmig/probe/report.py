@@ -89,6 +89,10 @@ class ProbeReport:
     #: Runs of unanswered echoes: [first sent ms, last sent ms, count] (``UdpEcho``).
     udp_loss_bursts: list[list[float]] = field(default_factory=list)
     http_failed_1s: int | None = None
+    #: By name (``--name``): when the resolver's answer changed ([t_ms, address]) and the
+    #: first answered request at each address ({address: t_ms}).
+    dns_answers: list[list[Any]] | None = None
+    http_first_ok_ms: dict[str, float] | None = None
 
     def udp_lost_between(self, start_ms: float, end_ms: float) -> int:
         """Unanswered echoes sent from ``start_ms`` to ``end_ms`` (the agent's clock); the

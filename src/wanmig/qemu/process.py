@@ -105,6 +105,11 @@ def qemu_argv(cfg: VmConfig, run_dir: Path, binary: QemuBinary | None = None) ->
         "-netdev", (f"tap,id=net0,ifname={cfg.tap},script=no,downscript=no" if cfg.tap
                     else "user,id=net0,restrict=on"),
         "-device", f"virtio-net-pci,netdev=net0,mac={cfg.mac}",
+        # the host's agent in the guest (guestd agent): one virtio-serial port, its
+        # host end a socket per QEMU (both sites have the same devices: it migrates)
+        "-device", "virtio-serial-pci,id=vser0",
+        "-chardev", f"socket,id=agent0,path={agent_socket(run_dir, cfg.name)},server=on,wait=off",
+        "-device", "virtserialport,bus=vser0.0,chardev=agent0,name=org.wanmig.agent",
     ]
     if cfg.ram_file is not None:
         argv += ["-object", (f"memory-backend-file,id=ram0,size={cfg.ram_mib}M,"
@@ -118,6 +123,11 @@ def qemu_argv(cfg: VmConfig, run_dir: Path, binary: QemuBinary | None = None) ->
     if cfg.netns:
         argv = ["ip", "netns", "exec", cfg.netns, *argv]
     return argv
+
+
+def agent_socket(run_dir: Path, name: str) -> Path:
+    """The host end of VM ``name``'s agent port (``QemuVm.agent``)."""
+    return run_dir / f"{name}.agent"
 
 
 def observer_socket(run_dir: Path, name: str) -> Path:
@@ -359,6 +369,28 @@ class QemuVm:
             self._check_alive()
             raise QemuError(f"{cmd}: QMP connection lost ({exc})", vm=self.name,
                             cause=exc) from exc
+
+    async def agent(self, request: str, timeout: float = 10.0) -> str:
+        """One request to the guest's agent (``guestd agent``) over the virtio-serial
+        port; its answer after "ok".  QemuError with the agent's own "error ..." line,
+        or if it does not answer within ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_unix_connection(
+                    str(agent_socket(self.run_dir, self.name)))
+                try:
+                    writer.write(request.encode() + b"\n")
+                    await writer.drain()
+                    answer = (await reader.readline()).decode(errors="replace").strip()
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError) as exc:
+            raise QemuError(f"guest agent: {request!r} not answered ({exc or 'timeout'})",
+                            vm=self.name, cause=exc) from exc
+        if not answer.startswith("ok"):
+            raise QemuError(f"guest agent refused {request!r}: {answer or 'no answer'}",
+                            vm=self.name)
+        return answer[2:].strip()
 
     async def run_state(self, timeout: float = 10.0) -> str:
         """QEMU's run state: 'running', 'paused', 'inmigrate', 'postmigrate', ..."""

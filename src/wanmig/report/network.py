@@ -24,6 +24,7 @@ def render_network_bench(doc: dict[str, Any]) -> Group:
                "lost in run": ("udp_lost", "{:.0f}"),
                "HTTP > 1 s": ("http_failed_1s", "{:.0f}"),
                "route moved ms": ("route_switch_ms", "{:.0f}"),
+               "DNS switched ms": ("dns_switch_ms", "{:.0f}"),
                "log gaps": ("log_gaps", "{:.0f}")}
     table.add_column("mode")
     for col in columns:

@@ -97,6 +97,16 @@ class Addressing:
         return f"10.{SITE_NUMBER[site]}.0.1"
 
     @staticmethod
+    def vm_ip_at(site: str) -> str:
+        """The VM's address in a site's own subnet (``dns-tunnel`` gives it B's at B)."""
+        return f"10.{SITE_NUMBER[site]}.0.10"
+
+    @staticmethod
+    def dns_ip() -> str:
+        """The VM's zone's authoritative server (``dns-tunnel``), at router A."""
+        return "10.1.0.53"
+
+    @staticmethod
     def hypervisor_ip(site: str) -> str:
         """The hypervisor's own address: the migration's, the disk's and the tunnels' end."""
         return f"172.16.{SITE_NUMBER[site]}.2"
