@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ctypes
 import logging
 import os
 import secrets
@@ -37,7 +38,6 @@ import dns.rdatatype
 import dns.tsig
 import dns.tsigkeyring
 import dns.update
-from pyroute2 import netns as _netns
 
 from ..children import JsonLinesChild
 from ..errors import NetworkError
@@ -109,13 +109,25 @@ def render_config(run_dir: Path, listen: str, zone: str, key: TsigKey) -> str:
     ]) + "\n"
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
 def in_netns(netns: str, call: Callable[[], T]) -> T:
-    """``call()`` in a thread's visit to ``netns`` (its sockets are made there)."""
-    _netns.pushns(netns)
-    try:
-        return call()
-    finally:
-        _netns.popns()
+    """``call()`` with the calling thread in ``netns`` (the sockets it makes are there),
+    then back in its own: setns is per thread, so threads may do this side by side."""
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{netns}") as there:
+        _setns(there.fileno())
+        try:
+            return call()
+        finally:
+            _setns(home.fileno())
 
 
 class KnotServer:
