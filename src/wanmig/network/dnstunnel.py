@@ -19,6 +19,7 @@ from the old site.  Here:
   (``guestd agent`` over virtio-serial: no DHCP client has to notice the move),
   and the record is updated from B's hypervisor, across the WAN, to the new
   address (``dns_updated``);
+* ``finish``: one TTL (and a second) for the old answer to leave the caches;
 * ``close``: the DNS server stopped.
 
 The record's ``dns_switch_ms`` is from the update until the client's resolver
@@ -29,6 +30,7 @@ TTL and a second).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, ClassVar
 
@@ -42,6 +44,8 @@ from .mobileip import MobileIp
 
 #: The record's TTL before wanmig lowers it for the move.
 NORMAL_TTL_S = 300
+#: ``finish`` waits the TTL and this long: until every cache has the new answer.
+CACHE_MARGIN_S = 1.0
 
 
 class DnsTunnel(MobileIp):
@@ -91,6 +95,13 @@ class DnsTunnel(MobileIp):
         self.updated_at = time.monotonic()
         self.update_ms = round((self.updated_at - started) * 1000, 1)
         self.new_address = new
+
+    async def finish(self, ctx: RunContext) -> None:
+        """The move is done when no cache may still hold the old answer: one TTL (and a
+        second) after the update.  The client keeps watching meanwhile."""
+        assert self.ttl_s is not None
+        ctx.ui.step(f"dns-tunnel: {self.ttl_s} s for the old answer to leave the caches")
+        await asyncio.sleep(self.ttl_s + CACHE_MARGIN_S)
 
     async def close(self) -> None:
         await super().close()
