@@ -328,12 +328,14 @@ class Orchestrator:
         self._begin("switchover")
         await ctx.faults.at("switchover")
         # the network part moves the frames while the memory part sends the last bytes;
-        # the disk is in sync first (QEMU's completion deactivates the source's disk)
+        # the disk is in sync first (QEMU's completion deactivates the source's disk).
+        # The network's step starts first: what reaches A's stopped guest until it has
+        # moved is lost with A's QEMU (the record's frames_moved, tunnel_on, ...).
         async def disk_then_memory() -> None:
             await storage.switchover(ctx)
             await memory.switchover(ctx)
 
-        await _together(disk_then_memory(), network.switchover(ctx))
+        await _together(network.switchover(ctx), disk_then_memory())
         await storage.before_run(ctx)
         # The point of no return: from the next line on the destination may run.
         loaded = self.instants["cont"] = time.monotonic()
