@@ -39,6 +39,12 @@ ANNOUNCE = {"initial": 50, "max": 550, "rounds": 5, "step": 100}
 _NTF_MASTER, _NUD_REACHABLE = 0x04, 0x02
 
 
+async def announce(ctx: RunContext) -> None:
+    """``announce-self`` from B, which runs: every bridge on the way learns the VM's port."""
+    assert ctx.dst is not None
+    await ctx.dst.execute("announce-self", dict(ANNOUNCE))
+
+
 class L2Extend(Part):
     kind: ClassVar[str] = "network"
     name: ClassVar[str] = "l2-extend"
@@ -98,8 +104,7 @@ class L2Extend(Part):
         self.moved_at = time.monotonic()
 
     async def redirect(self, ctx: RunContext) -> None:
-        assert ctx.dst is not None
-        await ctx.dst.execute("announce-self", dict(ANNOUNCE))
+        await announce(ctx)
 
     async def rollback(self, ctx: RunContext) -> None:
         if self.mac_at != "a":

@@ -36,7 +36,7 @@ from ..context import Part, RunContext
 from ..errors import NetworkError
 from ..testbed.topology import VXLAN_PORT
 from .gateway import NTF_PROXY, NUD_PERMANENT, answer_for_old_gateway
-from .l2extend import ANNOUNCE
+from .l2extend import announce
 
 TUNNEL = "mip0"
 TUNNEL_VNI = 78
@@ -89,8 +89,7 @@ class MobileIp(Part):
         self.tunnel_at = time.monotonic()
 
     async def redirect(self, ctx: RunContext) -> None:
-        assert ctx.dst is not None
-        await ctx.dst.execute("announce-self", dict(ANNOUNCE))
+        await announce(ctx)
 
     async def rollback(self, ctx: RunContext) -> None:
         if not self.tunnelled or self._ipr_a is None:

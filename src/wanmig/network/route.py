@@ -37,7 +37,7 @@ from ..errors import NetworkError
 from ..testbed.topology import Addressing
 from .bird import HOST_ROUTE_PROTOCOL, Bird, BirdConfig, Peer, wait_established
 from .gateway import NUD_PERMANENT, answer_for_old_gateway
-from .l2extend import ANNOUNCE
+from .l2extend import announce
 
 SESSION_TIMEOUT_S = 15.0
 CONVERGE_TIMEOUT_S = 10.0
@@ -111,8 +111,8 @@ class Route(Part):
         self.announced_at = time.monotonic()
 
     async def redirect(self, ctx: RunContext) -> None:
-        assert ctx.dst is not None and self.announced_at is not None
-        await ctx.dst.execute("announce-self", dict(ANNOUNCE))
+        assert self.announced_at is not None
+        await announce(ctx)
         net, via = f"{ctx.testbed.addr.vm_ip}/32", ctx.testbed.addr.link_ip("b", "c")
         deadline = time.monotonic() + CONVERGE_TIMEOUT_S
         while via not in await self.birds["c"].gateways(net):
