@@ -7,6 +7,7 @@ configuration errors exit with code 2 before anything has been started.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -42,6 +43,7 @@ from .qemu.image import build_image
 from .record import ResultRecord
 from .registry import Registry, clean_leftovers
 from .report import render_bench, render_record
+from .report.html import write_html
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Live-migrate a running QEMU VM between two sites and measure what a client saw.")
@@ -341,17 +343,57 @@ def bench_floor(
         say=lambda m: console.print(f"[bold]{escape(m)}[/]")), out)
 
 
-@app.command()
-def report(path: Annotated[Path, typer.Argument(help="A result record (JSON).")]) -> None:
-    """Print a readable summary of a result record."""
+def _read_saved(path: Path) -> dict[str, Any]:
+    """A saved result record or bench document, checked as what it says it is;
+    ConfigError (one line) for a file that is missing or is neither."""
     try:
-        record = ResultRecord.read(path)
+        doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise _fail(ConfigError(f"no such file: {path}")) from None
-    except ValueError as exc:
-        raise _fail(ConfigError(f"{path} is not a result record: "
-                                f"{str(exc).splitlines()[0]}")) from None
-    console.print(render_record(record))
+        raise ConfigError(f"no such file: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path} is neither a result record nor a bench document")
+    try:
+        if "kind" in doc:
+            render_bench(doc)
+        else:
+            ResultRecord.model_validate(doc)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        what = "bench document" if "kind" in doc else "result record"
+        raise ConfigError(f"{path} is not a {what}: {str(exc).splitlines()[0]}") from None
+    return doc
+
+
+@app.command()
+def report(
+    path: Annotated[Path, typer.Argument(help="A result record or a bench document (JSON).")],
+    html: Annotated[Optional[Path], typer.Option(
+        "--html", help="Also write a self-contained HTML report here (plots embedded).")] = None,
+) -> None:
+    """Print a readable summary of a result record or a bench document (and, with --html,
+    write it as one HTML file with plots)."""
+    try:
+        doc = _read_saved(path)
+        if html is not None:
+            _write_html(doc, html)
+    except WanmigError as exc:
+        raise _fail(exc) from None
+    if "kind" in doc:
+        _wide().print(render_bench(doc))
+    else:
+        console.print(render_record(ResultRecord.model_validate(doc)))
+    if html is not None:
+        console.print(f"[dim]HTML report: {html}[/]")
+
+
+def _write_html(doc: dict[str, Any], out: Path) -> None:
+    try:
+        write_html(doc, out)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {exc.strerror or exc}", field="--html") from exc
 
 
 @image_app.command("build")

@@ -58,6 +58,8 @@ from .registry import Registry, new_run_id
 from .runstate import RunState, Stage
 from .storage.disk import read_files, read_log
 from .testbed import Testbed
+from .testbed.sampler import TxSampler
+from .testbed.topology import WAN_IFACE
 from .watch import ClientWatch
 
 __all__ = ["LogUi", "Orchestrator", "Ui"]
@@ -100,6 +102,10 @@ async def _together(*steps: Awaitable[None]) -> None:
             raise r
 
 
+#: Instants of the parts that are not steps of the switchover (``_timeline``).
+NOT_SWITCHOVER_STEPS = frozenset({"migrate"})
+
+
 class Orchestrator:
     """Runs one scenario end to end and returns its ResultRecord."""
 
@@ -129,6 +135,7 @@ class Orchestrator:
         self.instants: dict[str, float] = {}   # the engine's steps (time.monotonic() s)
         self.interrupted: str | None = None
         self._task: asyncio.Task[Any] | None = None   # cancelled by an interrupt, if allowed
+        self.sampler: TxSampler | None = None   # A's uplink through the phases (plots)
 
     def __repr__(self) -> str:
         return (f"Orchestrator(scenario={self.scenario.name!r}, "
@@ -288,7 +295,9 @@ class Orchestrator:
         """The phases, and the end of a failure; an interrupt's cancellation ends in ``run``.
         The budget's control file is read throughout (``wanmig budget``)."""
         assert self.ctx is not None
-        watch = asyncio.create_task(self.ctx.budget.watch())
+        self.sampler = TxSampler(self.ctx.testbed.site_a, WAN_IFACE)
+        tasks = [asyncio.create_task(self.ctx.budget.watch()),
+                 asyncio.create_task(self.sampler.run())]
         try:
             await self._phases()
         except WanmigError as exc:
@@ -296,9 +305,10 @@ class Orchestrator:
                 return self._end_after_switch(exc)
             return await self._end_before_switch(exc)
         finally:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         return "completed", None
 
     async def _phases(self) -> None:
@@ -568,7 +578,8 @@ class Orchestrator:
         stop = self._source_stop()
         if stop is None:
             return None
-        instants = self._all_instants()
+        instants = {name: at for name, at in self._all_instants().items()
+                    if name not in NOT_SWITCHOVER_STEPS}
         report = client.probe_report if client else None
         if report is not None and client is not None:
             for name, probe_ms in (("client_gap_start", report.udp_max_gap_start_ms),
@@ -578,6 +589,31 @@ class Orchestrator:
                     instants[name] = at
         return {name: round((at - stop) * 1000, 1)
                 for name, at in sorted(instants.items(), key=lambda kv: kv[1])}
+
+    def _series(self) -> dict[str, Any] | None:
+        """The record's ``series``: what the plots need, on the phases' clock."""
+        if not self.clock.phases:
+            return None
+        t0 = self.clock.t0
+
+        def run_ms(at: float) -> float:
+            return round((at - t0) * 1000, 1)
+
+        out: dict[str, Any] = self.client.series(run_ms) if self.client else {}
+        if self.sampler is not None and self.sampler.samples:
+            out["a_uplink_tx"] = [[run_ms(at), sent] for at, sent in self.sampler.samples]
+        instants = self._all_instants()
+        if "migrate" in instants:
+            out["memory_trace_at_ms"] = run_ms(instants["migrate"])
+        marks = {"A stopped": self._source_stop(), "B resumed": self.instants.get("resume")}
+        out["marks"] = {name: run_ms(at) for name, at in marks.items() if at is not None}
+        report = self.client.probe_report if self.client else None
+        if report is not None and self.client is not None:
+            gap = [self.client.to_monotonic(report.udp_max_gap_start_ms),
+                   self.client.to_monotonic(report.udp_max_gap_end_ms)]
+            if None not in gap:
+                out["client_outage"] = [run_ms(at) for at in gap if at is not None]
+        return out or None
 
     def _network_result(self) -> NetworkResult:
         """The mode's fields and the client's; where the mode renamed the VM, what the
@@ -616,5 +652,6 @@ class Orchestrator:
             states=[RunEvent.model_validate(s) for s in self.state.to_list()],
             switchover_timeline=self._timeline(),
             budget=ctx.budget.record() if ctx is not None else None,
+            series=self._series(),
             **self.notes,
         )

@@ -262,6 +262,14 @@ class ResultRecord(_Model):
     #: The migration's one bandwidth budget (``wanmig.budget``): its rate, every change
     #: and what each consumer (memory, storage) was granted when.
     budget: dict[str, Any] | None = None
+    #: What the plots need (``report.html``), bounded in size, instants in ms on the
+    #: phases' clock: ``udp_rtt`` and ``http``, the client's echoes and HTTP requests as
+    #: ``probe.stats.downsample`` rows ``[ms, largest RTT or latency (None: all lost),
+    #: count, lost]``; ``a_uplink_tx``, ``[ms, bytes A's uplink had sent]`` every 250 ms;
+    #: ``memory_trace_at_ms``, when ``migrate`` was sent (``memory.trace``'s zero);
+    #: ``marks``, {"A stopped", "B resumed"}; ``client_outage``, the largest gap [start, end].
+    #: None in records older than the plots.
+    series: dict[str, Any] | None = None
     run_id: str | None = None
     started_at: str | None = None
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .children import ChildState
@@ -117,7 +118,7 @@ class ClientWatch:
         return {"client_outage_ms": p.udp_max_gap_ms if p else None,
                 "tcp_survived": p.tcp_survived if p else None,
                 "new_conn_ms": self.new_conn_ms,
-                "probe": p.to_dict() if p else None,
+                "probe": _without_series(p.to_dict()) if p else None,
                 "probe_interval_ms": self.interval_ms,
                 "probe_windows": [w.summary() for w in self.windows] or None,
                 "rtt_before_ms": rtt.get("migration-start"),
@@ -125,6 +126,19 @@ class ClientWatch:
                 "udp_lost": p.udp_lost if p else None,
                 "udp_lost_switchover": self._lost_around(switchover),
                 "http_failed_1s": p.http_failed_1s if p else None}
+
+    def series(self, run_ms: Callable[[float], float]) -> dict[str, Any]:
+        """The probe's series for the record's ``series`` (``udp_rtt``, ``http``), their
+        instants moved from the probe's clock by ``run_ms`` (``time.monotonic()`` s to
+        the record's ms); empty without a report or a mark to read the clocks by."""
+        p, offset = self.probe_report, self.clock_offset_ms()
+        if p is None or offset is None:
+            return {}
+        out: dict[str, Any] = {}
+        for name, rows in (("udp_rtt", p.udp_series), ("http", p.http_series)):
+            if rows:
+                out[name] = [[run_ms((row[0] + offset) / 1000), *row[1:]] for row in rows]
+        return out
 
     def renamed(self, address: str, updated_at: float | None,
                 resumed_at: float | None) -> dict[str, Any]:
@@ -164,3 +178,9 @@ class ClientWatch:
             return {"web_rps": vm.web_rps, "paths": list(self.web.spec.paths),
                     "report": self.web_report.to_dict() if self.web_report else None}
         return None
+
+
+def _without_series(probe: dict[str, Any]) -> dict[str, Any]:
+    """The probe's report as the record's ``network.probe`` keeps it: its series go to
+    the record's ``series``, on the run's clock."""
+    return {k: v for k, v in probe.items() if k not in ("udp_series", "http_series")}

@@ -122,7 +122,8 @@ class QemuMigration:
         self.continued = False         # migrate-continue was sent: the last bytes may be stuck
         self.postcopy_reason: str | None = None
         #: When the switchover's steps happened (``time.monotonic()`` s): QEMU paused at
-        #: pre-switchover, migrate-continue sent, the source completed, B loaded.
+        #: pre-switchover, migrate-continue sent, the source completed, B loaded; and
+        #: when ``migrate`` was sent (the trace's zero, not a switchover step).
         self.instants: dict[str, float] = {}
         self._t0 = 0.0
         params = plan.parameters
@@ -163,7 +164,7 @@ class QemuMigration:
             raise MigrationError(f"iterate() in state {self.state.value}")
         deadline = time.monotonic() + timeout
         with self.src.qmp.listener("MIGRATION") as events:
-            self._t0 = time.monotonic()
+            self._t0 = self.instants["migrate"] = time.monotonic()
             await self.src.execute("migrate", {"uri": self.uri})
             self.state = MigrationState.ITERATING
             first = True

@@ -35,6 +35,7 @@ from ..model.link import QEMU_DEFAULT_MAX_BANDWIDTH
 from ..model.switchover import switchover_timeout_s
 from ..record import MemoryResult
 from ..testbed.netns import tx_bytes
+from ..testbed.topology import WAN_IFACE
 from .migration import MigrationState, QemuMigration
 from .plan import TLS_AUTHZ_ID, TLS_OBJECT_ID, MigrationPlan, TlsSettings, ablate, override
 from .select import known_facts, nominal, plan_for, surveyed, targets_for, unsurveyed
@@ -45,9 +46,6 @@ log = logging.getLogger("wanmig.memory")
 
 #: auto plans to finish within this share of the timeout (see the module docstring).
 AUTO_HORIZON_SHARE = 0.5
-#: A's hypervisor's uplink, whose counter gives the bytes on the WAN: all it sends to B
-#: (the migration, the disk, the stretched subnet's frames) crosses the WAN.
-WAN_IFACE = "up0"
 #: Linux's default tcp_wmem maximum: what default precopy may have queued.
 DEFAULT_SNDBUF_MAX = 4 * 2**20
 

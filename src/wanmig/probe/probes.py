@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..realtime import set_realtime, set_timer_slack
-from .stats import GapTracker, ns_to_ms, percentile
+from .stats import GapTracker, downsample, ns_to_ms, percentile
 
 MS = 1_000_000  # nanoseconds
 S = 1_000_000_000
@@ -139,6 +139,7 @@ class UdpEcho(ProbeThread):
         self.duplicates = 0
         self.seen = bytearray()
         self.rtts_ns = array("q")
+        self.reply_seqs = array("q")          # the datagram each RTT answered
         self.late_ns = array("q")             # actual send time minus its slot
         self.sent_ns = array("q")             # when each datagram went (by seq)
         self.gaps = GapTracker()
@@ -235,6 +236,7 @@ class UdpEcho(ProbeThread):
                 continue  # a reordered warm-up reply: outside the window
             self.received += 1
             self.rtts_ns.append(now - sent_at)
+            self.reply_seqs.append(seq)
             self.gaps.add(now)
             with self._window_lock:
                 self.window.add(now)
@@ -280,7 +282,16 @@ class UdpEcho(ProbeThread):
             "udp_send_late_p99_ms": _round(percentile(late, 99)),
             "udp_send_late_max_ms": _round(max(late)) if late else None,
             "udp_loss_bursts": self.loss_bursts(),
+            "udp_series": self.series(),
         }
+
+    def series(self) -> list[list[float | int | None]]:
+        """Every datagram from the first reply on, by when it was sent, with its RTT or
+        as lost: ``stats.downsample``'s rows (ms on the agent's clock)."""
+        rtt_of = dict(zip(self.reply_seqs, self.rtts_ns))
+        return downsample([(self.ms(self.sent_ns[seq]),
+                            rtt_of[seq] / MS if seq in rtt_of else None)
+                           for seq in range(self.first_seq or 0, self.sent)])
 
     def loss_bursts(self) -> list[list[float]]:
         """Runs of consecutive unanswered datagrams, from the first reply on: ``[first
@@ -560,6 +571,7 @@ class HttpLoop(ProbeThread):
         self.failed = 0
         self.failed_1s = 0      # failed, or answered after HTTP_CLIENT_DEADLINE_MS
         self.latencies_ms: list[float] = []
+        self.requests: list[tuple[float, float | None]] = []   # (sent ms, latency; None: failed)
         self.gaps = GapTracker()
 
     def work(self) -> None:
@@ -577,6 +589,8 @@ class HttpLoop(ProbeThread):
             self.stop_event.wait(max(0, deadline - time.monotonic_ns()) / S)
 
     def _record(self, result: HttpResult, now: int) -> None:
+        if self.first_ok is not None or result.ok:
+            self.requests.append((self.ms(now) - result.ms, result.ms if result.ok else None))
         if self.first_ok is not None and (not result.ok or result.ms > HTTP_CLIENT_DEADLINE_MS):
             self.failed_1s += 1
         if result.ok:
@@ -601,6 +615,7 @@ class HttpLoop(ProbeThread):
             "http_max_gap_ms": ns_to_ms(self.gaps.result(end=end).length),
             "http_latency_p50_ms": _round(percentile(self.latencies_ms, 50)),
             "http_latency_max_ms": max(self.latencies_ms) if self.latencies_ms else None,
+            "http_series": downsample(self.requests),
         }
 
 

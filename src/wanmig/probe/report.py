@@ -93,6 +93,10 @@ class ProbeReport:
     #: first answered request at each address ({address: t_ms}).
     dns_answers: list[list[Any]] | None = None
     http_first_ok_ms: dict[str, float] | None = None
+    #: For plots (``stats.downsample`` rows, ms on the agent's clock): every UDP echo by
+    #: when it was sent (largest RTT, lost ones), every HTTP request by when it began.
+    udp_series: list[list[Any]] | None = None
+    http_series: list[list[Any]] | None = None
 
     def udp_lost_between(self, start_ms: float, end_ms: float) -> int:
         """Unanswered echoes sent from ``start_ms`` to ``end_ms`` (the agent's clock); the

@@ -120,3 +120,22 @@ def last_mark_before(t_ms: float, marks: dict[str, float]) -> tuple[str, float] 
         return None
     mark, name = max(before)
     return name, round(t_ms - mark, 3)
+
+
+#: At most this many rows in a series kept for plots (``downsample``).
+MAX_SERIES_ROWS = 1500
+
+
+def downsample(points: Sequence[tuple[float, float | None]],
+               max_rows: int = MAX_SERIES_ROWS) -> list[list[float | int | None]]:
+    """``(t, value or None for a failure)`` points, in time order, as at most ``max_rows``
+    rows ``[t of the first point, largest value or None, points, failures]`` of equal
+    point counts: a spike or a loss anywhere still shows in its row."""
+    step = max(1, math.ceil(len(points) / max_rows))
+    rows: list[list[float | int | None]] = []
+    for i in range(0, len(points), step):
+        chunk = points[i:i + step]
+        values = [v for _, v in chunk if v is not None]
+        rows.append([round(chunk[0][0], 1), round(max(values), 3) if values else None,
+                     len(chunk), len(chunk) - len(values)])
+    return rows

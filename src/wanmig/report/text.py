@@ -57,7 +57,7 @@ def _count(value: int | None) -> str:
     return "–" if value is None else str(value)
 
 
-def _wan_line(wan: WanInfo) -> str:
+def wan_line(wan: WanInfo) -> str:
     link = wan.link
     if link is None:
         return wan.profile
@@ -165,20 +165,11 @@ def _storage_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
     return rows
 
 
-def render_record(rec: ResultRecord) -> Group:
-    """Header line, a table of figures and the phase timeline."""
-    head = Text.assemble(("wanmig ", "bold"), (rec.scenario.get("name", "?"), "bold cyan"),
-                         "  status: ", (rec.status, _STATUS_STYLE.get(rec.status, "")))
-    if rec.error:
-        head.append(f"\nerror: {rec.error}", style="red")
-
-    figures = Table(show_header=True, header_style="bold", title="what happened")
-    figures.add_column("figure")
-    figures.add_column("value", justify="right")
-    figures.add_column("measured by")
+def figure_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
+    """The record's figures as (figure, value, measured by) rows."""
     wan = rec.wan
     rows = [
-        ("WAN profile", _wan_line(wan), f"scenario ({wan.backend or 'plain veth'})"),
+        ("WAN profile", wan_line(wan), f"scenario ({wan.backend or 'plain veth'})"),
         ("WAN RTT measured before the move", _ms(wan.rtt_measured_ms), "site A → site B"),
         ("guest", f"{rec.vm.ram_mib} MiB RAM, {rec.vm.workload}, {rec.vm.accel or '?'}", "scenario"),
         ("guest boot to ready", _ms(rec.vm.boot_ms), f"{rec.vm.accel or '?'}, at site A"),
@@ -239,25 +230,47 @@ def render_record(rec: ResultRecord) -> Group:
         rows.append(("HTTP requests ok / failed",
                      f"{probe.get('http_ok', '–')} / {probe.get('http_failed', '–')}", "client"))
     rows.extend(_window_rows(rec.network.probe_windows or []))
-    for row in rows:
-        figures.add_row(*row)
+    return rows
 
-    timeline = Table(show_header=True, header_style="bold", title="phases")
-    timeline.add_column("phase")
-    timeline.add_column("start", justify="right")
-    timeline.add_column("duration", justify="right")
-    for ph in rec.phases:
-        timeline.add_row(ph.name, _ms(ph.start_ms), _ms(ph.end_ms - ph.start_ms))
-    if not rec.switchover_timeline:
-        return Group(head, figures, timeline)
-    steps = Table(show_header=True, header_style="bold",
-                  title="switchover, from the source's STOP")
-    steps.add_column("step")
-    steps.add_column("at", justify="right")
-    steps.add_column("since the previous", justify="right")
-    previous = None
-    for name, at in rec.switchover_timeline.items():
-        steps.add_row(name.replace("_", " "), _ms(at),
-                      "" if previous is None else _ms(round(at - previous, 1)))
+
+def phase_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
+    """(phase, start, duration) rows."""
+    return [(ph.name, _ms(ph.start_ms), _ms(ph.end_ms - ph.start_ms)) for ph in rec.phases]
+
+
+def step_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
+    """The switchover's steps from the source's STOP: (step, at, since the previous)."""
+    rows, previous = [], None
+    for name, at in (rec.switchover_timeline or {}).items():
+        rows.append((name.replace("_", " "), _ms(at),
+                     "" if previous is None else _ms(round(at - previous, 1))))
         previous = at
-    return Group(head, figures, timeline, steps)
+    return rows
+
+
+def _rich_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, str, str]],
+                right: tuple[str, ...] = ()) -> Table:
+    table = Table(show_header=True, header_style="bold", title=title)
+    for col in columns:
+        table.add_column(col, justify="right" if col in right else "left")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def render_record(rec: ResultRecord) -> Group:
+    """Header line, a table of figures and the phase timeline."""
+    head = Text.assemble(("wanmig ", "bold"), (rec.scenario.get("name", "?"), "bold cyan"),
+                         "  status: ", (rec.status, _STATUS_STYLE.get(rec.status, "")))
+    if rec.error:
+        head.append(f"\nerror: {rec.error}", style="red")
+    parts = [head,
+             _rich_table("what happened", ("figure", "value", "measured by"),
+                         figure_rows(rec), right=("value",)),
+             _rich_table("phases", ("phase", "start", "duration"), phase_rows(rec),
+                         right=("start", "duration"))]
+    if rec.switchover_timeline:
+        parts.append(_rich_table("switchover, from the source's STOP",
+                                 ("step", "at", "since the previous"), step_rows(rec),
+                                 right=("at", "since the previous")))
+    return Group(*parts)

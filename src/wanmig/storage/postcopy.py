@@ -41,7 +41,7 @@ from ..errors import StorageError, WanmigError
 from ..qemu.process import DISK_BASE_NODE, DISK_FILE_NODE, DISK_NODE
 from .disk import LocalDisks, create_overlay, disk_facts
 from .jobs import ProgressSteps, budgeted, wait_concluded
-from ..memory.parts import WAN_IFACE
+from ..testbed.topology import WAN_IFACE
 from ..testbed.netns import tx_bytes
 from .nbdcopy import PULL_EXPORT, PULL_FILE_NODE, PULL_OVERLAY_NODE, PULL_SOURCE_NODE, NbdCopy
 from .wancopy.channel import CopyTls, WanCopy, issue_tls

@@ -59,6 +59,9 @@ from .netns import Namespace, add_veth, create_namespaces, link_up, remove_names
 log = logging.getLogger("wanmig.testbed")
 
 UNDERLAY_MTU = 1600
+#: A hypervisor's uplink to its router, whose counter gives the bytes on the WAN: all A
+#: sends to B (the migration, the disk, the stretched subnet's frames) crosses the WAN.
+WAN_IFACE = "up0"
 VXLAN_ID = 77
 VXLAN_PORT = 4789
 SITES = ("a", "b")
@@ -255,7 +258,7 @@ class Testbed:
             await self._join(self.client, "rb0", self.router_b, "cl0", ("cb", "bc"),
                              client_emulated, 1500)
             for which in SITES:
-                await add_veth(self.site(which), "up0", self.router(which), "hv0")
+                await add_veth(self.site(which), WAN_IFACE, self.router(which), "hv0")
                 await add_veth(self.site(which), "rt0", self.router(which), "lan0")
                 await self._build_router(which)
                 await self._build_hypervisor(which)
@@ -311,7 +314,7 @@ class Testbed:
         a = self.addr
         async with AsyncIPRoute(netns=self.site(which).name) as ipr:
             await link_up(ipr, "lo")
-            await _address(ipr, "up0", a.hypervisor_ip(which), 24, UNDERLAY_MTU)
+            await _address(ipr, WAN_IFACE, a.hypervisor_ip(which), 24, UNDERLAY_MTU)
             await ipr.route("add", dst="0.0.0.0/0", gateway=_infra(which, 1))
             await ipr.link("add", ifname="br0", kind="bridge")
             br = await link_up(ipr, "br0", mtu=1500)
