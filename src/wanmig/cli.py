@@ -34,6 +34,7 @@ from .bench import storage as storage_bench
 from .bench import wan as wan_bench
 from .budget import POLL_S, write_rate
 from .config import Scenario, load_scenario, parse_scenario
+from .demo import run_demo
 from .errors import ConfigError, WanmigError
 from .memory import MigrationProgress
 from .orchestrator import Orchestrator
@@ -197,17 +198,40 @@ def _overrides(wan: str | None, strategy: str | None, workload: str | None,
 
 
 @app.command()
-def demo(out: JsonOption = None, wan: WanOption = None, strategy: StrategyOption = None,
+def demo(out: Annotated[Optional[Path], typer.Option(
+            "--json", help="Write the demo's document here (both runs' records; with "
+                           "--strategy, the one record).")] = None,
+         wan: WanOption = None, strategy: StrategyOption = None,
          workload: WorkloadOption = None, insecure: InsecureOption = False,
          storage: StorageOption = None, transport: TransportOption = None,
          network: NetworkOption = None) -> None:
-    """Migrate a running guest from site A to site B while a client watches."""
+    """Migrate a running guest from site A to site B while a client watches: twice, with
+    QEMU's defaults and with wanmig's auto, side by side (with --strategy: once)."""
     try:
         data: dict[str, Any] = {"name": "demo", **_overrides(wan, strategy, workload, insecure,
                                                              storage, transport, network)}
-        _run_scenario(parse_scenario(data), out)
+        if strategy is not None:
+            _run_scenario(parse_scenario(data), out)
+            return
+        _compare(data, out or RESULTS_DIR / "demo.json")
     except WanmigError as exc:
         raise _fail(exc) from None
+
+
+def _compare(data: dict[str, Any], out: Path) -> None:
+    """The demo's two runs; the comparison printed, the document and its HTML written."""
+    _record_dir(out)
+    doc = asyncio.run(run_demo(data, out=out, ui=RichUi(),
+                               say=lambda m: console.print(f"[bold]{escape(m)}[/]")))
+    for entry in doc["results"]:
+        console.print(render_record(ResultRecord.model_validate(entry)))
+    html = out.with_suffix(".html")
+    _write_html(doc, html)
+    _wide().print(render_bench(doc))
+    console.print(f"[dim]results: {out}[/]")
+    console.print(f"[bold]HTML report: {html}[/]", soft_wrap=True)
+    if any(entry.get("status") != "completed" for entry in doc["results"]):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -386,7 +410,7 @@ def report(
     else:
         console.print(render_record(ResultRecord.model_validate(doc)))
     if html is not None:
-        console.print(f"[dim]HTML report: {html}[/]")
+        console.print(f"[dim]HTML report: {html}[/]", soft_wrap=True)
 
 
 def _write_html(doc: dict[str, Any], out: Path) -> None:

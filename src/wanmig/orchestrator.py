@@ -296,8 +296,8 @@ class Orchestrator:
         The budget's control file is read throughout (``wanmig budget``)."""
         assert self.ctx is not None
         self.sampler = TxSampler(self.ctx.testbed.site_a, WAN_IFACE)
-        tasks = [asyncio.create_task(self.ctx.budget.watch()),
-                 asyncio.create_task(self.sampler.run())]
+        sampling = asyncio.create_task(self.sampler.run())
+        watch = asyncio.create_task(self.ctx.budget.watch())
         try:
             await self._phases()
         except WanmigError as exc:
@@ -305,10 +305,11 @@ class Orchestrator:
                 return self._end_after_switch(exc)
             return await self._end_before_switch(exc)
         finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            watch.cancel()
+            self.sampler.stop()   # its last sample: what A sent until now
+            for task in (watch, sampling):
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(task, 5)
         return "completed", None
 
     async def _phases(self) -> None:
@@ -653,5 +654,6 @@ class Orchestrator:
             switchover_timeline=self._timeline(),
             budget=ctx.budget.record() if ctx is not None else None,
             series=self._series(),
+            wan_bytes=self.sampler.sent if self.sampler else None,
             **self.notes,
         )

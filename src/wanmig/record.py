@@ -262,6 +262,10 @@ class ResultRecord(_Model):
     #: The migration's one bandwidth budget (``wanmig.budget``): its rate, every change
     #: and what each consumer (memory, storage) was granted when.
     budget: dict[str, Any] | None = None
+    #: Every byte A's uplink sent to the WAN from ``prepare`` until the phases ended
+    #: (memory, disk, the client's traffic that crossed): what the whole move cost the
+    #: WAN (``testbed.sampler``); None where the phases never began.
+    wan_bytes: int | None = None
     #: What the plots need (``report.html``), bounded in size, instants in ms on the
     #: phases' clock: ``udp_rtt`` and ``http``, the client's echoes and HTTP requests as
     #: ``probe.stats.downsample`` rows ``[ms, largest RTT or latency (None: all lost),

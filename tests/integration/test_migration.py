@@ -18,6 +18,7 @@ from wanmig.config import parse_scenario
 from wanmig.orchestrator import Orchestrator
 from wanmig.record import PHASES, ResultRecord
 
+from ..browser import open_page
 from .client_checks import assert_client_losses_are_the_outage
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu]
@@ -25,13 +26,36 @@ pytestmark = [pytest.mark.root, pytest.mark.qemu]
 WANMIG = Path(sys.executable).with_name("wanmig")
 
 
-def test_demo_cli_migrates_while_client_watches(tmp_path: Path, leaves_nothing_behind) -> None:
-    out = tmp_path / "out.json"
+def test_demo_cli_migrates_twice_while_client_watches(tmp_path: Path,
+                                                     leaves_nothing_behind) -> None:
+    """``wanmig demo``: QEMU's defaults, then auto, side by side, and the HTML report."""
+    out = tmp_path / "demo.json"
     proc = subprocess.run([str(WANMIG), "demo", "--json", str(out)], capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "status: completed" in proc.stdout
-    rec = ResultRecord.model_validate(json.loads(out.read_text()))
+    assert proc.stdout.count("status: completed") == 2
+    assert "auto's client outage against QEMU's defaults" in proc.stdout
+    assert f"HTML report: {out.with_suffix('.html')}" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "demo"
+    defaults, auto = (ResultRecord.model_validate(r) for r in doc["results"])
+    assert auto.status == "completed" and auto.scenario["memory"]["strategy"] == "auto"
+    assert auto.memory.decision and auto.memory.decision["chosen"] == auto.memory.strategy
+    for one in (defaults, auto):   # the plots' data, on the phases' clock
+        series = one.series or {}
+        assert {"udp_rtt", "http", "a_uplink_tx", "marks", "client_outage"} <= set(series)
+        assert series["marks"]["A stopped"] < series["marks"]["B resumed"]
+        assert one.wan_bytes and one.wan_bytes >= (one.memory.bytes or 0)
+    # every plot of both runs and of the comparison drawn in a real browser
+    view = open_page(out.with_suffix(".html"))
+    assert view.loaded and view.errors == []
+    assert len(view.images) == 3 + 2 * 4 and all(i["complete"] and i["width"] > 100
+                                                 for i in view.images), view.images
+    _check_demo_record(defaults)
+
+
+def _check_demo_record(rec: ResultRecord) -> None:
+    """The defaults run: QEMU's precopy, the client's view, the switchover step by step."""
 
     assert rec.status == "completed" and rec.error is None
     # The demo runs over the continental WAN, and its RTT was measured, not copied.

@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.console import Group
 
+from .demo import render_demo
 from .floor import render_floor_bench
 from .memory import render_memory_bench
 from .network import render_network_bench
@@ -15,7 +16,7 @@ from .wan import render_wan_bench
 
 BENCH_RENDERERS = {"memory": render_memory_bench, "wan": render_wan_bench,
                    "floor": render_floor_bench, "storage": render_storage_bench,
-                   "network": render_network_bench}
+                   "network": render_network_bench, "demo": render_demo}
 
 
 def render_bench(doc: dict[str, Any]) -> Group:

@@ -45,13 +45,17 @@ def runs_note(doc: dict[str, Any]) -> str:
     return f", median (range) of {repeat} runs" if repeat > 1 else ""
 
 
-def checks_and_failures(doc: dict[str, Any]) -> list[Table]:
-    """The targets' table, and the table of runs that did not complete (when any)."""
-    checks = Table(title="targets", header_style="bold")
-    for col in ("check", "result", "detail"):
+def checks_and_failures(doc: dict[str, Any], title: str = "targets", *,
+                        judged: bool = True) -> list[Table]:
+    """The targets' table (``judged``: with each verdict; else comparisons, no verdict),
+    and the table of runs that did not complete (when any)."""
+    rows = doc.get("checks", [])
+    checks = Table(title=title, header_style="bold")
+    for col in ("check", "result", "detail") if judged else ("comparison", "detail"):
         checks.add_column(col)
-    for c in doc.get("checks", []):
-        checks.add_row(c["check"], verdict(c.get("ok")), c.get("detail", ""))
+    for c in rows:
+        checks.add_row(c["check"], *([verdict(c.get("ok"))] if judged else []),
+                       c.get("detail", ""))
     failed = [r for r in doc.get("results", []) if r.get("status") != "completed"]
     if not failed:
         return [checks]

@@ -24,7 +24,8 @@ from .text import figure_rows, phase_rows, step_rows, wan_line
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.25em; margin-top: 1.8em; }
+h3 { font-size: 1.05em; margin-top: 1.2em; }
 table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
 td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f0f0f0; }
@@ -63,24 +64,27 @@ def _plot(plot: plots.Plot) -> str:
 def record_html(rec: ResultRecord) -> str:
     name = rec.scenario.get("name", "?")
     head = [f"<h1>wanmig: {html.escape(str(name))}, <span class=\"status-{rec.status}\">"
-            f"{html.escape(rec.status)}</span></h1>",
-            f"<p>run {html.escape(str(rec.run_id))}, started {html.escape(str(rec.started_at))}"
+            f"{html.escape(rec.status)}</span></h1>"]
+    return _page(f"wanmig {name}", [*head, *_record_body(rec)])
+
+
+def _record_body(rec: ResultRecord) -> list[str]:
+    """One run: what ran, its plots, its figures, phases, switchover and auto's reasons."""
+    body = [f"<p>run {html.escape(str(rec.run_id))}, started {html.escape(str(rec.started_at))}"
             f"; WAN {html.escape(wan_line(rec.wan))}; memory {html.escape(rec.memory.strategy)}"
             f", storage {html.escape(rec.storage.strategy)}, network "
             f"{html.escape(rec.network.mode)}</p>"]
     if rec.error:
-        head.append(f"<p class=\"status-failed\">error: {html.escape(rec.error)}</p>")
-    body = [*head, "<h2>What the client and the migration did, over time</h2>",
-            *(_plot(p) for p in plots.record_plots(rec)),
-            "<h2>Key figures</h2>", _table(("figure", "value", "measured by"),
-                                           figure_rows(rec)),
-            "<h2>Phases</h2>", _table(("phase", "start", "duration"), phase_rows(rec))]
+        body.append(f"<p class=\"status-failed\">error: {html.escape(rec.error)}</p>")
+    body += ["<h3>Over time</h3>", *(_plot(p) for p in plots.record_plots(rec)),
+             "<h3>Key figures</h3>", _table(("figure", "value", "measured by"),
+                                            figure_rows(rec)),
+             "<h3>Phases</h3>", _table(("phase", "start", "duration"), phase_rows(rec))]
     steps = step_rows(rec)
     if steps:
-        body += ["<h2>Switchover, from the source's STOP</h2>",
+        body += ["<h3>Switchover, from the source's STOP</h3>",
                  _table(("step", "at", "since the previous"), steps)]
-    body += _decision(rec)
-    return _page(f"wanmig {name}", body)
+    return body + _decision(rec)
 
 
 def _decision(rec: ResultRecord) -> list[str]:
@@ -89,7 +93,7 @@ def _decision(rec: ResultRecord) -> list[str]:
     d = rec.memory.decision or {}
     predictions = d.get("predictions") or []
     if d.get("reason") or predictions:
-        out += ["<h2>Why auto chose " + html.escape(str(d.get("chosen", "?"))) + "</h2>",
+        out += ["<h3>Why auto chose " + html.escape(str(d.get("chosen", "?"))) + "</h3>",
                 f"<p>{html.escape(str(d.get('reason', '')))}</p>"]
         out.append(_table(("strategy", "converges", "predicted total", "predicted outage"),
                           ((p.get("strategy", "?"), "yes" if p.get("converges") else "no",
@@ -97,7 +101,7 @@ def _decision(rec: ResultRecord) -> list[str]:
                            for p in predictions if isinstance(p, dict))))
     s = rec.storage
     if s.chosen:
-        out += [f"<h2>Why auto chose {html.escape(s.chosen)} for the disk</h2>",
+        out += [f"<h3>Why auto chose {html.escape(s.chosen)} for the disk</h3>",
                 f"<p>{html.escape(str(s.reason))}</p>"]
         out.append(_table(("strategy", "prediction"),
                           ((p.get("strategy", "?"),
@@ -120,13 +124,19 @@ def bench_html(doc: dict[str, Any]) -> str:
                                  code_format="<pre class=\"rich\">{code}</pre>")
     settings = ", ".join(f"{k} {v}" for k, v in (doc.get("settings") or {}).items())
     seconds = doc.get("seconds")
-    body = [f"<h1>wanmig bench {html.escape(kind)}</h1>",
+    heading = "wanmig demo: QEMU's defaults and auto" if kind == "demo" else f"wanmig bench {kind}"
+    body = [f"<h1>{html.escape(heading)}</h1>",
             f"<p>{html.escape(settings)}"
             + (f"; {seconds / 60:.1f} min" if isinstance(seconds, (int, float)) else "")
             + "</p>",
             *(_plot(p) for p in plots.bench_plots(doc)),
             "<h2>Tables</h2>", tables]
-    return _page(f"wanmig bench {kind}", body)
+    if kind == "demo":   # each run's own plots and figures below the comparison
+        for entry in doc.get("results") or []:
+            rec = ResultRecord.model_validate(entry)
+            body += [f"<h2>Run: {html.escape(str((entry.get('bench') or {}).get('case')))}"
+                     "</h2>", *_record_body(rec)]
+    return _page(heading, body)
 
 
 def write_html(doc: dict[str, Any], path: Path) -> None:

@@ -206,6 +206,8 @@ BENCH_BARS: dict[str, tuple[list[Bar], str | None]] = {
                  Bar("outage_ms", "client outage", "ms"),
                  Bar("wire_bytes", "bytes on the WAN", "MB", 1e6),
                  Bar("new_conn_ms", "new connection after the move", "ms")], "l2-extend"),
+    "demo": ([Bar("total_ms", "total time", "s", 1000), Bar("outage_ms", "client outage", "ms"),
+              Bar("wan_bytes", "bytes on the WAN (all A sent)", "MB", 1e6)], "defaults"),
     "wan": ([Bar("rtt_idle_p50_ms", "RTT idle (p50)", "ms"),
              Bar("rtt_loaded_p99_ms", "RTT loaded (p99)", "ms"),
              Bar("goodput_mbit", "one TCP stream's goodput", "Mbit/s")], None),
@@ -266,8 +268,9 @@ def _bars(bar: Bar, cells: dict[tuple[str, str], dict[str, Any]], groups: list[s
             med = fig_["median"] / bar.scale
             xs.append(x)
             ys.append(med)
-            lo.append(med - fig_["min"] / bar.scale)
-            hi.append(fig_["max"] / bar.scale - med)
+            # the median is rounded (runner.spread): a whisker never goes below zero
+            lo.append(max(0.0, med - fig_["min"] / bar.scale))
+            hi.append(max(0.0, fig_["max"] / bar.scale - med))
         is_base = baseline is not None and name.split("/")[0] == baseline
         ax.bar(xs, ys, width * 0.95, yerr=[lo, hi], capsize=2, color=colours(i % 20),
                hatch="//" if is_base else None, edgecolor="black" if is_base else None,

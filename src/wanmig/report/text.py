@@ -174,6 +174,8 @@ def figure_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
         ("guest", f"{rec.vm.ram_mib} MiB RAM, {rec.vm.workload}, {rec.vm.accel or '?'}", "scenario"),
         ("guest boot to ready", _ms(rec.vm.boot_ms), f"{rec.vm.accel or '?'}, at site A"),
         ("total migration time", _ms(rec.total_ms), "wanmig (phases)"),
+        ("bytes on the WAN, everything", _bytes(rec.wan_bytes),
+         "site A's uplink, prepare to finish"),
         ("memory strategy", rec.memory.strategy,
          "auto's choice" if "chosen" in (rec.memory.decision or {}) else "scenario"),
         *_decision_rows(rec),
