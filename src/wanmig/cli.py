@@ -30,6 +30,7 @@ from rich.progress import (
 from .bench import floor as floor_bench
 from .bench import memory as memory_bench
 from .bench import network as network_bench
+from .bench import seeds as seeds_bench
 from .bench import storage as storage_bench
 from .bench import wan as wan_bench
 from .budget import POLL_S, write_rate
@@ -329,6 +330,22 @@ def bench_network(
     a mode)."""
     _bench(network_bench.run_network_bench(
         modes=mode or None, profile=wan, repeat=repeat, out=out, ui=RichUi(),
+        say=lambda m: console.print(f"[bold]{escape(m)}[/]")), out)
+
+
+@bench_app.command("seeds")
+def bench_seeds(
+    out: BenchJsonOption,
+    paper: Annotated[Optional[list[str]], typer.Option(
+        "--paper", help=f"Only these papers (repeatable): "
+                        f"{', '.join(p.key for p in seeds_bench.PAPERS if p.implemented)}; "
+                        "default: every one wanmig has the technique of.")] = None,
+    repeat: RepeatOption = seeds_bench.DEFAULT_REPEAT,
+) -> None:
+    """The seed papers' experiments on this testbed: each with the paper's technique and
+    with wanmig's best, beside the paper's figure (about 15 min a repeat)."""
+    _bench(seeds_bench.run_seeds_bench(
+        papers=paper or None, repeat=repeat, out=out, ui=RichUi(),
         say=lambda m: console.print(f"[bold]{escape(m)}[/]")), out)
 
 

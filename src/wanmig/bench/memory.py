@@ -212,8 +212,10 @@ def evaluate_checks(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     by_case = {row["case"]: {**medians(row), "runs": row["runs"]} for row in summary}
     checks: list[dict[str, Any]] = []
 
-    def add(name: str, ok: bool | None, detail: str) -> None:
-        checks.append({"check": name, "ok": ok, "detail": detail})
+    def add(name: str, ok: bool | None, detail: str,
+            limit: dict[str, Any] | None = None) -> None:
+        checks.append({"check": name, "ok": ok, "detail": detail,
+                       **({"limit": limit} if limit else {})})
 
     def find(strategy: str, workload: str, tls: bool = True,
              verify: bool = True) -> dict[str, Any] | None:
@@ -272,7 +274,9 @@ def evaluate_checks(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         tb, bb = tuned["wire_bytes"], base["wire_bytes"]
         add(f"precopy-tuned bytes <= {BYTES_SHARE} x precopy (web)",
             None if not (tb and bb) else tb <= BYTES_SHARE * bb,
-            f"{tb} vs {bb} bytes" + (f" ({tb / bb:.2f})" if tb and bb else ""))
+            f"{tb} vs {bb} bytes" + (f" ({tb / bb:.2f})" if tb and bb else ""),
+            limit={"figure": "wire_bytes", "value": BYTES_SHARE * bb,
+                   "case": Case("precopy-tuned", "web").name} if bb else None)
     with_tls, without = find(*TLS_PAIR), find(*TLS_PAIR, tls=False)
     if with_tls and without:
         a, b = with_tls["total_ms"], without["total_ms"]

@@ -100,6 +100,8 @@ FIGURES: Figures = {
     "log_gaps": lambda r: (r.get("integrity") or {}).get("guest_log_gaps"),
     "wan_rtt_ms": lambda r: (r.get("wan") or {}).get("rtt_measured_ms"),
     "downtime_ms": lambda r: (r.get("memory") or {}).get("downtime_ms"),
+    "total_ms": lambda r: r.get("total_ms"),
+    "wan_bytes": lambda r: r.get("wan_bytes"),
 }
 
 
@@ -109,8 +111,11 @@ def evaluate_checks(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     by_mode = {row["case"]: medians(row) for row in summary}
     checks: list[dict[str, Any]] = []
 
-    def add(name: str, ok: bool | None, detail: str, mode: str) -> None:
-        checks.append({"check": name, "ok": ok, "detail": detail, "case": mode})
+    def add(name: str, ok: bool | None, detail: str, mode: str,
+            limit: tuple[str, float] | None = None) -> None:
+        checks.append({"check": name, "ok": ok, "detail": detail, "case": mode,
+                       **({"limit": {"figure": limit[0], "value": limit[1], "case": mode}}
+                          if limit else {})})
 
     base = by_mode.get(BASELINE)
     for mode, m in by_mode.items():
@@ -123,12 +128,14 @@ def evaluate_checks(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             known = None not in (out, ref, rtt)
             add(f"{mode}: outage <= l2-extend's + one RTT",
                 out <= ref + rtt if known else None,
-                f"{out} ms vs {ref} ms + {rtt} ms", mode)
+                f"{out} ms vs {ref} ms + {rtt} ms", mode,
+                ("outage_ms", ref + rtt) if known else None)
         if mode == "dns-tunnel":
             new, ttl = m["new_conn_ms"], m["dns_ttl_s"]
             add(f"{mode}: a new connection by name reaches B within the TTL + 1 s",
                 new <= ttl * 1000 + 1000 if None not in (new, ttl) else None,
-                f"{new} ms after B resumed, TTL {ttl} s", mode)
+                f"{new} ms after B resumed, TTL {ttl} s", mode,
+                ("new_conn_ms", ttl * 1000 + 1000) if ttl is not None else None)
         if mode in HELD:
             add(f"{mode}: no new HTTP connection over 1 s", _is(m["http_failed_1s"], 0),
                 f"{m['http_failed_1s']} over 1 s", mode)

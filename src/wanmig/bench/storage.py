@@ -294,7 +294,9 @@ def evaluate_checks(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         checks.append({"check": f"best bytes on the WAN ≤ {BYTES_SHARE:g} × {BASELINE}'s "
                                 f"({workload})", "ok": share <= BYTES_SHARE,
                        "detail": f"{why}{best_case} {best['bytes_on_wire'] / 1e6:.2f} MB vs "
-                                 f"{name} {base['bytes_on_wire'] / 1e6:.1f} MB ({share:.3f}×)"})
+                                 f"{name} {base['bytes_on_wire'] / 1e6:.1f} MB ({share:.3f}×)",
+                       "limit": {"figure": "bytes_on_wire", "case": best_case,
+                                 "value": BYTES_SHARE * base["bytes_on_wire"]}})
     for case, m in rows.items():
         if not case.startswith("postcopy") or m.get("dest_running_ms") is None:
             continue

@@ -10,13 +10,15 @@ from .demo import render_demo
 from .floor import render_floor_bench
 from .memory import render_memory_bench
 from .network import render_network_bench
+from .seeds import render_seeds_bench
 from .storage import render_storage_bench
 from .text import render_record
 from .wan import render_wan_bench
 
 BENCH_RENDERERS = {"memory": render_memory_bench, "wan": render_wan_bench,
                    "floor": render_floor_bench, "storage": render_storage_bench,
-                   "network": render_network_bench, "demo": render_demo}
+                   "network": render_network_bench, "demo": render_demo,
+                   "seeds": render_seeds_bench}
 
 
 def render_bench(doc: dict[str, Any]) -> Group:

@@ -54,8 +54,8 @@ def checks_and_failures(doc: dict[str, Any], title: str = "targets", *,
     for col in ("check", "result", "detail") if judged else ("comparison", "detail"):
         checks.add_column(col)
     for c in rows:
-        checks.add_row(c["check"], *([verdict(c.get("ok"))] if judged else []),
-                       c.get("detail", ""))
+        checks.add_row(Text(c["check"]), *([verdict(c.get("ok"))] if judged else []),
+                       Text(c.get("detail", "")))
     failed = [r for r in doc.get("results", []) if r.get("status") != "completed"]
     if not failed:
         return [checks]
@@ -63,5 +63,5 @@ def checks_and_failures(doc: dict[str, Any], title: str = "targets", *,
     errors.add_column("case")
     errors.add_column("error")
     for r in failed:
-        errors.add_row((r.get("bench") or {}).get("case", "?"), str(r.get("error")))
+        errors.add_row((r.get("bench") or {}).get("case", "?"), Text(str(r.get("error"))))
     return [checks, errors]

@@ -194,8 +194,7 @@ class Bar:
     scale: float = 1.0
 
 
-#: What each kind's bars show; the baseline each marks (a strategy or mode); the label
-#: that groups its cases (a workload), if any.
+#: What each kind's bars show, and the baseline each marks (a strategy, mode or run).
 BENCH_BARS: dict[str, tuple[list[Bar], str | None]] = {
     "memory": ([Bar("total_ms", "total time", "s", 1000), Bar("outage_ms", "client outage", "ms"),
                 Bar("wire_bytes", "bytes on the WAN", "MB", 1e6)], "precopy"),
@@ -204,10 +203,12 @@ BENCH_BARS: dict[str, tuple[list[Bar], str | None]] = {
                  Bar("bytes_on_wire", "disk bytes on the WAN", "MB", 1e6)], "mirror"),
     "network": ([Bar("total_ms", "total time", "s", 1000),
                  Bar("outage_ms", "client outage", "ms"),
-                 Bar("wire_bytes", "bytes on the WAN", "MB", 1e6),
+                 Bar("wan_bytes", "bytes on the WAN (all A sent)", "MB", 1e6),
                  Bar("new_conn_ms", "new connection after the move", "ms")], "l2-extend"),
     "demo": ([Bar("total_ms", "total time", "s", 1000), Bar("outage_ms", "client outage", "ms"),
               Bar("wan_bytes", "bytes on the WAN (all A sent)", "MB", 1e6)], "defaults"),
+    "seeds": ([Bar("total_ms", "total time", "s", 1000), Bar("outage_ms", "client outage", "ms"),
+               Bar("wan_bytes", "bytes on the WAN (all A sent)", "MB", 1e6)], "technique"),
     "wan": ([Bar("rtt_idle_p50_ms", "RTT idle (p50)", "ms"),
              Bar("rtt_loaded_p99_ms", "RTT loaded (p99)", "ms"),
              Bar("goodput_mbit", "one TCP stream's goodput", "Mbit/s")], None),
@@ -219,13 +220,17 @@ def _labels(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
             for r in doc.get("results", [])}
 
 
+#: The labels that group a bench's cases on the x axis (the first one a case has).
+GROUP_LABELS = ("workload", "paper")
+
+
 def _split(case: str, labels: dict[str, Any]) -> tuple[str, str]:
-    """A case as (group, bar): its workload, and the rest of its name."""
-    workload = labels.get("workload")
-    if workload is None:
+    """A case as (group, bar): its workload (or paper), and the rest of its name."""
+    group = next((labels[k] for k in GROUP_LABELS if k in labels), None)
+    if group is None:
         return "", case
-    rest = [part for part in case.split("/") if part != workload]
-    return str(workload), "/".join(rest) or case
+    rest = [part for part in case.split("/") if part != group]
+    return str(group), "/".join(rest) or case
 
 
 def bench_plots(doc: dict[str, Any]) -> list[Plot]:
@@ -281,9 +286,8 @@ def _bars(bar: Bar, cells: dict[tuple[str, str], dict[str, Any]], groups: list[s
         if limit.get("figure") != bar.figure or limit.get("value") is None:
             continue
         y = limit["value"] / bar.scale
-        spots = [x for (group, name), x in centre.items()
-                 if limit.get("case") in (None, _join(group, name))
-                 and limit.get("group") in (None, group)]
+        spots = [x for key, x in centre.items()
+                 if limit.get("case") in (None, cells[key]["case"])]
         for x in spots:
             ax.hlines(y, x - width / 2, x + width / 2, colors="red", lw=2,
                       label=None if drew else "target")
@@ -297,11 +301,3 @@ def _bars(bar: Bar, cells: dict[tuple[str, str], dict[str, Any]], groups: list[s
         title += ", log scale"
     ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     return Plot(title, _png(fig))
-
-
-def _join(group: str, name: str) -> str:
-    """The case name back from (group, bar), as the bench named it (``strategy/workload``)."""
-    if not group:
-        return name
-    head, _, tail = name.partition("/")
-    return "/".join(p for p in (head, group, tail) if p)

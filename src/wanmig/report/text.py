@@ -255,8 +255,8 @@ def _rich_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, str,
     table = Table(show_header=True, header_style="bold", title=title)
     for col in columns:
         table.add_column(col, justify="right" if col in right else "left")
-    for row in rows:
-        table.add_row(*row)
+    for row in rows:   # plain text: an error's "[...]" is not markup
+        table.add_row(*(Text(cell) for cell in row))
     return table
 
 
