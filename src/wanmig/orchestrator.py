@@ -34,7 +34,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ from .registry import Registry, new_run_id
 from .runstate import RunState, Stage
 from .storage.disk import read_files, read_log
 from .testbed import Testbed
+from .probe.stats import MAX_SERIES_ROWS
 from .testbed.sampler import TxSampler
 from .testbed.topology import WAN_IFACE
 from .watch import ClientWatch
@@ -603,6 +604,9 @@ class Orchestrator:
         out: dict[str, Any] = self.client.series(run_ms) if self.client else {}
         if self.sampler is not None and self.sampler.samples:
             out["a_uplink_tx"] = [[run_ms(at), sent] for at, sent in self.sampler.samples]
+        jobs = self._disk_jobs(run_ms)
+        if jobs:
+            out["disk_jobs"] = jobs
         instants = self._all_instants()
         if "migrate" in instants:
             out["memory_trace_at_ms"] = run_ms(instants["migrate"])
@@ -615,6 +619,17 @@ class Orchestrator:
             if None not in gap:
                 out["client_outage"] = [run_ms(at) for at in gap if at is not None]
         return out or None
+
+    def _disk_jobs(self, run_ms: Callable[[float], float]) -> dict[str, list[list[float]]]:
+        """Each block job's bytes still to copy as the storage parts polled it, by
+        ``<site>:<job id>``: ``[ms, remaining]`` rows, at most ``MAX_SERIES_ROWS`` each."""
+        out: dict[str, list[list[float]]] = {}
+        for site, vm in (("A", self.ctx.src if self.ctx else None),
+                         ("B", self.ctx.dst if self.ctx else None)):
+            for at, job, done, total in vm.job_progress if vm else ():
+                out.setdefault(f"{site}:{job}", []).append([run_ms(at), total - done])
+        return {name: rows[::max(1, -(-len(rows) // MAX_SERIES_ROWS))]
+                for name, rows in out.items()}
 
     def _network_result(self) -> NetworkResult:
         """The mode's fields and the client's; where the mode renamed the VM, what the

@@ -271,8 +271,9 @@ class ResultRecord(_Model):
     #: ``probe.stats.downsample`` rows ``[ms, largest RTT or latency (None: all lost),
     #: count, lost]``; ``a_uplink_tx``, ``[ms, bytes A's uplink had sent]`` every 250 ms;
     #: ``memory_trace_at_ms``, when ``migrate`` was sent (``memory.trace``'s zero);
-    #: ``marks``, {"A stopped", "B resumed"}; ``client_outage``, the largest gap [start, end].
-    #: None in records older than the plots.
+    #: ``marks``, {"A stopped", "B resumed"}; ``client_outage``, the largest gap [start, end];
+    #: ``disk_jobs``, QEMU's block jobs' bytes still to copy as polled, ``{"A:<job>":
+    #: [[ms, bytes], ...]}``.  None in records older than the plots.
     series: dict[str, Any] | None = None
     run_id: str | None = None
     started_at: str | None = None

@@ -67,7 +67,7 @@ def test_a_record_with_series_draws_every_plot(tmp_path: Path) -> None:
     pngs = images(page)
     assert len(pngs) == 4 and all(p.startswith(PNG) and len(p) > 5000 for p in pngs)
     assert "plot left out" not in page
-    for text in ("phases", "memory remaining and send rate", "client&#x27;s UDP echo RTT",
+    for text in ("phases", "memory and disk remaining, send rate", "client&#x27;s UDP echo RTT",
                  "client&#x27;s HTTP request latency", "Key figures", "405.0 ms",
                  "104.9 MiB", "pre switchover"):
         assert text in page, text

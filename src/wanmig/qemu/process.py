@@ -156,6 +156,9 @@ class QemuVm:
         #: STOP and RESUME as QEMU announced them, with their monotonic arrival time:
         #: the record shows from these when each copy ran.
         self.run_events: list[tuple[str, float]] = []
+        #: Block jobs' progress as the storage parts polled it (``storage.jobs``):
+        #: ``(monotonic s, job id, bytes done, bytes in all)``, for the report's plots.
+        self.job_progress: list[tuple[float, str, int, int]] = []
         self._running = asyncio.Event()   # the last of those was RESUME
         self._event_task: asyncio.Task[None] | None = None
 

@@ -104,12 +104,15 @@ def _rate_mbit(points: Sequence[tuple[float, float]]) -> tuple[list[float], list
 
 
 def transfer(rec: ResultRecord) -> Plot:
-    """Memory still to send (QEMU's trace) and the send rate over time: QEMU's own and what
-    A's uplink carried (memory, disk and everything else that crossed to B)."""
-    title = "memory remaining and send rate"
+    """Memory still to send (QEMU's trace), the disk still to copy (QEMU's block jobs, as
+    the storage parts polled them; wancopy's own transport is not traced) and the send
+    rate over time: QEMU's own and what A's uplink carried (memory, disk and everything
+    else that crossed to B)."""
+    title = "memory and disk remaining, send rate"
     series, trace = rec.series or {}, rec.memory.trace or []
     wire = series.get("a_uplink_tx") or []
     at = series.get("memory_trace_at_ms")
+    jobs = series.get("disk_jobs") or {}
     if not trace and not wire:
         return Plot(title, missing=NO_SERIES if rec.series is None
                     else "no memory trace and no uplink samples in this record")
@@ -122,6 +125,9 @@ def transfer(rec: ResultRecord) -> Plot:
                 label="memory remaining (MiB)")
         xs, ys = _rate_mbit([(ti, row[3]) for ti, row in zip(t, trace)])
         rate_ax.plot(xs, ys, color="tab:orange", lw=1, label="QEMU's send rate (Mbit/s)")
+    for name, rows in jobs.items():
+        ax.plot([r[0] / 1000 for r in rows], [r[1] / 2**20 for r in rows], ls="--",
+                drawstyle="steps-post", label=f"disk job {name} remaining (MiB)")
     if wire:
         xs, ys = _rate_mbit([(ms / 1000, sent) for ms, sent in wire])
         rate_ax.plot(xs, ys, color="tab:green", lw=1, alpha=0.8,

@@ -40,8 +40,10 @@ async def job_status(vm: QemuVm, job_id: str) -> JobStatus | None:
     """The job's status; None if QEMU has no such job."""
     for job in await vm.execute("query-jobs"):
         if job.get("id") == job_id:
-            return JobStatus(status=job["status"], done=int(job.get("current-progress", 0)),
-                             total=int(job.get("total-progress", 0)), error=job.get("error"))
+            status = JobStatus(status=job["status"], done=int(job.get("current-progress", 0)),
+                               total=int(job.get("total-progress", 0)), error=job.get("error"))
+            vm.job_progress.append((time.monotonic(), job_id, status.done, status.total))
+            return status
     return None
 
 
