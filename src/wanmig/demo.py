@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .bench.runner import BenchRun, Entry, Figures, Say
+from .bench.runner import RUN_FIGURES, BenchRun, Entry, Figures, Say
 from .config import Scenario, parse_scenario
 
 if TYPE_CHECKING:
@@ -55,21 +55,7 @@ def plan_cases(base: dict[str, Any]) -> list[DemoCase]:
             DemoCase(AUTO, "auto", storage if moves_disk else None)]
 
 
-def _get(entry: Entry, *keys: str) -> Any:
-    value: Any = entry
-    for key in keys:
-        value = (value or {}).get(key)
-    return value
-
-
-FIGURES: Figures = {
-    "completed": lambda r: 1.0 if r.get("status") == "completed" else 0.0,
-    "total_ms": lambda r: r.get("total_ms"),
-    "memory_ms": lambda r: _get(r, "memory", "total_ms"),
-    "downtime_ms": lambda r: _get(r, "memory", "downtime_ms"),
-    "outage_ms": lambda r: _get(r, "network", "client_outage_ms"),
-    "wan_bytes": lambda r: r.get("wan_bytes"),
-}
+FIGURES: Figures = RUN_FIGURES
 
 
 def comparison(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -48,6 +48,7 @@ from .integrity import APP_AOF_DIR, MEMCHECK_SWEEP_PREFIX, app_order_fields, che
 from .memory import MigrationProgress
 from .memory.select import link_facts
 from .parts import MEMORY, NETWORK, STORAGE
+from .probe.stats import MAX_SERIES_ROWS
 from .qemu.accel import resolve_accel
 from .qemu.binary import qemu_binary
 from .qemu.image import READY_MARKER, build_image, default_build_dir
@@ -58,7 +59,6 @@ from .registry import Registry, new_run_id
 from .runstate import RunState, Stage
 from .storage.disk import read_files, read_log
 from .testbed import Testbed
-from .probe.stats import MAX_SERIES_ROWS
 from .testbed.sampler import TxSampler
 from .testbed.topology import WAN_IFACE
 from .watch import ClientWatch

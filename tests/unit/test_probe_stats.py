@@ -88,3 +88,16 @@ def test_marks_relative_and_last_before() -> None:
     assert last_mark_before(1000.0, marks) == ("switchover", 0.0)
     assert last_mark_before(-1.0, marks) is None
     assert last_mark_before(5.0, {}) is None
+
+
+def test_downsample_keeps_every_spike_and_loss_within_its_bound() -> None:
+    from wanmig.probe.stats import downsample
+
+    points = [(float(t), None if t in (4000, 4001) else (900.0 if t == 7777 else 5.0))
+              for t in range(10_000)]
+    rows = downsample(points, max_rows=1000)
+    assert len(rows) == 1000 and all(r[2] == 10 for r in rows)
+    assert sum(r[3] for r in rows) == 2 and max(r[1] for r in rows) == 900.0
+    assert rows[400] == [4000.0, 5.0, 10, 2]
+    assert downsample([(1.0, None)]) == [[1.0, None, 1, 1]] and downsample([]) == []
+    assert downsample(points[:10]) == [[float(t), 5.0, 1, 0] for t in range(10)]

@@ -84,6 +84,25 @@ def summarise(results: Sequence[Entry], figures: Figures) -> list[dict[str, Any]
             for case, runs in by_case.items()]
 
 
+def field_of(entry: Entry, *keys: str) -> Any:
+    """``entry[k1][k2]...``, None where any level is missing."""
+    value: Any = entry
+    for key in keys:
+        value = (value or {}).get(key)
+    return value
+
+
+#: The figures of a whole run that every side-by-side comparison reads (demo, seeds).
+RUN_FIGURES: dict[str, Callable[[Entry], float | None]] = {
+    "completed": lambda r: 1.0 if r.get("status") == "completed" else 0.0,
+    "total_ms": lambda r: r.get("total_ms"),
+    "memory_ms": lambda r: field_of(r, "memory", "total_ms"),
+    "downtime_ms": lambda r: field_of(r, "memory", "downtime_ms"),
+    "outage_ms": lambda r: field_of(r, "network", "client_outage_ms"),
+    "wan_bytes": lambda r: r.get("wan_bytes"),
+}
+
+
 def medians(row: Mapping[str, Any]) -> dict[str, Any]:
     """A summary row's figures as their medians: what the checks read."""
     return {name: fig["median"] for name, fig in row["figures"].items()}

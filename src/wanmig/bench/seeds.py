@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import parse_scenario
 from ..errors import ConfigError
-from .runner import BenchRun, Entry, Figures, Say
+from .runner import RUN_FIGURES, BenchRun, Entry, Figures, Say, field_of
 
 if TYPE_CHECKING:
     from ..orchestrator import Ui
@@ -174,24 +174,12 @@ def plan_cases(papers: Sequence[str] | None = None) -> list[SeedCase]:
     return [SeedCase(p, run) for p in chosen for run in RUNS]
 
 
-def _get(entry: Entry, *keys: str) -> Any:
-    value: Any = entry
-    for key in keys:
-        value = (value or {}).get(key)
-    return value
-
-
 FIGURES: Figures = {
-    "completed": lambda r: 1.0 if r.get("status") == "completed" else 0.0,
-    "total_ms": lambda r: r.get("total_ms"),
-    "outage_ms": lambda r: _get(r, "network", "client_outage_ms"),
-    "downtime_ms": lambda r: _get(r, "memory", "downtime_ms"),
-    "memory_ms": lambda r: _get(r, "memory", "total_ms"),
-    "storage_ms": lambda r: _get(r, "storage", "total_ms"),
-    "dest_running_ms": lambda r: _get(r, "storage", "time_to_dest_running_ms"),
-    "new_conn_ms": lambda r: _get(r, "network", "new_conn_ms"),
-    "wan_bytes": lambda r: r.get("wan_bytes"),
-    "http_failed_1s": lambda r: _get(r, "network", "http_failed_1s"),
+    **RUN_FIGURES,
+    "storage_ms": lambda r: field_of(r, "storage", "total_ms"),
+    "dest_running_ms": lambda r: field_of(r, "storage", "time_to_dest_running_ms"),
+    "new_conn_ms": lambda r: field_of(r, "network", "new_conn_ms"),
+    "http_failed_1s": lambda r: field_of(r, "network", "http_failed_1s"),
 }
 
 
