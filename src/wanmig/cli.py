@@ -435,6 +435,10 @@ def _write_html(doc: dict[str, Any], out: Path) -> None:
         write_html(doc, out)
     except OSError as exc:
         raise ConfigError(f"cannot write {out}: {exc.strerror or exc}", field="--html") from exc
+    except (ValueError, KeyError, TypeError) as exc:   # a document whose figures do not add up
+        raise ConfigError(f"cannot draw the report of this document "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                          field="--html") from exc
 
 
 @image_app.command("build")

@@ -134,7 +134,9 @@ def test_cli_writes_html_for_a_record_and_a_bench(tmp_path: Path) -> None:
 
 def test_cli_refuses_a_malformed_file_in_one_line(tmp_path: Path) -> None:
     cases = {"truncated.json": '{"status": "compl', "list.json": "[1, 2]",
-             "partial.json": '{"status": "completed", "total_ms": 3}'}
+             "partial.json": '{"status": "completed", "total_ms": 3}',
+             "bench.json": '{"kind": "memory", "summary": [{"case": "auto/idle"}]}',
+             "kind.json": '{"kind": "nonsense"}'}
     for name, text in cases.items():
         path = tmp_path / name
         path.write_text(text)
