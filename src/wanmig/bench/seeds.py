@@ -189,6 +189,11 @@ LABELS = {"outage_ms": "outage", "total_ms": "total", "new_conn_ms": "new conn",
           "memory_ms": "memory"}
 
 
+def ratio(x: float) -> str:
+    """A ratio with two significant digits below 0.1 (a 12 ms against 5.7 s is not 0.00×)."""
+    return f"{x:.2f}×" if x >= 0.1 else f"{x:.2g}×"
+
+
 def comparisons(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per paper, wanmig's best against the technique on the figures the paper is about
     (``ok`` None: comparisons, not targets)."""
@@ -198,7 +203,7 @@ def comparisons(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         tech, best = by.get(f"{paper.key}/technique"), by.get(f"{paper.key}/best")
         if tech is None or best is None:
             continue
-        parts = [f"{LABELS[name]} {best[name] / tech[name]:.2f}×" for name in paper.compare
+        parts = [f"{LABELS[name]} {ratio(best[name] / tech[name])}" for name in paper.compare
                  if tech.get(name) and best.get(name) is not None]
         if parts:
             out.append({"check": f"{paper.key}: best against the technique", "ok": None,
