@@ -303,7 +303,7 @@ class FaultSpec(_Strict):
     #: ``foreign-ca``: the destination presents a certificate another CA signed.
     destination_cert: Literal["valid", "foreign-ca"] = "valid"
     #: The WAN link drops everything for ``link_down_s`` seconds, starting in this phase.
-    link_down_phase: Literal["none", "storage", "memory", "switchover"] = "none"
+    link_down_phase: Literal["none", "storage", "memory", "switchover", "postcopy"] = "none"
     link_down_s: float = Field(0.0, ge=0, le=600)
     #: ``destination``: one page of B's RAM is changed just before verify mode
     #: compares the copies (needs ``memory.verify``): the check must catch it.
@@ -344,6 +344,11 @@ class Scenario(_Strict):
         if self.fault.link_down_phase == "storage" and self.storage.strategy == "shared":
             raise ConfigError("a link outage during the disk copy needs a storage strategy "
                               "that copies (storage.strategy is 'shared')",
+                              field="fault.link_down_phase")
+        if self.fault.link_down_phase == "postcopy" and self.memory.strategy in (
+                "precopy", "precopy-tuned"):
+            raise ConfigError("a link outage during postcopy needs a strategy that may switch "
+                              "to postcopy (postcopy, hybrid or auto)",
                               field="fault.link_down_phase")
         if self.fault.corrupt_page != "none" and not self.memory.verify:
             raise ConfigError("corrupting a page is only seen with memory.verify = true",

@@ -9,7 +9,7 @@ setting names that point fires there::
     pre-switchover    "pre-switchover"                    (source paused, nothing sent yet)
     switchover                             "switchover"   (before the last bytes leave)
     after-resume      "after-resume"                      (B runs, A not yet stopped)
-    postcopy          "postcopy"                          (B runs on borrowed pages)
+    postcopy          "postcopy"           "postcopy"     (B runs on borrowed pages)
     verify            corrupt_page = "destination"        (B loaded and paused, before
                                                           verify mode compares its RAM)
 
@@ -36,7 +36,7 @@ KILL_POINTS = {"memory": "memory-progress", "pre-switchover": "pre-switchover",
 #: How long the guest runs at B on borrowed pages before a ``postcopy`` kill.
 POSTCOPY_RUN_S = 0.5
 LINK_POINTS = {"storage": "storage-progress", "memory": "memory-progress",
-               "switchover": "switchover"}
+               "switchover": "switchover", "postcopy": "postcopy"}
 
 
 class Faults:
@@ -75,6 +75,8 @@ class Faults:
             link = self.ctx.testbed.wan
             if link is None:  # the scenario validation refuses this; never silently skip
                 raise NetworkError("link_down needs an emulated WAN link")
+            if point == "postcopy":
+                await asyncio.sleep(POSTCOPY_RUN_S)  # B runs on borrowed pages a moment
             self.ctx.ui.step(f"fault injection: the WAN link goes down for "
                              f"{self.spec.link_down_s:g} s ({point})")
             await link.down()

@@ -76,6 +76,9 @@ class MemoryResult(_Model):
     postcopy: bool | None = None            # QEMU switched to postcopy
     postcopy_reason: str | None = None       # why (hybrid: stall or budget)
     postcopy_requests: int | None = None     # pages the destination faulted in
+    #: Postcopy recovered after its link stalled or broke (``QemuMigration._recover``):
+    #: ``[{"how": "stalled"|"broken", "tries": resume attempts, "paused_ms"}]``.
+    postcopy_recoveries: list[dict[str, Any]] | None = None
     multifd_bytes: int | None = None
     #: Bytes site A sent on the inter-site link from the start of ``memory`` to the
     #: end of ``finish``: the migration stream as it crossed the WAN (compressed,

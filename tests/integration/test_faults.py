@@ -110,6 +110,28 @@ async def test_outage_during_memory_copy_is_survived(leaves_nothing_behind) -> N
     assert rec.integrity.ok and rec.integrity.destination_disk_writes
 
 
+async def test_outage_during_postcopy_is_recovered_without_an_operator(
+        leaves_nothing_behind) -> None:
+    """B runs on borrowed pages when the link goes for 10 s: the stalled stream is paused
+    on both sides and resumed on a new connection once the link is back."""
+    rec = await _run("fault-outage-postcopy", memory={"strategy": "postcopy"},
+                     fault={"link_down_phase": "postcopy", "link_down_s": 10})
+
+    assert rec.status == "completed", rec.error
+    faults = rec.model_extra["faults"]
+    assert [f["fault"] for f in faults] == ["link_down", "link_up"]
+    assert faults[0]["point"] == "postcopy"
+    recoveries = rec.memory.postcopy_recoveries
+    assert recoveries and recoveries[0]["how"] in ("stalled", "broken"), recoveries
+    assert recoveries[0]["tries"] >= 1 and recoveries[0]["paused_ms"] > 2000
+    assert rec.model_extra.get("vm_lost") is None
+    # one copy: A never resumed once B ran
+    assert "source-stopped" in _state_names(rec)
+    assert rec.integrity.ok and rec.integrity.guest_log_gaps == 0
+    assert rec.integrity.guest_log_out_of_order == 0
+    assert rec.integrity.destination_disk_writes
+
+
 # -- signals to the controller ---------------------------------------------------------------
 
 #: A guest precopy cannot converge on (20 MB/s of fresh random writes), so the run

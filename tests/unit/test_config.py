@@ -66,6 +66,8 @@ def test_dirty_working_set_must_fit_the_guest() -> None:
     ({"vm": {"disk_mib": 64, "disk_write_mbps": 5, "disk_write_mib": 40}}, "at most half"),
     ({"storage": {"strategy": "shared"}, "fault": {"link_down_phase": "storage",
                                                      "link_down_s": 5}}, "copies"),
+    ({"memory": {"strategy": "precopy-tuned"}, "fault": {"link_down_phase": "postcopy",
+                                                           "link_down_s": 5}}, "may switch"),
     # wancopy moves frozen images only: never silently QEMU's NBD instead
     ({"storage": {"strategy": "precopy", "transport": "wancopy"}}, "not implemented for precopy"),
     ({"storage": {"strategy": "auto", "transport": "wancopy"}}, "not implemented for auto"),

@@ -152,3 +152,11 @@ def test_notsent_limit_ablation_is_named_only_where_a_plan_caps_the_backlog() ->
                              dest_capabilities=frozenset({"events"}))
     assert ablate(plan("hybrid"), ["notsent-limit"]).ablated == ("notsent-limit",)
     assert ablate(plan("precopy"), ["notsent-limit"]).ablated == ()
+
+
+def test_a_paused_postcopy_resumes_on_the_port_above_the_migrations() -> None:
+    from wanmig.memory.migration import QemuMigration
+
+    migration = QemuMigration.__new__(QemuMigration)
+    migration.uri = "tcp:172.16.2.2:4444"
+    assert migration.recover_uri == "tcp:172.16.2.2:4445"

@@ -53,6 +53,20 @@ POSTCOPY_LOSS = ("the destination died during postcopy: the guest's memory was s
                  "(postcopy's known risk: use a precopy strategy where this is unacceptable)")
 
 
+#: Postcopy: no byte sent for this long while pages remain is a stalled link, which the
+#: kernel would take minutes to call broken: both sides are paused and recovered.
+POSTCOPY_STALL_S = 3.0
+#: How long each side may take to reach ``postcopy-paused`` after ``migrate-pause``.
+PAUSE_TIMEOUT_S = 10.0
+#: A paused postcopy resumes on a new connection to the destination, on this port
+#: above the migration's (``migrate-recover`` listens there).
+RECOVER_PORT_OFFSET = 1
+#: How often a recovering source is looked at (and, paused again, asked to resume).
+RECOVER_RETRY_S = 0.5
+#: Statuses of a source between ``migrate ... resume`` and ``postcopy-active``.
+RECOVERING = frozenset({"postcopy-recover-setup", "postcopy-recover"})
+
+
 def capability_args(available: Iterable[str], enabled: Iterable[str]) -> list[dict[str, Any]]:
     """Every capability QEMU offers, on only where asked: no state leaks between runs."""
     wanted = set(enabled)
@@ -121,6 +135,9 @@ class QemuMigration:
         self.postcopy_started = False  # migrate-start-postcopy was sent
         self.continued = False         # migrate-continue was sent: the last bytes may be stuck
         self.postcopy_reason: str | None = None
+        #: Postcopy recoveries (a stalled or broken link): each one's start (monotonic s),
+        #: how it was noticed, and how long the migration stood paused.
+        self.recoveries: list[dict[str, Any]] = []
         #: When the switchover's steps happened (``time.monotonic()`` s): QEMU paused at
         #: pre-switchover, migrate-continue sent, the source completed, B loaded; and
         #: when ``migrate`` was sent (the trace's zero, not a switchover step).
@@ -239,29 +256,104 @@ class QemuMigration:
             self.state = MigrationState.COMPLETED
 
     async def finish(self, timeout: float) -> None:
-        """Postcopy: wait until the source has sent every page.  Precopy: nothing left."""
+        """Postcopy: wait until the source has sent every page.  Precopy: nothing left.
+
+        A postcopy whose link stalls (no byte sent for ``POSTCOPY_STALL_S`` while pages
+        remain) or breaks (QEMU's ``postcopy-paused``) is recovered without an operator:
+        ``migrate-pause`` on both sides where QEMU has not noticed, then
+        ``migrate-recover`` at B and ``migrate`` with ``resume`` at A until the link
+        carries it again (``_recover``), all within ``timeout``.  Only a destination that
+        died, or a migration QEMU calls failed, loses the guest (``POSTCOPY_LOSS``).
+        """
         if self.state is MigrationState.COMPLETED:
             return
         if self.state is not MigrationState.POSTCOPY:
             raise MigrationError(f"finish() in state {self.state.value}")
         deadline = time.monotonic() + timeout
+        moved_at, sent = time.monotonic(), -1
         with self.src.qmp.listener("MIGRATION") as events:
             while True:
-                status = (await self._poll()).status
-                if status == "completed":
+                p = await self._poll()
+                now = time.monotonic()
+                if p.status == "completed":
                     break
-                if self.dst.returncode is not None or status in ("postcopy-paused", "failed"):
+                if self.dst.returncode is not None or p.status == "failed":
                     self.state = MigrationState.FAILED
                     raise MigrationError(POSTCOPY_LOSS)
-                if time.monotonic() > deadline:
+                if now > deadline:
                     self.state = MigrationState.FAILED
                     raise MigrationError(f"postcopy did not finish within {timeout:.0f}s")
+                if p.transferred != sent:
+                    moved_at, sent = now, p.transferred
+                stalled = (p.status == "postcopy-active" and p.remaining > 0
+                           and now - moved_at >= POSTCOPY_STALL_S)
+                if stalled or p.status == "postcopy-paused":
+                    await self._recover("stalled" if stalled else "broken", deadline)
+                    moved_at = time.monotonic()
+                    continue
                 try:
                     await asyncio.wait_for(events.get(), timeout=self.poll_s)
                 except asyncio.TimeoutError:
                     pass
         self.final_info = self.last_info
         self.state = MigrationState.COMPLETED
+
+    @property
+    def recover_uri(self) -> str:
+        """Where B listens for a resumed postcopy: the migration's address, another port."""
+        head, _, port = self.uri.rpartition(":")
+        return f"{head}:{int(port) + RECOVER_PORT_OFFSET}"
+
+    async def _status(self, vm: QemuVm) -> str:
+        return str((await vm.execute("query-migrate", timeout=5)).get("status", "none"))
+
+    async def _paused(self, vm: QemuVm) -> None:
+        """``vm``'s side of the migration in ``postcopy-paused`` (``migrate-pause`` where
+        QEMU has not seen the link go: a stalled TCP connection is not an error to it)."""
+        deadline = time.monotonic() + PAUSE_TIMEOUT_S
+        status = await self._status(vm)
+        if status == "postcopy-active":
+            await vm.execute("migrate-pause", timeout=5)
+        while status != "postcopy-paused":
+            if status in FAILED_STATES or time.monotonic() > deadline:
+                self.state = MigrationState.FAILED
+                raise MigrationError(f"postcopy could not be paused at {vm.name} for "
+                                     f"recovery (status {status})")
+            await asyncio.sleep(0.05)
+            status = await self._status(vm)
+
+    async def _recover(self, how: str, deadline: float) -> None:
+        """Pause both sides, make B listen anew, and ask A to resume until it connects
+        (the link may still be down: a try that fails leaves A ``postcopy-paused``)."""
+        started = time.monotonic()
+        log.warning("postcopy %s: pausing both sides and recovering", how)
+        await self._paused(self.src)
+        await self._paused(self.dst)
+        await self.dst.execute("migrate-recover", {"uri": self.recover_uri}, timeout=10)
+        tries = 0
+        while True:
+            status = await self._status(self.src)
+            if status in ("postcopy-active", "completed"):
+                break
+            if status in FAILED_STATES or self.dst.returncode is not None:
+                self.state = MigrationState.FAILED
+                raise MigrationError(POSTCOPY_LOSS)
+            if time.monotonic() > deadline:
+                self.state = MigrationState.FAILED
+                raise MigrationError(f"postcopy could not be resumed within the timeout "
+                                     f"after {tries} tries (the link stayed down)")
+            if status == "postcopy-paused":
+                tries += 1
+                try:
+                    await self.src.execute("migrate", {"uri": self.recover_uri,
+                                                       "resume": True}, timeout=10)
+                except QemuError as exc:   # refused while the link is down: try again
+                    log.info("postcopy resume try %d: %s", tries, exc)
+            elif status not in RECOVERING:
+                log.info("postcopy recovery: source status %s", status)
+            await asyncio.sleep(RECOVER_RETRY_S)
+        self.recoveries.append({"how": how, "tries": tries,
+                                "paused_ms": round((time.monotonic() - started) * 1000, 1)})
 
     async def _wait_status(self, events: Any, done: set[str], deadline: float,
                            what: str, timeout: float) -> str:
@@ -368,6 +460,7 @@ class QemuMigration:
             postcopy=self.postcopy_started,
             postcopy_reason=self.postcopy_reason,
             postcopy_requests=ram.get("postcopy-requests"),
+            postcopy_recoveries=self.recoveries or None,
             multifd_bytes=ram.get("multifd-bytes"),
             # QEMU reports the throttle only while migrating: the last sample's
             cpu_throttle_pct=self.last_info.get("cpu-throttle-percentage"),
