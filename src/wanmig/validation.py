@@ -21,7 +21,10 @@ def config_error(exc: ValidationError, prefix: str = "", *,
     message.
     """
     err = exc.errors()[0]
-    location = ".".join(str(p) for p in err["loc"])
+    # a key is shown as written where it is a plain name, else quoted (a newline in a
+    # key must not break the one line the user sees)
+    location = ".".join(str(p) if str(p).isprintable() and " " not in str(p) else repr(p)
+                        for p in err["loc"])
     field = ".".join(part for part in (prefix, location) if part) or None
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
