@@ -7,6 +7,7 @@ configuration errors exit with code 2 before anything has been started.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.errors import ConsoleError
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -384,6 +386,11 @@ def bench_floor(
         say=lambda m: console.print(f"[bold]{escape(m)}[/]")), out)
 
 
+#: What a document whose fields are not what they should be raises while it is read or
+#: drawn (the figures of a bench are read as it prints).
+UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, IndexError, ConsoleError)
+
+
 def _read_saved(path: Path) -> dict[str, Any]:
     """A saved result record or bench document, checked as what it says it is;
     ConfigError (one line) for a file that is missing or is neither."""
@@ -398,11 +405,11 @@ def _read_saved(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ConfigError(f"{path} is neither a result record nor a bench document")
     try:
-        if "kind" in doc:
-            render_bench(doc)
+        if "kind" in doc:   # drawn once into nothing: a table is built only as it prints
+            Console(file=io.StringIO(), width=200).print(render_bench(doc))
         else:
             ResultRecord.model_validate(doc)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except UNREADABLE as exc:
         what = "bench document" if "kind" in doc else "result record"
         raise ConfigError(f"{path} is not a {what}: {str(exc).splitlines()[0]}") from None
     return doc
@@ -435,7 +442,7 @@ def _write_html(doc: dict[str, Any], out: Path) -> None:
         write_html(doc, out)
     except OSError as exc:
         raise ConfigError(f"cannot write {out}: {exc.strerror or exc}", field="--html") from exc
-    except (ValueError, KeyError, TypeError) as exc:   # a document whose figures do not add up
+    except UNREADABLE as exc:   # a document whose figures do not add up
         raise ConfigError(f"cannot draw the report of this document "
                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
                           field="--html") from exc
