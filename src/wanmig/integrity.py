@@ -325,6 +325,8 @@ def integrity_problems(result: IntegrityResult, *, completed: bool,
                         f"(lost or corrupted by the move; see B's console)")
     elif completed and memory_checked and not result.guest_memory_sweeps:
         problems.append("guest memory: no whole sweep of the memory check at B")
+    if result.both_running_ms:
+        problems.append(f"two copies ran at once for {result.both_running_ms:.1f} ms")
     if result.disk_match is False:
         problems.append(f"disk: A and B differ (first at byte {result.disk_first_difference})")
     if result.app_order_gaps:

@@ -56,7 +56,7 @@ from .qemu.process import QemuVm
 from .record import IntegrityResult, MemoryResult, NetworkResult, ResultRecord, RunEvent, \
     StorageResult, VmInfo, WanInfo
 from .registry import Registry, new_run_id
-from .runstate import RunState, Stage
+from .runstate import RunState, Stage, overlap, running_intervals
 from .storage.disk import read_files, read_log
 from .testbed import Testbed
 from .testbed.sampler import TxSampler
@@ -463,9 +463,21 @@ class Orchestrator:
         return "failed", str(cause)
 
     def _integrity(self) -> IntegrityResult:
-        """The engine's integrity fields with every part's own."""
+        """The engine's integrity fields with every part's own, and how long both copies
+        ran at once."""
         return self.integrity.model_copy(
-            update={k: v for part in self.parts for k, v in part.integrity().items()})
+            update={**{k: v for part in self.parts for k, v in part.integrity().items()},
+                    "both_running_ms": self._both_running_ms()})
+
+    def _both_running_ms(self) -> float | None:
+        ctx = self.ctx
+        if ctx is None or ctx.src is None or ctx.src.started_at is None:
+            return None
+        end = time.monotonic()
+        spans = [running_intervals(vm.run_events, started=vm.started_at or end,
+                                   ended=vm.exited_at or end, running_at_start=vm is ctx.src)
+                 for vm in (ctx.src, ctx.dst) if vm is not None]
+        return round(overlap(*spans) * 1000, 1) if len(spans) == 2 else 0.0
 
     def _judge_integrity(self, status: str, error: str | None) -> tuple[str, str | None]:
         """A run whose guest lost, reordered or did not make writes has failed, whatever

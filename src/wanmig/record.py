@@ -230,6 +230,9 @@ class IntegrityResult(_Model):
     disk_verify_note: str | None = None              # why the disks were not compared
     #: ``e2fsck -fn`` on B's disk after the run (summary counters a mounted
     #: filesystem has out of date do not count: ``storage.disk.FSCK_BENIGN``).
+    #: How long both copies ran at once, from each QEMU's STOP/RESUME events and its exit
+    #: (``runstate.running_intervals``, ``overlap``): the safety rule says 0.
+    both_running_ms: float | None = None
     disk_fsck_clean: bool | None = None
     disk_fsck_problems: list[str] | None = None
 

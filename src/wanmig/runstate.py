@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -111,3 +112,28 @@ class RunState:
     def to_list(self) -> list[dict[str, object]]:
         """The record's ``states``: ``[{name, at_ms}]``."""
         return [{"name": s.value, "at_ms": at} for s, at in self.history]
+
+
+Interval = tuple[float, float]
+
+
+def running_intervals(events: Sequence[tuple[str, float]], *, started: float,
+                      ended: float, running_at_start: bool) -> list[Interval]:
+    """When one QEMU's guest ran, from its STOP/RESUME events (``(name, time)``, in
+    order): from ``started`` if it ran at once (no ``-S``), each RESUME to the next STOP,
+    and the last one until ``ended`` (its exit, or the end of the run)."""
+    out, since = [], (started if running_at_start else None)
+    for name, at in events:
+        if name == "RESUME" and since is None:
+            since = at
+        elif name == "STOP" and since is not None:
+            out.append((since, at))
+            since = None
+    if since is not None and ended > since:
+        out.append((since, ended))
+    return out
+
+
+def overlap(a: Sequence[Interval], b: Sequence[Interval]) -> float:
+    """How long two sets of intervals overlap (the unit of their times)."""
+    return sum(max(0.0, min(a1, b1) - max(a0, b0)) for a0, a1 in a for b0, b1 in b)

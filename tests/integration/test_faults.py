@@ -70,6 +70,7 @@ async def test_destination_dies_after_it_ran_the_source_is_never_resumed(
     assert not [e for e in rec.vm.source_events if e.name == "RESUME" and e.at_ms >= paused - 50]
     assert rec.vm.destination_events and rec.vm.destination_events[0].name == "RESUME"
     assert rec.integrity.guest_log_out_of_order == 0 and rec.integrity.guest_log_malformed == 0
+    assert rec.integrity.both_running_ms == 0
 
 
 async def test_long_outage_at_switchover_rolls_back_to_a_vm_that_never_left(
@@ -125,8 +126,9 @@ async def test_outage_during_postcopy_is_recovered_without_an_operator(
     assert recoveries and recoveries[0]["how"] in ("stalled", "broken"), recoveries
     assert recoveries[0]["tries"] >= 1 and recoveries[0]["paused_ms"] > 2000
     assert rec.model_extra.get("vm_lost") is None
-    # one copy: A never resumed once B ran
+    # one copy: A never resumed once B ran, and never ran while B did
     assert "source-stopped" in _state_names(rec)
+    assert rec.integrity.both_running_ms == 0
     assert rec.integrity.ok and rec.integrity.guest_log_gaps == 0
     assert rec.integrity.guest_log_out_of_order == 0
     assert rec.integrity.destination_disk_writes

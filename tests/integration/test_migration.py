@@ -46,6 +46,7 @@ def test_demo_cli_migrates_twice_while_client_watches(tmp_path: Path,
         assert {"udp_rtt", "http", "a_uplink_tx", "marks", "client_outage"} <= set(series)
         assert series["marks"]["A stopped"] < series["marks"]["B resumed"]
         assert one.wan_bytes and one.wan_bytes >= (one.memory.bytes or 0)
+        assert one.integrity.both_running_ms == 0   # from QEMU's own STOP/RESUME events
     # every plot of both runs and of the comparison drawn in a real browser
     view = open_page(out.with_suffix(".html"))
     assert view.loaded and view.errors == []

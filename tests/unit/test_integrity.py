@@ -425,3 +425,10 @@ def test_app_orders_on_the_disk_count_gaps_not_the_missing_tail() -> None:
     holed = "".join(rec.format(n=n) for n in range(1, 51) if n not in (7, 8))
     assert app_order_fields(holed)["app_order_gaps"] == 2
     assert app_order_fields("")["app_orders"] == 0
+
+
+def test_two_copies_running_at_once_is_a_problem() -> None:
+    ok = IntegrityResult(ok=True, destination_disk_writes=3, both_running_ms=0.0)
+    assert integrity_problems(ok, completed=True) == []
+    bad = ok.model_copy(update={"both_running_ms": 12.5})
+    assert integrity_problems(bad, completed=True) == ["two copies ran at once for 12.5 ms"]

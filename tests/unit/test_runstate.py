@@ -82,3 +82,23 @@ def test_part_tables_name_every_part_once_and_refuse_what_is_not_built() -> None
         for name in table.names(implemented=True):
             part = table.create(name)
             assert part.name == name and part.kind == table.kind
+
+
+def test_running_intervals_and_their_overlap() -> None:
+    from wanmig.runstate import overlap, running_intervals
+
+    # A runs from its start, stops at 10 (switchover), resumed at 12 (a rollback), exits 20
+    a = running_intervals([("STOP", 10.0), ("RESUME", 12.0)], started=0.0, ended=20.0,
+                          running_at_start=True)
+    assert a == [(0.0, 10.0), (12.0, 20.0)]
+    # B starts paused (-S) and runs from its RESUME until it exits
+    b = running_intervals([("RESUME", 11.0)], started=1.0, ended=15.0, running_at_start=False)
+    assert b == [(11.0, 15.0)]
+    assert overlap(a, b) == 3.0
+    # the rule kept: B runs only after A's STOP and A never resumes
+    safe = running_intervals([("STOP", 10.0)], started=0.0, ended=30.0, running_at_start=True)
+    assert overlap(safe, b) == 0.0
+    # a STOP without a RESUME before it, and a paused copy that never ran
+    assert running_intervals([("STOP", 5.0)], started=0.0, ended=9.0,
+                             running_at_start=False) == []
+    assert running_intervals([], started=0.0, ended=9.0, running_at_start=False) == []

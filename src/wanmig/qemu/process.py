@@ -159,6 +159,9 @@ class QemuVm:
         #: Block jobs' progress as the storage parts polled it (``storage.jobs``):
         #: ``(monotonic s, job id, bytes done, bytes in all)``, for the report's plots.
         self.job_progress: list[tuple[float, str, int, int]] = []
+        #: When the process was seen gone (reaped; ``time.monotonic()``): a copy that
+        #: exited without a STOP runs no more.
+        self.exited_at: float | None = None
         self._running = asyncio.Event()   # the last of those was RESUME
         self._event_task: asyncio.Task[None] | None = None
 
@@ -339,6 +342,8 @@ class QemuVm:
         if self._proc is None:
             return
         await reap(self._proc, timeout)
+        if self.exited_at is None:
+            self.exited_at = time.monotonic()
         if self._event_task is not None:
             self._event_task.cancel()
             await asyncio.gather(self._event_task, return_exceptions=True)
