@@ -29,6 +29,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from .bench import faults as faults_bench
 from .bench import floor as floor_bench
 from .bench import memory as memory_bench
 from .bench import network as network_bench
@@ -348,6 +349,21 @@ def bench_seeds(
     with wanmig's best, beside the paper's figure (about 15 min a repeat)."""
     _bench(seeds_bench.run_seeds_bench(
         papers=paper or None, repeat=repeat, out=out, ui=RichUi(),
+        say=lambda m: console.print(f"[bold]{escape(m)}[/]")), out)
+
+
+@bench_app.command("faults")
+def bench_faults(
+    out: BenchJsonOption,
+    case: Annotated[Optional[list[str]], typer.Option(
+        "--case", help="Only the cases whose name starts with this (repeatable): link/, "
+                       "link/postcopy, kill-destination/, ...; default: the whole "
+                       "campaign.")] = None,
+) -> None:
+    """The fault campaign: WAN outages of 2, 10 and 30 s in every phase and strategy, the
+    destination killed at every point; one run each (about 40 min)."""
+    _bench(faults_bench.run_faults_bench(
+        cases=case or None, out=out, ui=RichUi(),
         say=lambda m: console.print(f"[bold]{escape(m)}[/]")), out)
 
 

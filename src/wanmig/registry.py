@@ -182,6 +182,22 @@ def remove_netns(name: str) -> None:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def leftovers(run_id: str) -> list[str]:
+    """What a finished run left behind, a line each (nothing is removed): its
+    namespaces, processes whose command line names its run directory, its state file,
+    its guest RAM files."""
+    run_dir = str(STATE_DIR / run_id)
+    netns = Path("/run/netns")
+    found = [f"netns {p.name}" for p in sorted(netns.iterdir())
+             if p.name.startswith(f"wm{run_id}-")] if netns.is_dir() else []
+    found += [f"process {p.name}" for p in Path("/proc").iterdir()
+              if p.name.isdigit() and run_dir in _cmdline(int(p.name))]
+    for path in (STATE_DIR / f"{run_id}.json", MEMORY_DIR / run_id):
+        if path.exists():
+            found.append(f"file {path}")
+    return found
+
+
 def clean_leftovers(*, force: bool = False) -> list[str]:
     """Remove what crashed runs left behind; returns a line per thing removed."""
     removed: list[str] = []

@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Group
 
 from .demo import render_demo
+from .faults import render_faults_bench
 from .floor import render_floor_bench
 from .memory import render_memory_bench
 from .network import render_network_bench
@@ -18,7 +19,7 @@ from .wan import render_wan_bench
 BENCH_RENDERERS = {"memory": render_memory_bench, "wan": render_wan_bench,
                    "floor": render_floor_bench, "storage": render_storage_bench,
                    "network": render_network_bench, "demo": render_demo,
-                   "seeds": render_seeds_bench}
+                   "seeds": render_seeds_bench, "faults": render_faults_bench}
 
 
 def render_bench(doc: dict[str, Any]) -> Group:
