@@ -20,7 +20,7 @@ def test_the_campaign_covers_every_phase_duration_strategy_and_mode() -> None:
     names = [c.name for c in cases]
     for seconds in (2, 10, 30):
         for case in ("precopy/memory", "precopy/switchover", "postcopy/postcopy",
-                     "storage-mirror/storage", "storage-precopy/storage",
+                     "storage-mirror-sync/storage", "storage-precopy/storage",
                      "storage-hybrid/storage"):
             assert f"link/{case}/{seconds}s" in names
     assert {n for n in names if n.startswith("link/network-")} == {
