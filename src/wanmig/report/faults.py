@@ -8,11 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .bench import checks_and_failures
-
-
-def _ms(value: Any) -> str:
-    return "–" if value is None else f"{value:.0f}"
+from .bench import checks_and_failures, num
 
 
 def render_faults_bench(doc: dict[str, Any]) -> Group:
@@ -32,8 +28,8 @@ def render_faults_bench(doc: dict[str, Any]) -> Group:
                       Text(str(entry.get("status")),
                            style="green" if c.get("ended_safely") else "red"),
                       "yes" if c.get("vm_lost") else "no",
-                      _ms((entry.get("network") or {}).get("client_outage_ms")),
-                      _ms(c.get("both_running_ms")), str(c.get("log_lost", "–")),
+                      num((entry.get("network") or {}).get("client_outage_ms"), "{:.0f}"),
+                      num(c.get("both_running_ms"), "{:.0f}"), str(c.get("log_lost", "–")),
                       str(c.get("log_out_of_order", "–")),
                       {True: "yes", False: "NO"}.get(c.get("disk_match"), "–"),
                       str(len(c.get("leftovers") or [])), Text(how[:120]))

@@ -20,7 +20,10 @@ from rich.console import Console
 from ..fileio import atomic_write
 from ..record import ResultRecord
 from . import plots
+from .bench import num
 from .text import figure_rows, phase_rows, step_rows, wan_line
+
+MS = "{:.0f} ms"
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }
@@ -97,7 +100,7 @@ def _decision(rec: ResultRecord) -> list[str]:
                 f"<p>{html.escape(str(d.get('reason', '')))}</p>"]
         out.append(_table(("strategy", "converges", "predicted total", "predicted outage"),
                           ((p.get("strategy", "?"), "yes" if p.get("converges") else "no",
-                            _ms(p.get("total_ms")), _ms(p.get("outage_ms")))
+                            num(p.get("total_ms"), MS), num(p.get("outage_ms"), MS))
                            for p in predictions if isinstance(p, dict))))
     s = rec.storage
     if s.chosen:
@@ -108,10 +111,6 @@ def _decision(rec: ResultRecord) -> list[str]:
                             ", ".join(f"{k} {v}" for k, v in p.items() if k != "strategy"))
                            for p in s.predictions or [] if isinstance(p, dict))))
     return out
-
-
-def _ms(value: Any) -> str:
-    return "–" if value is None else f"{float(value):.0f} ms"
 
 
 def bench_html(doc: dict[str, Any]) -> str:
