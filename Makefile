@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 # QEMU (10.0 or newer, from bookworm-backports on Debian 12) is tools/apt-setup's own
 APT_PACKAGES := busybox-static kmod cpio e2fsprogs iproute2 gcc libc6-dev python3-venv procps \
-                mmdebstrap libnbd-bin bird2 knot chromium
+                mmdebstrap libnbd-bin bird2 knot chromium openvpn
 STAMP := build/.stamps
 
 .PHONY: setup apt venv image demo test unit clean

@@ -53,8 +53,9 @@ def wancopy_pids() -> set[int]:
 
 
 def daemon_pids() -> set[int]:
-    """The network modes' servers (BIRD, Knot DNS)."""
-    out = subprocess.run(["pgrep", "-x", "bird|knotd"], capture_output=True, text=True).stdout
+    """The network modes' servers and tunnels (BIRD, Knot DNS, OpenVPN)."""
+    out = subprocess.run(["pgrep", "-x", "bird|knotd|openvpn"], capture_output=True,
+                         text=True).stdout
     return {int(p) for p in out.split()}
 
 

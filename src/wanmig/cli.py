@@ -35,17 +35,20 @@ from .bench import memory as memory_bench
 from .bench import network as network_bench
 from .bench import seeds as seeds_bench
 from .bench import storage as storage_bench
+from .bench import tunnel as tunnel_bench
 from .bench import wan as wan_bench
 from .budget import POLL_S, write_rate
 from .config import Scenario, load_scenario, parse_scenario
 from .demo import run_demo
 from .errors import ConfigError, WanmigError
+from .fileio import atomic_write
 from .memory import MigrationProgress
 from .orchestrator import Orchestrator
 from .parts import MEMORY, NETWORK, STORAGE
 from .wan.profiles import PROFILES
 from .qemu.image import build_image
 from .record import ResultRecord
+from .recover import recover as recover_run
 from .registry import Registry, clean_leftovers
 from .report import render_bench, render_record
 from .report.html import write_html
@@ -291,6 +294,21 @@ def bench_wan(
                                    say=lambda m: console.print(f"[dim]•[/] {escape(m)}")), out)
 
 
+@bench_app.command("tunnel")
+def bench_tunnel(
+    out: BenchJsonOption,
+    seconds: Annotated[float, typer.Option(
+        "--seconds", help="Length of each TCP stream after its warm-up.")] = tunnel_bench.DEFAULT_SECONDS,
+    repeat: RepeatOption = tunnel_bench.DEFAULT_REPEAT,
+    wan: Annotated[str, typer.Option("--wan", help="WAN profile.")] = "continental",
+) -> None:
+    """What encrypting the stretched segment costs: client goodput through OpenVPN and
+    through VXLAN, in turns (about 3 min with the defaults)."""
+    _bench(tunnel_bench.run_tunnel_bench(repeat=repeat, seconds=seconds, profile=wan, out=out,
+                                         say=lambda m: console.print(f"[dim]•[/] {escape(m)}")),
+           out)
+
+
 @bench_app.command("memory")
 def bench_memory(
     out: BenchJsonOption,
@@ -489,6 +507,36 @@ def budget(
         raise _fail(exc) from None
     console.print(f"budget of run {run}: {mbit:g} Mbit/s ({path}; applied within "
                   f"{POLL_S:g} s)")
+
+
+@app.command()
+def recover(
+    run: Annotated[str, typer.Argument(help="The run's id ('wanmig clean' names it; the "
+                                            "controller printed it when it started).")],
+    out: Annotated[Optional[Path], typer.Option(
+        "--json", help="Also write what was found and done here.")] = None,
+) -> None:
+    """End a run whose controller died: roll back to A if B never ran, else finish at B.
+
+    The source is resumed only if the destination never received cont (it is fenced
+    first); otherwise the source is never resumed.  Exit 0 when the VM runs at one site,
+    1 when it is lost.  'wanmig clean' removes the run afterwards."""
+    try:
+        if not re.fullmatch(r"[0-9a-f]{1,32}", run):
+            raise ConfigError(f"not a run id: {run!r}", field="run")
+        result = asyncio.run(recover_run(run))
+    except WanmigError as exc:
+        raise _fail(exc) from None
+    for step in result.steps:
+        console.print(f"  {escape(step)}")
+    console.print(f"run {run} (was {result.stage}): {result.status}"
+                  + (" (VM lost)" if result.vm_lost else "")
+                  + f"; source {result.source}, destination {result.destination}, "
+                    f"{result.took_ms / 1000:.1f} s")
+    if out is not None:
+        atomic_write(out, (json.dumps(result.to_json(), indent=2) + "\n").encode())
+    if result.vm_lost or result.status == "failed":
+        raise typer.Exit(1)
 
 
 @app.command()

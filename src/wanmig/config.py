@@ -17,6 +17,7 @@ UTF-8 or not TOML, a section that is not a table, a bad value -- is one
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -219,6 +220,9 @@ class NetworkSpec(_Strict):
 
     mode: NetworkMode = "l2-extend"
     dns_ttl_s: int = Field(5, ge=1, le=3600)
+    #: The modes' tunnels across the WAN (the stretched segment, the home agent's) are
+    #: OpenVPN with mutual TLS; ``false``: plain VXLAN, to measure what encryption costs.
+    encrypt: bool = True
 
 
 class WanSpec(_Strict):
@@ -305,6 +309,22 @@ class FaultSpec(_Strict):
     #: The WAN link drops everything for ``link_down_s`` seconds, starting in this phase.
     link_down_phase: Literal["none", "storage", "memory", "switchover", "postcopy"] = "none"
     link_down_s: float = Field(0.0, ge=0, le=600)
+    #: Where the source QEMU is killed: before ``after-resume`` it held the only complete
+    #: copy (B never had the whole guest), so the VM is lost and the run says so; at
+    #: ``after-resume`` B has everything and the run completes; under ``postcopy`` B
+    #: still borrows pages from A, so the VM is lost.
+    kill_source: Literal["none", "memory", "pre-switchover", "switchover", "after-resume",
+                         "postcopy"] = "none"
+    #: Where the controller (this process) is killed with SIGKILL: a crash of wanmig
+    #: itself; both QEMUs live on and ``wanmig recover`` ends the run by the rule.
+    kill_controller: Literal["none", "memory", "pre-switchover", "switchover",
+                             "after-resume", "postcopy"] = "none"
+    #: A QEMU that stops answering (SIGSTOP) in ``hang_phase`` for ``hang_s`` seconds,
+    #: then goes on (SIGCONT): a hung host, seen only as silence.
+    hang: Literal["none", "source", "destination"] = "none"
+    hang_phase: Literal["none", "memory", "pre-switchover", "switchover", "after-resume",
+                        "postcopy"] = "none"
+    hang_s: float = Field(0.0, ge=0, le=600)
     #: ``destination``: one page of B's RAM is changed just before verify mode
     #: compares the copies (needs ``memory.verify``): the check must catch it.
     corrupt_page: Literal["none", "destination"] = "none"
@@ -313,6 +333,8 @@ class FaultSpec(_Strict):
     def _outage_has_a_length(self) -> "FaultSpec":
         if (self.link_down_phase == "none") != (self.link_down_s == 0):
             raise ValueError("link_down_phase and a link_down_s above 0 go together")
+        if len({self.hang == "none", self.hang_phase == "none", self.hang_s == 0}) != 1:
+            raise ValueError("hang, hang_phase and a hang_s above 0 go together")
         return self
 
 
@@ -345,11 +367,14 @@ class Scenario(_Strict):
             raise ConfigError("a link outage during the disk copy needs a storage strategy "
                               "that copies (storage.strategy is 'shared')",
                               field="fault.link_down_phase")
-        if self.fault.link_down_phase == "postcopy" and self.memory.strategy in (
-                "precopy", "precopy-tuned"):
-            raise ConfigError("a link outage during postcopy needs a strategy that may switch "
-                              "to postcopy (postcopy, hybrid or auto)",
-                              field="fault.link_down_phase")
+        for fault, phase in (("link_down_phase", self.fault.link_down_phase),
+                             ("kill_destination", self.fault.kill_destination),
+                             ("kill_source", self.fault.kill_source),
+                             ("kill_controller", self.fault.kill_controller),
+                             ("hang_phase", self.fault.hang_phase)):
+            if phase == "postcopy" and self.memory.strategy in ("precopy", "precopy-tuned"):
+                raise ConfigError(f"{fault} = 'postcopy' needs a strategy that may switch to "
+                                  "postcopy (postcopy, hybrid or auto)", field=f"fault.{fault}")
         if self.fault.corrupt_page != "none" and not self.memory.verify:
             raise ConfigError("corrupting a page is only seen with memory.verify = true",
                               field="fault.corrupt_page")
@@ -393,9 +418,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read scenario {path}: {exc.strerror or exc}") from None
     try:
-        return tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        if path.suffix == ".json":   # what a tool wrote (``wanmig bench faults``)
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: a scenario is a JSON object")
+            return data
+        return tomllib.loads(text)
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise ConfigError(f"{path}: not UTF-8 text (line {line})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None

@@ -167,6 +167,11 @@ class Part:
     async def rollback(self, ctx: RunContext) -> None:
         """Undo what this part did; the destination is fenced and has never run."""
 
+    def borrows_from_source(self) -> bool:
+        """Whether the destination, once it ran, still needs the source for this part's
+        state (postcopy's pages not yet fetched): then the source's death loses the VM."""
+        return False
+
     async def close(self) -> None:
         """At the run's end, however it ended (the VMs are stopped): stop the servers and
         close the handles this part opened.  Idempotent."""

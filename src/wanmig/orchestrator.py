@@ -416,6 +416,12 @@ class Orchestrator:
             await ctx.dst.kill()        # fenced: killed and reaped
         if ctx is None or ctx.dst is None or ctx.dst.returncode is not None:
             self.state.destination_dead()
+        if ctx is not None and ctx.src is not None and ctx.src.returncode is not None:
+            # the destination never had the whole guest and never ran: nothing to resume
+            self._lost("the source died before the destination had the whole guest; the "
+                       "destination, which never ran, was fenced: the only complete copy is "
+                       "gone and the VM is lost")
+            return "failed", f"{cause}; the source QEMU died: the VM is lost"
         if not self.state.may_resume_source():
             # the rule decides, and without a fenced destination it says no
             self._enter_end(Stage.FAILED)
@@ -453,14 +459,24 @@ class Orchestrator:
         """Past the point of no return: the source is never resumed."""
         self.clock.end()
         dst = self.ctx.dst if self.ctx else None
-        lost = dst is None or dst.returncode is not None
-        if lost:
-            self.notes["vm_lost"] = True
-            self.notes["lost"] = ("the destination died after it ran; the source holds the "
-                                  "guest as it was before the switchover and is not resumed "
-                                  "(a stale copy): the VM is lost")
-        self._enter_end(Stage.VM_LOST if lost else Stage.FAILED)
+        src = self.ctx.src if self.ctx else None
+        if dst is None or dst.returncode is not None:
+            self._lost("the destination died after it ran; the source holds the guest as it "
+                       "was before the switchover and is not resumed (a stale copy): the VM "
+                       "is lost")
+        elif (src is not None and src.returncode is not None
+              and any(part.borrows_from_source() for part in self.parts)):
+            self._lost("the source died while the destination still borrowed its state "
+                       "from it (postcopy): the guest cannot go on at B, and the destination "
+                       "is stopped with the run: the VM is lost")
+        else:
+            self._enter_end(Stage.FAILED)
         return "failed", str(cause)
+
+    def _lost(self, why: str) -> None:
+        self.notes["vm_lost"] = True
+        self.notes["lost"] = why
+        self._enter_end(Stage.VM_LOST)
 
     def _integrity(self) -> IntegrityResult:
         """The engine's integrity fields with every part's own, and how long both copies

@@ -138,7 +138,7 @@ def private_dir(path: Path, *, tighten: bool = False) -> None:
     os.chmod(path, DIR_MODE)  # mkdir's mode is masked by the umask; chmod's is not
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -148,7 +148,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _cmdline(pid: int) -> str:
+def cmdline_of(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
@@ -157,14 +157,14 @@ def _cmdline(pid: int) -> str:
 
 def kill_owned(pid: int, marker: str, *, grace_s: float = 3.0) -> bool:
     """Kill ``pid`` if its command line contains ``marker``; True if it was ours."""
-    if marker not in _cmdline(pid):
+    if marker not in cmdline_of(pid):
         return False
     try:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
@@ -191,7 +191,7 @@ def leftovers(run_id: str) -> list[str]:
     found = [f"netns {p.name}" for p in sorted(netns.iterdir())
              if p.name.startswith(f"wm{run_id}-")] if netns.is_dir() else []
     found += [f"process {p.name}" for p in Path("/proc").iterdir()
-              if p.name.isdigit() and run_dir in _cmdline(int(p.name))]
+              if p.name.isdigit() and run_dir in cmdline_of(int(p.name))]
     for path in (STATE_DIR / f"{run_id}.json", MEMORY_DIR / run_id):
         if path.exists():
             found.append(f"file {path}")
@@ -209,7 +209,7 @@ def clean_leftovers(*, force: bool = False) -> list[str]:
         except (OSError, ValueError):
             continue
         owner = int(data.get("owner_pid", 0))
-        if not force and _alive(owner):
+        if not force and pid_alive(owner):
             log.info("run %s still owned by live pid %d: left alone", data.get("run_id"), owner)
             continue
         run_dir = STATE_DIR / str(data["run_id"])

@@ -265,3 +265,93 @@ async def test_sigkill_of_the_controller_leaves_one_copy_and_clean_removes_all(
     assert not _both_running(seen), "two running copies were seen"
     assert not run_dir.exists()
     assert not {n for n in run_netns_names() if n.startswith(f"wm{run_dir.name}")}
+
+
+# -- the source's death, a hung QEMU, the controller's death -----------------------------------
+
+
+async def test_source_dies_during_memory_copy_the_vm_is_lost_and_said_so(
+        leaves_nothing_behind) -> None:
+    rec = await _run("fault-source-memory", fault={"kill_source": "memory"})
+
+    assert rec.status == "failed" and "the source QEMU died" in (rec.error or "")
+    assert rec.model_extra and rec.model_extra["vm_lost"] is True
+    assert "only complete copy" in rec.model_extra["lost"]
+    assert _state_names(rec)[-1] == "vm-lost"
+    assert not rec.vm.destination_events, "the destination, never complete, must not run"
+
+
+async def test_source_dies_after_the_destination_ran_the_run_completes(
+        leaves_nothing_behind) -> None:
+    rec = await _run("fault-source-after", fault={"kill_source": "after-resume"})
+
+    assert rec.status == "completed", rec.error
+    assert rec.model_extra.get("vm_lost") is None
+    assert rec.integrity.ok and rec.integrity.destination_disk_writes
+
+
+async def test_source_hung_at_the_switchover_rolls_back_once_it_answers(
+        leaves_nothing_behind) -> None:
+    """SIGSTOP for 12 s while A is paused: the switchover's bound runs out, B (never run)
+    is fenced, and A runs again once it answers; one copy throughout."""
+    rec = await _run("fault-hang-source", fault={"hang": "source", "hang_phase": "switchover",
+                                                 "hang_s": 12})
+
+    assert rec.status == "rolled_back", rec.error
+    assert [f["fault"] for f in rec.model_extra["faults"]] == ["hang", "hang_end"]
+    assert not rec.vm.destination_events
+    assert rec.integrity.both_running_ms == 0
+    _answers_at_a(rec)
+
+
+def _controller_with_fault(tmp_path: Path, name: str, fault: dict[str, str]) -> Path:
+    scenario = tmp_path / f"{name}.json"
+    scenario.write_text(json.dumps({"name": name, "vm": SMALL_VM,
+                                    "memory": {"tls": False}, "fault": fault}))
+    return scenario
+
+
+async def _crash_and_recover(tmp_path: Path, point: str) -> tuple[dict[str, Any], str]:
+    """``wanmig migrate`` kills itself at ``point``; ``wanmig recover`` ends the run."""
+    scenario = _controller_with_fault(tmp_path, f"crash-{point}", {"kill_controller": point})
+    proc = subprocess.Popen([str(WANMIG), "migrate", "--scenario", str(scenario)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    run_dir = await asyncio.to_thread(_wait_for_stage, proc, None, 120)
+    output, _ = await asyncio.to_thread(proc.communicate, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, output[-2000:]
+    out = tmp_path / "recovery.json"
+    recovered = await asyncio.to_thread(
+        subprocess.run, [str(WANMIG), "recover", run_dir.name, "--json", str(out)],
+        capture_output=True, text=True, timeout=120)
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    return json.loads(out.read_text()), run_dir.name
+
+
+async def _clean(run_id: str) -> None:
+    cleaned = await asyncio.to_thread(subprocess.run, [str(WANMIG), "clean"],
+                                      capture_output=True, text=True, timeout=120)
+    assert cleaned.returncode == 0 and f"run {run_id}" in cleaned.stdout, cleaned.stdout
+
+
+async def test_controller_killed_before_the_switch_recover_rolls_back_to_a(
+        tmp_path: Path, leaves_nothing_behind) -> None:
+    rec, run_id = await _crash_and_recover(tmp_path, "pre-switchover")
+    try:
+        assert rec["stage"] == "source-paused"
+        assert (rec["status"], rec["vm_lost"]) == ("rolled_back", False)
+        assert (rec["source"], rec["destination"]) == ("running", "gone")
+        assert any("vm-b: killed" in s for s in rec["steps"]), rec["steps"]
+    finally:
+        await _clean(run_id)
+
+
+async def test_controller_killed_after_the_switch_recover_finishes_at_b(
+        tmp_path: Path, leaves_nothing_behind) -> None:
+    rec, run_id = await _crash_and_recover(tmp_path, "after-resume")
+    try:
+        assert rec["stage"] == "destination-running"
+        assert (rec["status"], rec["vm_lost"]) == ("completed", False)
+        assert (rec["source"], rec["destination"]) == ("gone", "running")
+    finally:
+        await _clean(run_id)

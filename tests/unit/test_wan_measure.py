@@ -156,7 +156,8 @@ def test_a_tool_names_its_run_before_its_mode(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry_module, "STATE_DIR", tmp_path)
     reg = Registry("t1")
-    argv = measure.ToolProcess(None, "udp-echo", "--port", 7, registry=reg, python="py").argv
+    argv = measure.ToolProcess(None, "udp-echo", "--port", 7, "--bind", "10.0.0.2",
+                               registry=reg, python="py").argv
     assert argv[3:5] == ["--owner", str(reg.run_dir)]
     args = tools.parse_args(argv[3:])  # a sub-command's parser would refuse it after the mode
     assert args.mode == "udp-echo" and args.owner == str(reg.run_dir)

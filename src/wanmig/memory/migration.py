@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import MigrationError, QemuError
+from ..errors import MigrationError, QemuError, QmpTimeout
 from ..qemu.process import QemuVm
 from ..record import MemoryResult
 from .plan import MigrationPlan, StallDetector, near_convergence_bytes
@@ -52,6 +52,13 @@ POSTCOPY_LOSS = ("the destination died during postcopy: the guest's memory was s
                  "between the sites, so it cannot resume at the source either; the VM is lost "
                  "(postcopy's known risk: use a precopy strategy where this is unacceptable)")
 
+#: What the record says when the source dies while the destination still borrows from it.
+POSTCOPY_SOURCE_LOSS = ("the source died during postcopy: the pages the destination had not "
+                        "yet fetched died with it, so the guest cannot go on at B; the VM is "
+                        "lost (postcopy's known risk: use a precopy strategy where this is "
+                        "unacceptable)")
+#: ``query-migrate`` must answer within this.
+POLL_TIMEOUT_S = 10.0
 
 #: Postcopy: no byte sent for this long while pages remain is a stalled link, which the
 #: kernel would take minutes to call broken: both sides are paused and recovered.
@@ -273,7 +280,21 @@ class QemuMigration:
         moved_at, sent = time.monotonic(), -1
         with self.src.qmp.listener("MIGRATION") as events:
             while True:
-                p = await self._poll()
+                try:
+                    p = await self._poll()
+                except QmpTimeout:
+                    # a source that does not answer (hung) still holds the pages: B waits
+                    # for them, and so do we, within the deadline
+                    if self._both_alive() and time.monotonic() < deadline:
+                        log.warning("postcopy: the source did not answer query-migrate "
+                                    "within %g s; waiting for it", POLL_TIMEOUT_S)
+                        continue
+                    raise
+                except QemuError:
+                    if self.src.returncode is None:
+                        raise
+                    self.state = MigrationState.FAILED
+                    raise MigrationError(POSTCOPY_SOURCE_LOSS) from None
                 now = time.monotonic()
                 if p.status == "completed":
                     break
@@ -288,7 +309,14 @@ class QemuMigration:
                 stalled = (p.status == "postcopy-active" and p.remaining > 0
                            and now - moved_at >= POSTCOPY_STALL_S)
                 if stalled or p.status == "postcopy-paused":
-                    await self._recover("stalled" if stalled else "broken", deadline)
+                    try:
+                        await self._recover("stalled" if stalled else "broken", deadline)
+                    except QmpTimeout as exc:
+                        # a side that is alive but does not answer (hung): both still hold
+                        # the guest, so recovery is tried again, within the deadline
+                        if not self._both_alive() or time.monotonic() >= deadline:
+                            raise
+                        log.warning("postcopy recovery: %s; trying again", exc)
                     moved_at = time.monotonic()
                     continue
                 try:
@@ -313,7 +341,12 @@ class QemuMigration:
         deadline = time.monotonic() + PAUSE_TIMEOUT_S
         status = await self._status(vm)
         if status == "postcopy-active":
-            await vm.execute("migrate-pause", timeout=5)
+            try:
+                await vm.execute("migrate-pause", timeout=5)
+            except QmpTimeout:
+                raise
+            except QemuError as exc:   # it saw the link go between our two questions
+                log.info("migrate-pause at %s: %s", vm.name, exc)
         while status != "postcopy-paused":
             if status in FAILED_STATES or time.monotonic() > deadline:
                 self.state = MigrationState.FAILED
@@ -321,6 +354,9 @@ class QemuMigration:
                                      f"recovery (status {status})")
             await asyncio.sleep(0.05)
             status = await self._status(vm)
+
+    def _both_alive(self) -> bool:
+        return self.src.returncode is None and self.dst.returncode is None
 
     async def _recover(self, how: str, deadline: float) -> None:
         """Pause both sides, make B listen anew, and ask A to resume until it connects
@@ -412,7 +448,7 @@ class QemuMigration:
             self.last_info = info
 
     async def _poll(self) -> MigrationProgress:
-        info = await self.src.execute("query-migrate", timeout=10)
+        info = await self.src.execute("query-migrate", timeout=POLL_TIMEOUT_S)
         self._note(info)
         progress = MigrationProgress.from_query(info, (time.monotonic() - self._t0) * 1000)
         self.last_progress = progress

@@ -182,6 +182,10 @@ class QemuMemory(Part):
         elif await ctx.src.run_state() != "running":
             await ctx.src.execute("cont")
 
+    def borrows_from_source(self) -> bool:
+        return (self.migration is not None and self.migration.postcopy_started
+                and self.migration.state is not MigrationState.COMPLETED)
+
     async def _count_wire(self, ctx: RunContext) -> None:
         if self._wire0 is not None and self.wire_bytes is None:
             self.wire_bytes = await tx_bytes(ctx.testbed.site_a, WAN_IFACE) - self._wire0

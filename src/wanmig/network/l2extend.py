@@ -1,9 +1,11 @@
 """``l2-extend``: the VM's subnet is stretched from A to B, so it keeps its address.
 
-At ``prepare`` the testbed's hypervisors join their bridges with VXLAN
-(``Testbed.stretch``, Travostino et al. 2006): A's subnet, and router A as the
-VM's gateway, reach B's bridge.  The client's path after the move is the
-stretched one: client -> router A -> VXLAN over the WAN -> B (path stretch).
+At ``prepare`` the testbed's hypervisors join their bridges with a layer-2
+tunnel (Travostino et al. 2006; ``network.tunnel``: OpenVPN with mutual TLS, or
+VXLAN with ``[network] encrypt = false``), port ``l2x0`` on each bridge: A's
+subnet, and router A as the VM's gateway, reach B's bridge.  The client's path
+after the move is the stretched one: client -> router A -> the tunnel over the
+WAN -> B (path stretch).
 What moves at the switchover is only where the bridges send the VM's frames:
 
 * ``switchover`` (QEMU has stopped the guest at A and sends the last bytes):
@@ -30,7 +32,11 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..context import Part, RunContext
 from ..errors import NetworkError
+from ..testbed.topology import VXLAN_ID
+from .tunnel import Tunnel, TunnelEnd, start_tunnel
 
+#: The tunnel's port on each hypervisor's bridge.
+PORT = "l2x0"
 #: QEMU's announce-self timing: 5 gratuitous RARPs, 50 ms then 100 ms apart.
 ANNOUNCE = {"initial": 50, "max": 550, "rounds": 5, "step": 100}
 #: ``bridge fdb replace MAC dev PORT master dynamic``: the bridge's own table (NTF_MASTER),
@@ -54,18 +60,22 @@ class L2Extend(Part):
         self._ipr: dict[str, AsyncIPRoute] = {}
         self._port: dict[tuple[str, str], int] = {}   # (site, ifname) -> index
         self.moved_at: float | None = None
+        self.tunnel: Tunnel | None = None
 
     def __repr__(self) -> str:
         return f"L2Extend(frames to site {self.mac_at})"
 
     async def prepare(self, ctx: RunContext) -> None:
         tb = ctx.testbed
-        await tb.stretch()
+        if self.tunnel is None:
+            self.tunnel = await start_tunnel(
+                ctx, "l2x", PORT, TunnelEnd(tb.site_a.name, tb.site_ip("a"), "br0"),
+                TunnelEnd(tb.site_b.name, tb.site_ip("b"), "br0"), VXLAN_ID)
         try:
             for site in ("a", "b"):
                 ipr = AsyncIPRoute(netns=tb.site(site).name)
                 self._ipr[site] = ipr
-                for ifname in (tb.addr.tap, "vx0"):
+                for ifname in (tb.addr.tap, PORT):
                     self._port[site, ifname] = (await ipr.link_lookup(ifname=ifname))[0]
         except (NetlinkError, OSError, IndexError) as exc:
             await self.close()
@@ -75,6 +85,8 @@ class L2Extend(Part):
         for ipr in self._ipr.values():
             ipr.close()
         self._ipr.clear()
+        if self.tunnel is not None:
+            await self.tunnel.stop()   # kept: the record names it
 
     async def move_frames(self, ctx: RunContext, to_site: str) -> None:
         """Point both bridges at the VM's port in ``to_site`` at once.
@@ -90,7 +102,7 @@ class L2Extend(Part):
         self.mac_at = to_site
         try:
             await asyncio.gather(self._point(to_site, tb.addr.tap, tb.addr.vm_mac),
-                                 self._point(other, "vx0", tb.addr.vm_mac))
+                                 self._point(other, PORT, tb.addr.vm_mac))
         except NetlinkError as exc:
             raise NetworkError(f"l2-extend: cannot move the VM's frames to {to_site}: "
                                f"{exc}") from exc
@@ -111,7 +123,8 @@ class L2Extend(Part):
             await self.move_frames(ctx, "a")
 
     def record(self) -> dict[str, Any]:
-        return {"mode": self.name, "frames_sent_to": self.mac_at}
+        return {"mode": self.name, "frames_sent_to": self.mac_at,
+                **(self.tunnel.record() if self.tunnel else {})}
 
     def instants(self) -> dict[str, float]:
         return {} if self.moved_at is None else {"frames_moved": self.moved_at}

@@ -8,10 +8,12 @@ moved.  The VM's replies leave B directly (triangular routing): B's router
 answers for the VM's old gateway (``gateway.answer_for_old_gateway``), so the
 guest needs no change.
 
-The tunnel: this kernel has no IPIP or GRE, so it is VXLAN (``mip0``, VNI 78)
-from router A's WAN address to B's hypervisor, whose end is a port of B's
-bridge: what router A sends into it arrives at B's tap.  A production home
-agent would use IPIP or GRE (RFC 2003/2784) to B's hypervisor.
+The tunnel (``mip0``) runs from router A's WAN address to B's hypervisor, whose
+end is a port of B's bridge: what router A sends into it arrives at B's tap.
+This kernel has no IPIP, GRE or ESP, so it is a layer-2 tunnel
+(``network.tunnel``): OpenVPN with mutual TLS, or VXLAN VNI 78 with ``[network]
+encrypt = false``.  A production home agent would use IPIP or GRE (RFC
+2003/2784) inside IPsec to B's hypervisor.
 
 * ``prepare``: B's router answers for the gateway; the tunnel's two ends are
   made (idle);
@@ -34,9 +36,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..context import Part, RunContext
 from ..errors import NetworkError
-from ..testbed.topology import VXLAN_PORT
 from .gateway import NTF_PROXY, NUD_PERMANENT, answer_for_old_gateway
 from .l2extend import announce
+from .tunnel import Tunnel, TunnelEnd, start_tunnel
 
 TUNNEL = "mip0"
 TUNNEL_VNI = 78
@@ -51,6 +53,7 @@ class MobileIp(Part):
         self._index: dict[str, int] = {}
         self.tunnelled = False
         self.tunnel_at: float | None = None
+        self.tunnel: Tunnel | None = None
 
     def __repr__(self) -> str:
         return f"MobileIp(tunnelling to B: {self.tunnelled})"
@@ -59,12 +62,12 @@ class MobileIp(Part):
         tb = ctx.testbed
         await answer_for_old_gateway(tb)
         home, care_of = tb.addr.link_ip("a", "b"), tb.addr.site_b_ip
+        self.tunnel = await start_tunnel(ctx, "mip", TUNNEL, TunnelEnd(tb.router_a.name, home),
+                                         TunnelEnd(tb.site_b.name, care_of, "br0"), TUNNEL_VNI)
         try:
-            await _vxlan(tb.router_a.name, local=home, remote=care_of)
             # what B floods into the tunnel (the guest asking for its gateway) must not be
             # answered from A: B's router is the gateway there
             await tb.router_a.sysctl(f"net.ipv4.conf.{TUNNEL}.arp_ignore", "8")
-            await _vxlan(tb.site_b.name, local=care_of, remote=home, bridge="br0")
             self._ipr_a = AsyncIPRoute(netns=tb.router_a.name)
             for name in (TUNNEL, "lan0"):
                 self._index[name] = (await self._ipr_a.link_lookup(ifname=name))[0]
@@ -108,23 +111,13 @@ class MobileIp(Part):
         if self._ipr_a is not None:
             self._ipr_a.close()
             self._ipr_a = None
+        if self.tunnel is not None:
+            await self.tunnel.stop()   # kept: the record names it
 
     def record(self) -> dict[str, Any]:
-        return {"mode": self.name, "tunnel": f"vxlan {TUNNEL_VNI}: router A -> B's hypervisor",
+        return {"mode": self.name, **(self.tunnel.record() if self.tunnel else {}),
                 "tunnelled": self.tunnelled}
 
     def instants(self) -> dict[str, float]:
         return {} if self.tunnel_at is None else {"tunnel_on": self.tunnel_at}
-
-
-async def _vxlan(netns: str, *, local: str, remote: str, bridge: str | None = None) -> None:
-    """One end of the tunnel in ``netns`` (a port of ``bridge`` when given)."""
-    async with AsyncIPRoute(netns=netns) as ipr:
-        await ipr.link("add", ifname=TUNNEL, kind="vxlan", vxlan_id=TUNNEL_VNI,
-                       vxlan_local=local, vxlan_group=remote, vxlan_port=VXLAN_PORT)
-        index = (await ipr.link_lookup(ifname=TUNNEL))[0]
-        extra = {}
-        if bridge is not None:
-            extra["master"] = (await ipr.link_lookup(ifname=bridge))[0]
-        await ipr.link("set", index=index, state="up", mtu=1500, **extra)
 

@@ -84,7 +84,7 @@ def qemu_argv(cfg: VmConfig, run_dir: Path, binary: QemuBinary | None = None) ->
         "-accel", cfg.accel, "-cpu", cpu,
         "-m", str(cfg.ram_mib), "-smp", str(cfg.smp),
         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
-        "-qmp", f"unix:{run_dir / (cfg.name + '.qmp')},server=on,wait=off",
+        "-qmp", f"unix:{qmp_socket(run_dir, cfg.name)},server=on,wait=off",
         # a second monitor for observers (tests, an operator's watch): the
         # engine's own connection is never shared
         "-qmp", f"unix:{observer_socket(run_dir, cfg.name)},server=on,wait=off",
@@ -128,6 +128,12 @@ def qemu_argv(cfg: VmConfig, run_dir: Path, binary: QemuBinary | None = None) ->
 def agent_socket(run_dir: Path, name: str) -> Path:
     """The host end of VM ``name``'s agent port (``QemuVm.agent``)."""
     return run_dir / f"{name}.agent"
+
+
+def qmp_socket(run_dir: Path, name: str) -> Path:
+    """The controller's QMP socket of VM ``name`` (``wanmig recover`` takes it over once
+    the controller is dead)."""
+    return run_dir / f"{name}.qmp"
 
 
 def observer_socket(run_dir: Path, name: str) -> Path:
@@ -255,7 +261,7 @@ class QemuVm:
         return next(at for name, at in reversed(self.run_events) if name == "RESUME")
 
     async def _connect_qmp(self, timeout: float) -> None:
-        sock = str(self.run_dir / f"{self.name}.qmp")
+        sock = str(qmp_socket(self.run_dir, self.name))
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive()

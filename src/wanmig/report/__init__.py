@@ -14,12 +14,14 @@ from .network import render_network_bench
 from .seeds import render_seeds_bench
 from .storage import render_storage_bench
 from .text import render_record
+from .tunnel import render_tunnel_bench
 from .wan import render_wan_bench
 
 BENCH_RENDERERS = {"memory": render_memory_bench, "wan": render_wan_bench,
                    "floor": render_floor_bench, "storage": render_storage_bench,
                    "network": render_network_bench, "demo": render_demo,
-                   "seeds": render_seeds_bench, "faults": render_faults_bench}
+                   "seeds": render_seeds_bench, "faults": render_faults_bench,
+                   "tunnel": render_tunnel_bench}
 
 
 def render_bench(doc: dict[str, Any]) -> Group:

@@ -215,6 +215,8 @@ BENCH_BARS: dict[str, tuple[list[Bar], str | None]] = {
               Bar("wan_bytes", "bytes on the WAN (all A sent)", "MB", 1e6)], "defaults"),
     "seeds": ([Bar("total_ms", "total time", "s", 1000), Bar("outage_ms", "client outage", "ms"),
                Bar("wan_bytes", "bytes on the WAN (all A sent)", "MB", 1e6)], "technique"),
+    "tunnel": ([Bar("goodput_mbit", "client goodput through the tunnel", "Mbit/s"),
+                Bar("tunnel_cpu_pct", "OpenVPN CPU (both ends)", "% of a core")], "vxlan"),
     "wan": ([Bar("rtt_idle_p50_ms", "RTT idle (p50)", "ms"),
              Bar("rtt_loaded_p99_ms", "RTT loaded (p99)", "ms"),
              Bar("goodput_mbit", "one TCP stream's goodput", "Mbit/s")], None),

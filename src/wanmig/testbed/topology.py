@@ -158,7 +158,6 @@ class Testbed:
         self.wan: WanLink | None = None          # the inter-site link, once up
         #: The client's links, to site A and to site B, once up (with ``client_wan``).
         self.client_wans: dict[str, WanLink] = {}
-        self.stretched = False
         self.state = TestbedState.CREATED
 
     def __repr__(self) -> str:
@@ -221,24 +220,6 @@ class Testbed:
                                   rtt_ms=rtt.p50_ms, queue_ms=p.queue_ms if p else 0.0,
                                   registry=self.registry)
         return rtt.p50_ms, g.goodput_mbit
-
-    async def stretch(self) -> None:
-        """A's subnet stretched to B's bridge: a VXLAN port on each hypervisor's bridge,
-        its far end the other hypervisor (``l2-extend``; removed with the namespaces)."""
-        if self.stretched:
-            return
-        try:
-            for which in SITES:
-                local, remote = self.site_ip(which), self.site_ip("b" if which == "a" else "a")
-                async with AsyncIPRoute(netns=self.site(which).name) as ipr:
-                    await ipr.link("add", ifname="vx0", kind="vxlan", vxlan_id=VXLAN_ID,
-                                   vxlan_local=local, vxlan_group=remote,
-                                   vxlan_port=VXLAN_PORT)
-                    br = (await ipr.link_lookup(ifname="br0"))[0]
-                    await link_up(ipr, "vx0", mtu=1500, master=br)
-        except NetlinkError as exc:
-            raise NetworkError(f"cannot stretch A's subnet to B: {exc}", cause=exc) from exc
-        self.stretched = True
 
     async def __aenter__(self) -> "Testbed":
         await self.up()

@@ -64,7 +64,8 @@ Control protocol (like the probe agent): JSON lines on stdout, commands on stdin
     <- set {"rtt_ms": ..}    -> {"event": "set", "profile": {..}}  delay/jitter/loss, live
     <- stats                 -> {"event": "stats", "left_to_right": {..},
                                  "right_to_left": {..}, "cpu_s": .., ...}
-    <- stop (or EOF)         -> {"event": "stopped", ...the stats...}; exit 0
+    <- stop                  -> {"event": "stopped", ...the stats...}; exit 0
+    (EOF)                       the controller died: the link carries on (module text)
 
 A bad command answers ``{"event": "error", "fatal": false, "message": ..}``;
 a failure to start answers ``{"event": "error", "fatal": true, ..}`` and exits 1.
@@ -192,6 +193,7 @@ class Forwarder:
         self.r2l = Direction("right_to_left", right, left)
         self.vnet = vnet
         self.ctl_fd = ctl_fd
+        self._fds: list[int] = []   # what the loop waits on (the control fd until EOF)
         self.out = out if out is not None else sys.stdout
         self.rng = random.Random(seed)
         self.down = False
@@ -219,7 +221,7 @@ class Forwarder:
         mono, sel = time.monotonic, select.select
         dirs = (self.l2r, self.r2l)
         l_fd, r_fd = self.l2r.rx.fileno(), self.r2l.rx.fileno()
-        fds = [self.ctl_fd, l_fd, r_fd]
+        fds = self._fds = [self.ctl_fd, l_fd, r_fd]
         inf = math.inf
         spin = self.spin_s
         early = COALESCE_S
@@ -371,7 +373,10 @@ class Forwarder:
     def _control(self) -> None:
         chunk = os.read(self.ctl_fd, 65536)
         if not chunk:
-            self.running = False  # EOF: the controller is gone
+            # EOF: the controller is gone (crashed: ``wanmig recover``).  The link is the
+            # network, not the controller's: it carries on until ``stop``, a signal, or
+            # ``wanmig clean`` (this command line names the run directory).
+            self._fds.remove(self.ctl_fd)
             return
         self._ctl_buf += chunk
         while b"\n" in self._ctl_buf:

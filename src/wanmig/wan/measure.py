@@ -305,7 +305,8 @@ def _ping_timeout(seconds: float) -> float:
 async def rtt(ns_a: str | None, ns_b: str | None, ip_b: str, *, rate_hz: float = 200.0,
               seconds: float = 5.0, registry: Registry | None = None) -> RttResult:
     """RTT of ``rate_hz`` paced UDP pings from A to B for ``seconds`` (after a warm-up)."""
-    async with ToolProcess(ns_b, "udp-echo", "--port", ECHO_PORT, registry=registry) as echo, \
+    async with ToolProcess(ns_b, "udp-echo", "--port", ECHO_PORT, "--bind", ip_b,
+                           registry=registry) as echo, \
             ToolProcess(ns_a, "udp-ping", *_ping_args(ip_b, rate_hz, seconds),
                         registry=registry) as ping:
         await echo.start(READY_TIMEOUT_S)
@@ -356,8 +357,8 @@ class _TcpStream(_ToolPair):
     def __init__(self, ns_a: str | None, ns_b: str | None, ip_b: str, seconds: float,
                  skip: float, buf: int, cc: str | None, registry: Registry | None) -> None:
         self.seconds = seconds
-        self.sink = ToolProcess(ns_b, "tcp-sink", "--port", TCP_SINK_PORT, "--rcvbuf", buf,
-                                "--skip", f"{skip:g}", registry=registry)
+        self.sink = ToolProcess(ns_b, "tcp-sink", "--port", TCP_SINK_PORT, "--bind", ip_b,
+                                "--rcvbuf", buf, "--skip", f"{skip:g}", registry=registry)
         source_args: list[Any] = ["--target", ip_b, "--port", TCP_SINK_PORT,
                                   "--seconds", f"{seconds:g}", "--sndbuf", buf]
         if cc:
@@ -380,7 +381,8 @@ class _UdpLoad(_ToolPair):
                  seconds: float, payload: int, count: int | None, drain_s: float,
                  registry: Registry | None) -> None:
         self.seconds, self.drain_s = seconds, drain_s
-        self.sink = ToolProcess(ns_b, "udp-sink", "--port", UDP_SINK_PORT, registry=registry)
+        self.sink = ToolProcess(ns_b, "udp-sink", "--port", UDP_SINK_PORT, "--bind", ip_b,
+                                registry=registry)
         args: list[Any] = ["--target", ip_b, "--port", UDP_SINK_PORT, "--rate-mbit",
                            f"{rate_mbit:g}", "--seconds", f"{seconds:g}", "--size", payload]
         if count is not None:
@@ -418,7 +420,8 @@ async def loaded_rtt(ns_a: str | None, ns_b: str | None, ip_b: str, *, load_mbit
                      registry: Registry | None = None) -> LoadedRtt:
     """RTT A -> B while a paced UDP load of ``load_mbit`` (full-size datagrams) runs A -> B."""
     load_seconds = LOAD_LEAD_S + seconds + 1.0  # the pings start late and drain
-    async with ToolProcess(ns_b, "udp-echo", "--port", ECHO_PORT, registry=registry) as echo, \
+    async with ToolProcess(ns_b, "udp-echo", "--port", ECHO_PORT, "--bind", ip_b,
+                           registry=registry) as echo, \
             ToolProcess(ns_a, "udp-ping", *_ping_args(ip_b, rate_hz, seconds),
                         registry=registry) as ping:
         await echo.start(READY_TIMEOUT_S)
@@ -445,7 +448,8 @@ async def saturated_rtt(ns_a: str | None, ns_b: str | None, ip_b: str, *,
     """
     skip = tcp_warmup_s(rtt_ms, queue_ms)
     buf = socket_buffer_bytes(rate_mbit, rtt_ms, queue_ms)
-    async with ToolProcess(ns_b, "udp-echo", "--port", ECHO_PORT, registry=registry) as echo, \
+    async with ToolProcess(ns_b, "udp-echo", "--port", ECHO_PORT, "--bind", ip_b,
+                           registry=registry) as echo, \
             ToolProcess(ns_a, "udp-ping", *_ping_args(ip_b, rate_hz, seconds),
                         registry=registry) as ping:
         await echo.start(READY_TIMEOUT_S)

@@ -202,12 +202,13 @@ def _timing_critical(rt_priority: int) -> bool:
     return set_realtime(rt_priority)
 
 
-def _udp_socket(bind_port: int | None = None, *, buf: int = 4 << 20) -> socket.socket:
+def _udp_socket(bind: tuple[str, int] | None = None, *, buf: int = 4 << 20) -> socket.socket:
+    """A UDP socket with large buffers; a server's is bound to the one address it serves."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for opt, force in ((socket.SO_RCVBUF, SO_RCVBUFFORCE), (socket.SO_SNDBUF, SO_SNDBUFFORCE)):
         _set_buffer(sock, opt, force, buf)
-    if bind_port is not None:
-        sock.bind(("0.0.0.0", bind_port))
+    if bind is not None:
+        sock.bind(bind)
     sock.setblocking(False)
     return sock
 
@@ -267,7 +268,7 @@ def udp_echo(args: argparse.Namespace) -> dict[str, Any]:
     the path's, not this process's scheduling.
     """
     realtime = _timing_critical(args.rt_priority)
-    sock = _udp_socket(args.port)
+    sock = _udp_socket((args.bind, args.port))
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     control = _Control()
     emit("ready", port=args.port, realtime=realtime, pid=os.getpid())
@@ -487,7 +488,7 @@ def udp_sink(args: argparse.Namespace) -> dict[str, Any]:
     loss, not the link's.
     """
     gc.disable()
-    sock = _udp_socket(args.port, buf=16 << 20)
+    sock = _udp_socket((args.bind, args.port), buf=16 << 20)
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
     control = _Control()
@@ -599,7 +600,7 @@ def tcp_sink(args: argparse.Namespace) -> dict[str, Any]:
     rcvbuf = None
     if args.rcvbuf:  # before listen(): accepted sockets inherit it, and the window scale
         rcvbuf = _set_buffer(srv, socket.SO_RCVBUF, SO_RCVBUFFORCE, args.rcvbuf)
-    srv.bind(("0.0.0.0", args.port))
+    srv.bind((args.bind, args.port))
     srv.listen(1)
     control = _Control()
     emit("ready", port=args.port, rcvbuf=rcvbuf, pid=os.getpid())
@@ -729,6 +730,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     echo = sub.add_parser("udp-echo", help="UDP echo server (stamps its receive time)")
     echo.add_argument("--port", type=int, required=True)
+    echo.add_argument("--bind", required=True, help="the one address to listen on")
     echo.add_argument("--rt-priority", type=int, default=RT_PRIORITY)
 
     ping = sub.add_parser("udp-ping", help="paced UDP RTT sampler")
@@ -757,9 +759,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     sink = sub.add_parser("udp-sink", help="counts sequence-numbered datagrams")
     sink.add_argument("--port", type=int, required=True)
+    sink.add_argument("--bind", required=True, help="the one address to listen on")
 
     tsink = sub.add_parser("tcp-sink", help="receives one bulk TCP stream")
     tsink.add_argument("--port", type=int, required=True)
+    tsink.add_argument("--bind", required=True, help="the one address to listen on")
     tsink.add_argument("--rcvbuf", type=int, default=0, help="SO_RCVBUF bytes (0: autotune)")
     tsink.add_argument("--skip", type=float, default=1.0,
                        help="seconds after the first byte left out of the goodput")
