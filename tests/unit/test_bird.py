@@ -30,6 +30,10 @@ def test_every_router_peers_with_the_two_other_sites_over_its_links() -> None:
     assert not configs["a"].host_routes and not configs["c"].host_routes
     assert configs["c"].prefsrc == addr.client_ip
     assert len({cfg.router_id for cfg in configs.values()}) == 3
+    signed = bird_configs(addr, "s3cret")
+    for cfg in signed.values():
+        text = render_config(cfg)
+        assert text.count('password "s3cret";') == 2 and text.count("strict bind yes;") == 2
 
 
 def test_config_carries_only_host_routes_of_the_home_subnet() -> None:

@@ -91,19 +91,25 @@ def _cpu_s(pids: Sequence[int]) -> float | None:
 
 
 async def vm_place(testbed: Testbed, registry: Registry) -> Namespace:
-    """A namespace with the VM's address, MAC and gateway on B's bridge (as ``tap0``)."""
+    """A namespace with the VM's address, MAC and gateway on B's bridge (port ``vmp0``,
+    beside the tap QEMU would use); removed again if it cannot be made whole."""
     addr = testbed.addr
     vm = Namespace(f"wm{registry.run_id}-v", registry)
     await vm.create()
-    await add_veth(vm, "eth0", testbed.site_b, addr.tap)
-    async with AsyncIPRoute(netns=testbed.site_b.name) as ipr:
-        br = (await ipr.link_lookup(ifname="br0"))[0]
-        await link_up(ipr, addr.tap, master=br)
-    async with AsyncIPRoute(netns=vm.name) as ipr:
-        await link_up(ipr, "lo")
-        index = await link_up(ipr, "eth0", address=addr.vm_mac, mtu=1500)
-        await ipr.addr("add", index=index, address=addr.vm_ip, prefixlen=addr.vm_prefixlen)
-        await ipr.route("add", dst="0.0.0.0/0", gateway=addr.gateway("a"))
+    try:
+        await add_veth(vm, "eth0", testbed.site_b, "vmp0")
+        async with AsyncIPRoute(netns=testbed.site_b.name) as ipr:
+            br = (await ipr.link_lookup(ifname="br0"))[0]
+            await link_up(ipr, "vmp0", master=br)
+        async with AsyncIPRoute(netns=vm.name) as ipr:
+            await link_up(ipr, "lo")
+            index = await link_up(ipr, "eth0", address=addr.vm_mac, mtu=1500)
+            await ipr.addr("add", index=index, address=addr.vm_ip,
+                           prefixlen=addr.vm_prefixlen)
+            await ipr.route("add", dst="0.0.0.0/0", gateway=addr.gateway("a"))
+    except BaseException:
+        await vm.remove()
+        raise
     return vm
 
 
@@ -165,5 +171,6 @@ async def _measure(testbed: Testbed, registry: Registry, vm: Namespace, mode: st
         await tunnel.stop()
     cpu = (None if cpu0 is None or cpu1 is None
            else round((cpu1 - cpu0) / wall * 100, 1))
-    return {"tunnel": tunnel.describe(), "goodput_mbit": result.goodput_mbit,
+    return {"status": "completed", "tunnel": tunnel.describe(),
+            "goodput_mbit": result.goodput_mbit,
             "tunnel_cpu_pct": cpu, "setup_ms": tunnel.setup_ms}

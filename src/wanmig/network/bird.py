@@ -61,6 +61,9 @@ class BirdConfig:
     host_route_dev: str = "lan0"          # where those hosts are
     prefsrc: str | None = None            # source address of the routes it installs
     host_prefix: str = "10.1.0.0/24"      # the subnet whose /32s BGP carries
+    #: The sessions' TCP-MD5 secret (RFC 2385; one per run): a segment without it is
+    #: dropped by the kernel, so nobody on the WAN can inject or reset a route.
+    password: str | None = None
     extra: list[str] = field(default_factory=list)
 
 
@@ -78,10 +81,12 @@ def render_config(cfg: BirdConfig) -> str:
     if cfg.host_routes:
         routes = " ".join(f'route {net} via "{cfg.host_route_dev}";' for net in cfg.host_routes)
         lines.append(f"protocol static {HOST_ROUTE_PROTOCOL} {{ disabled; ipv4; {routes} }}")
+    secret = f'password "{cfg.password}"; ' if cfg.password else ""
     for p in cfg.peers:
+        # ``strict bind``: each session listens on its own link address only
         lines.append(
             f"protocol bgp {p.name} {{ local {p.local_ip} as {cfg.asn}; "
-            f"neighbor {p.ip} as {p.asn}; {TIMERS} "
+            f"neighbor {p.ip} as {p.asn}; strict bind yes; {secret}{TIMERS} "
             f"ipv4 {{ import where {carried}; export where {carried}; }}; }}")
     return "\n".join([*lines, *cfg.extra]) + "\n"
 

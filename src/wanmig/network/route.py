@@ -26,6 +26,7 @@ The guest changes nothing: B's router answers for its gateway at A
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from typing import Any, ClassVar
 
@@ -45,20 +46,23 @@ CONVERGE_TIMEOUT_S = 10.0
 ASN = {"a": 65001, "b": 65002, "c": 65003}
 
 
-def bird_configs(addr: Addressing) -> dict[str, BirdConfig]:
-    """Each router's BIRD: eBGP to the two other sites over its WAN links; B may announce
-    the VM's /32 (from its LAN), the client's site installs routes with its address."""
+def bird_configs(addr: Addressing, password: str | None = None) -> dict[str, BirdConfig]:
+    """Each router's BIRD: eBGP to the two other sites over its WAN links, every session
+    signed with ``password`` (TCP-MD5); B may announce the VM's /32 (from its LAN), the
+    client's site installs routes with its address."""
     def peers(site: str) -> tuple[Peer, ...]:
         return tuple(Peer(f"to_{other}", addr.link_ip(site, other), addr.link_ip(other, site),
                           ASN[other]) for other in "abc" if other != site)
 
     home = addr.lan("a")
     return {
-        "a": BirdConfig(addr.link_ip("a", "b"), ASN["a"], peers("a"), host_prefix=home),
+        "a": BirdConfig(addr.link_ip("a", "b"), ASN["a"], peers("a"), host_prefix=home,
+                        password=password),
         "b": BirdConfig(addr.link_ip("b", "a"), ASN["b"], peers("b"),
-                        host_routes=(f"{addr.vm_ip}/32",), host_prefix=home),
+                        host_routes=(f"{addr.vm_ip}/32",), host_prefix=home,
+                        password=password),
         "c": BirdConfig(addr.link_ip("c", "a"), ASN["c"], peers("c"), prefsrc=addr.client_ip,
-                        host_prefix=home),
+                        host_prefix=home, password=password),
     }
 
 
@@ -84,7 +88,7 @@ class Route(Part):
         await answer_for_old_gateway(tb)
         self._ipr_b = AsyncIPRoute(netns=tb.router_b.name)
         self._lan_b = (await self._ipr_b.link_lookup(ifname="lan0"))[0]
-        configs = bird_configs(tb.addr)
+        configs = bird_configs(tb.addr, secrets.token_hex(16))
         where = {"a": tb.router_a, "b": tb.router_b, "c": tb.client}
         for site, cfg in configs.items():
             bird = Bird(f"r{site}", where[site].name, cfg, ctx.run_dir, ctx.registry)
