@@ -21,7 +21,7 @@ def test_the_campaign_covers_every_phase_duration_strategy_and_mode() -> None:
     for seconds in (2, 10, 30):
         for case in ("precopy/memory", "precopy/switchover", "postcopy/postcopy",
                      "storage-mirror-sync/storage", "storage-precopy/storage",
-                     "storage-hybrid/storage"):
+                     "storage-hybrid/storage", "storage-postcopy/storage"):
             assert f"link/{case}/{seconds}s" in names
     assert {n for n in names if n.startswith("link/network-")} == {
         f"link/network-{m}/switchover/10s" for m in ("l2-extend", "dns-tunnel", "mobile-ip",

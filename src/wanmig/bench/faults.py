@@ -49,11 +49,13 @@ OUTAGES_S = (2, 10, 30)
 NETWORK_OUTAGE_S = 10
 SMALL_VM = {"ram_mib": 192}
 DISK_VM = {"ram_mib": 256, "base": "debian", "disk_mib": 2048, "disk_write_mbps": 2.0}
-#: The storage strategies that copy during the storage phase.  libvirt's default mirror
-#: never gets ready while the guest writes (``wanmig bench storage``): its synchronous
-#: mode, what an operator falls back to, is the one an outage is tried on.
+#: The storage strategies that copy: mirror, precopy and hybrid in the storage phase,
+#: postcopy after B runs (its fetch and stream; ``storage-progress`` fires there).
+#: libvirt's default mirror never gets ready while the guest writes (``wanmig bench
+#: storage``): its synchronous mode, what an operator falls back to, is the one tried.
 STORAGE_CASES = {"mirror-sync": {"strategy": "mirror", "synchronous_writes": True},
-                 "precopy": {"strategy": "precopy"}, "hybrid": {"strategy": "hybrid"}}
+                 "precopy": {"strategy": "precopy"}, "hybrid": {"strategy": "hybrid"},
+                 "postcopy": {"strategy": "postcopy"}}
 STORAGE_TIMEOUT_S = 120.0
 KILL_POINTS = ("memory", "pre-switchover", "after-resume", "postcopy")
 SOURCE_KILL_POINTS = ("memory", "pre-switchover", "switchover", "after-resume", "postcopy")

@@ -307,6 +307,10 @@ class PostcopyStorage(NbdCopy):
             for node in (LOCAL_NODE, LOCAL_FILE_NODE):
                 await ctx.dst.execute("blockdev-del", {"node-name": node})
 
+    def borrows_from_source(self) -> bool:
+        """B's disk reads through A (blocks not fetched or streamed yet) while layered."""
+        return self._layered
+
     async def _close(self, ctx: RunContext) -> None:
         # B's chain still reads through the pull channel until the stream ended
         await self._close_pull(ctx, in_use=self._layered)
