@@ -170,7 +170,8 @@ StrategyOption = Annotated[Optional[str], typer.Option(
 WorkloadOption = Annotated[Optional[str], typer.Option(
     "--workload", help="Guest workload: idle, web or dirty.")]
 InsecureOption = Annotated[bool, typer.Option(
-    "--insecure", help="Migrate without TLS (to measure what TLS costs).")]
+    "--insecure", help="Migrate without TLS and with plain VXLAN tunnels (to measure what "
+                       "encryption costs).")]
 StorageOption = Annotated[Optional[str], typer.Option(
     "--storage", help=f"Storage strategy: {STORAGE.help()}.")]
 NetworkOption = Annotated[Optional[str], typer.Option(
@@ -195,12 +196,13 @@ def _overrides(wan: str | None, strategy: str | None, workload: str | None,
         out["storage"] = {"strategy": storage}
     if transport is not None:
         out.setdefault("storage", {})["transport"] = transport
-    if insecure:
-        out.setdefault("memory", {})["tls"] = False
     if workload is not None:
         out["vm"] = {"workload": workload}
     if network is not None:
         out["network"] = {"mode": network}
+    if insecure:
+        out.setdefault("memory", {})["tls"] = False
+        out.setdefault("network", {})["encrypt"] = False
     return out
 
 

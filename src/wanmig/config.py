@@ -317,7 +317,7 @@ class FaultSpec(_Strict):
                          "postcopy"] = "none"
     #: Where the controller (this process) is killed with SIGKILL: a crash of wanmig
     #: itself; both QEMUs live on and ``wanmig recover`` ends the run by the rule.
-    kill_controller: Literal["none", "memory", "pre-switchover", "switchover",
+    kill_controller: Literal["none", "storage", "memory", "pre-switchover", "switchover",
                              "after-resume", "postcopy"] = "none"
     #: A QEMU that stops answering (SIGSTOP) in ``hang_phase`` for ``hang_s`` seconds,
     #: then goes on (SIGCONT): a hung host, seen only as silence.
@@ -363,10 +363,11 @@ class Scenario(_Strict):
         if self.fault.link_down_phase != "none" and self.wan.link is None:
             raise ConfigError("a link outage needs an emulated WAN (wan.profile is 'none')",
                               field="fault.link_down_phase")
-        if self.fault.link_down_phase == "storage" and self.storage.strategy == "shared":
-            raise ConfigError("a link outage during the disk copy needs a storage strategy "
-                              "that copies (storage.strategy is 'shared')",
-                              field="fault.link_down_phase")
+        for fault, phase in (("link_down_phase", self.fault.link_down_phase),
+                             ("kill_controller", self.fault.kill_controller)):
+            if phase == "storage" and self.storage.strategy == "shared":
+                raise ConfigError(f"{fault} = 'storage' needs a storage strategy that copies "
+                                  "(storage.strategy is 'shared')", field=f"fault.{fault}")
         for fault, phase in (("link_down_phase", self.fault.link_down_phase),
                              ("kill_destination", self.fault.kill_destination),
                              ("kill_source", self.fault.kill_source),

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qemu.qmp import QMPClient
 
+from wanmig.bench.faults import both_running_samples, sample_run
 from wanmig.config import parse_scenario
 from wanmig.orchestrator import Orchestrator
-from wanmig.qemu.process import observer_socket
 from wanmig.record import ResultRecord
 from wanmig.registry import STATE_DIR
 
@@ -204,49 +203,14 @@ async def test_sigint_during_memory_rolls_back_and_writes_the_record(
     _answers_at_a(rec)
 
 
-async def _sample(sock: Path, seen: dict[str, list[tuple[float, str]]], name: str,
-                  stop: asyncio.Event) -> None:
-    """Poll one QEMU's run state through its observer monitor until it goes away."""
-    while not sock.exists():
-        if stop.is_set():
-            return
-        await asyncio.sleep(0.02)
-    qmp = QMPClient(f"observer-{name}")
-    await qmp.connect(str(sock))
-    try:
-        while not stop.is_set():
-            status = (await asyncio.wait_for(qmp.execute("query-status"), 5))["status"]
-            seen[name].append((time.monotonic(), status))
-            await asyncio.sleep(0.02)
-    except Exception:  # noqa: BLE001 -- the QEMU was killed: sampling ends
-        pass
-    finally:
-        await qmp.disconnect()
-
-
-def _both_running(seen: dict[str, list[tuple[float, str]]]) -> list[float]:
-    """Times at which the latest sample of each QEMU said running."""
-    events = sorted([(t, name, s) for name, rows in seen.items() for t, s in rows])
-    last: dict[str, str] = {}
-    overlaps = []
-    for t, name, status in events:
-        last[name] = status
-        if last.get("vm-a") == "running" and last.get("vm-b") == "running":
-            overlaps.append(t)
-    return overlaps
-
-
 async def test_sigkill_of_the_controller_leaves_one_copy_and_clean_removes_all(
         tmp_path: Path, leaves_nothing_behind) -> None:
     proc, _ = _start_controller(tmp_path, "sigkill")
-    seen: dict[str, list[tuple[float, str]]] = {"vm-a": [], "vm-b": []}
+    samples: list[tuple[float, str, str]] = []
     stop = asyncio.Event()
-    samplers: list[asyncio.Task[None]] = []
+    sampling = asyncio.create_task(sample_run(proc.pid, samples, stop))
     try:
-        run_dir = await asyncio.to_thread(_wait_for_stage, proc, None, 120)
-        samplers = [asyncio.create_task(_sample(observer_socket(run_dir, vm), seen, vm, stop))
-                    for vm in ("vm-a", "vm-b")]
-        await asyncio.to_thread(_wait_for_stage, proc, "copying", 60)
+        run_dir = await asyncio.to_thread(_wait_for_stage, proc, "copying", 120)
         await asyncio.sleep(2.0)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
@@ -257,12 +221,13 @@ async def test_sigkill_of_the_controller_leaves_one_copy_and_clean_removes_all(
         assert "(it was copying)" in cleaned.stdout
     finally:
         stop.set()
-        await asyncio.gather(*samplers, return_exceptions=True)
+        await sampling
         if proc.poll() is None:
             proc.kill()
+    seen = {name: [status for _, n, status in samples if n == name] for name in ("vm-a", "vm-b")}
     assert seen["vm-a"] and seen["vm-b"], "both QEMUs were sampled"
-    assert any(s == "running" for _, s in seen["vm-a"])
-    assert not _both_running(seen), "two running copies were seen"
+    assert "running" in seen["vm-a"]
+    assert both_running_samples(samples) == 0, "two running copies were seen"
     assert not run_dir.exists()
     assert not {n for n in run_netns_names() if n.startswith(f"wm{run_dir.name}")}
 

@@ -296,3 +296,48 @@ async def test_dirty_working_set_too_large_fails_clearly(guest_image: GuestImage
         text = await wait_console(vm, f"{ERROR_MARKER} dirty workload", timeout=60.0)
     assert "does not fit" in text
     assert READY_MARKER not in text and "Kernel panic" not in text
+
+
+async def test_the_guest_agent_refuses_hostile_requests_and_keeps_answering(
+        guest_image: GuestImage) -> None:
+    """Garbage on the agent's port -- unknown words, binary, bad addresses, lines longer
+    than its buffer -- each gets one "error" line; ``ping`` is answered after all of it.
+    Generated requests (hypothesis) go through ``QemuVm.agent``, which refuses what is not
+    one printable line itself; raw bytes are written to the port's socket."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from wanmig.errors import QemuError
+    from wanmig.qemu.process import agent_socket
+
+    async with running_vm(guest_image, dirty=None) as vm:
+        await wait_console(vm, READY_MARKER)
+        answers: list[str] = []
+
+        @settings(max_examples=40, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(st.text(max_size=300))
+        def one(request: str) -> None:
+            try:
+                answers.append(asyncio.run_coroutine_threadsafe(
+                    vm.agent(request, timeout=10), loop).result(15))
+            except QemuError as exc:
+                assert "not a request" in str(exc) or "error" in str(exc), exc
+                answers.append(f"refused {exc}")
+
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(one)
+        assert answers
+        # raw: a binary line, and one far longer than the agent's 256-byte buffer
+        reader, writer = await asyncio.open_unix_connection(str(agent_socket(vm.run_dir,
+                                                                             vm.name)))
+        try:
+            writer.write(b"\x00\xff\x01 addr 999.1.1.1/40\n" + b"A" * 5000 + b"\nping\n")
+            await writer.drain()
+            got = [(await asyncio.wait_for(reader.readline(), 10)).decode().strip()
+                   for _ in range(3)]
+        finally:
+            writer.close()
+        assert got == ["error unknown request", "error request too long", "ok pong"], got
+        assert await vm.agent("ping") == "pong"
+        assert vm.returncode is None

@@ -30,9 +30,10 @@ def test_the_campaign_covers_every_phase_duration_strategy_and_mode() -> None:
         f"kill-destination/{p}" for p in ("memory", "pre-switchover", "after-resume",
                                           "postcopy")]
     points = ("memory", "pre-switchover", "switchover", "after-resume", "postcopy")
-    for family in ("kill-source", "kill-controller"):
-        assert [n for n in names if n.startswith(family + "/")] == [
-            f"{family}/{p}" for p in points]
+    assert [n for n in names if n.startswith("kill-source/")] == [
+        f"kill-source/{p}" for p in points]
+    assert [n for n in names if n.startswith("kill-controller/")] == [
+        f"kill-controller/{p}" for p in ("storage", *points)]
     for qemu in ("source", "destination"):
         assert [n for n in names if n.startswith(f"hang-{qemu}/")] == [
             f"hang-{qemu}/{p}/10s" for p in points]

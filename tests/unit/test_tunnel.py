@@ -49,3 +49,10 @@ def test_the_cost_check_reads_the_medians_of_both_tunnels() -> None:
     missed = evaluate_checks(summarise(_doc([90, 92, 91], [70, 88, 75]), FIGURES))[0]
     assert missed["ok"] is False and missed["limit"]["case"] == "openvpn"
     assert evaluate_checks(summarise(_doc([], [80]), FIGURES))[0]["ok"] is None
+
+
+def test_insecure_turns_off_tls_and_tunnel_encryption_together() -> None:
+    from wanmig.cli import _overrides
+    assert _overrides(None, None, None, True, network="route") == {
+        "memory": {"tls": False}, "network": {"mode": "route", "encrypt": False}}
+    assert "network" not in _overrides(None, None, None, False)

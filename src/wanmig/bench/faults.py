@@ -88,6 +88,14 @@ def _outage(phase: str, seconds: int) -> dict[str, Any]:
     return {"link_down_phase": phase, "link_down_s": seconds}
 
 
+def _disk_copy(name: str) -> dict[str, Any]:
+    """A guest with a Debian disk it writes to, copied by ``STORAGE_CASES[name]`` (the
+    disks compared after the run)."""
+    return {"vm": dict(DISK_VM),
+            "storage": {**STORAGE_CASES[name], "timeout_s": STORAGE_TIMEOUT_S, "verify": True},
+            "memory": {"strategy": "precopy-tuned"}}
+
+
 def _postcopy_if(point: str) -> dict[str, Any]:
     return {"memory": {"strategy": "postcopy"}} if point == "postcopy" else {}
 
@@ -102,13 +110,9 @@ def plan_cases(only: Sequence[str] | None = None) -> list[FaultCase]:
         cases.append(FaultCase(f"link/postcopy/postcopy/{seconds}s",
                                _outage("postcopy", seconds),
                                {"memory": {"strategy": "postcopy"}}))
-        for name, storage in STORAGE_CASES.items():
+        for name in STORAGE_CASES:
             cases.append(FaultCase(f"link/storage-{name}/storage/{seconds}s",
-                                   _outage("storage", seconds),
-                                   {"vm": dict(DISK_VM),
-                                    "storage": {**storage, "timeout_s": STORAGE_TIMEOUT_S,
-                                                "verify": True},
-                                    "memory": {"strategy": "precopy-tuned"}}))
+                                   _outage("storage", seconds), _disk_copy(name)))
     for mode in ("l2-extend", "dns-tunnel", "mobile-ip", "route"):
         cases.append(FaultCase(f"link/network-{mode}/switchover/{NETWORK_OUTAGE_S}s",
                                _outage("switchover", NETWORK_OUTAGE_S),
@@ -124,6 +128,8 @@ def plan_cases(only: Sequence[str] | None = None) -> list[FaultCase]:
             cases.append(FaultCase(f"hang-{qemu}/{point}/{HANG_S}s",
                                    {"hang": qemu, "hang_phase": point, "hang_s": HANG_S},
                                    _postcopy_if(point)))
+    cases.append(FaultCase("kill-controller/storage", {"kill_controller": "storage"},
+                           _disk_copy("precopy")))
     for point in SOURCE_KILL_POINTS:
         cases.append(FaultCase(f"kill-controller/{point}", {"kill_controller": point},
                                _postcopy_if(point)))
@@ -269,7 +275,7 @@ async def controller_killed(scenario: dict[str, Any], say: Say) -> Entry:
         stderr=asyncio.subprocess.STDOUT, start_new_session=True)
     samples: list[tuple[float, str, str]] = []
     stop = asyncio.Event()
-    sampling = asyncio.create_task(_sample_run(proc.pid, samples, stop))
+    sampling = asyncio.create_task(sample_run(proc.pid, samples, stop))
     try:
         output, _ = await asyncio.wait_for(proc.communicate(), CONTROLLER_TIMEOUT_S)
     except asyncio.TimeoutError:
@@ -297,7 +303,7 @@ async def controller_killed(scenario: dict[str, Any], say: Say) -> Entry:
         await sampling
         clean_leftovers()
         shutil.rmtree(workdir, ignore_errors=True)
-    both = _both_running_samples(samples)
+    both = both_running_samples(samples)
     entry["integrity"] = {"both_running_ms": round(both * SAMPLE_S * 1000, 1),
                           "both_running_samples": both, "samples": len(samples)}
     return entry
@@ -307,7 +313,7 @@ def _run_of(samples: list[tuple[float, str, str]]) -> str | None:
     return next((run for _, run, status in samples if status == "run"), None)
 
 
-async def _sample_run(owner: int, samples: list[tuple[float, str, str]],
+async def sample_run(owner: int, samples: list[tuple[float, str, str]],
                       stop: asyncio.Event) -> None:
     """``(time, name, status)`` for vm-a and vm-b every SAMPLE_S, once the run that
     ``owner`` registers exists (its id first, as ``(t, run_id, "run")``)."""
@@ -361,7 +367,7 @@ def _registered_by(owner: int) -> Path | None:
     return None
 
 
-def _both_running_samples(samples: list[tuple[float, str, str]]) -> int:
+def both_running_samples(samples: list[tuple[float, str, str]]) -> int:
     """Samples after which the latest status of each QEMU said running."""
     last: dict[str, str] = {}
     both = 0

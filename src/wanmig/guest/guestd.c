@@ -987,6 +987,7 @@ static void agent(const char *device, const char *ifname)
     detach_when_ready();
     char line[256];
     size_t used = 0;
+    int too_long = 0; /* inside a line longer than the buffer: answered once, then skipped */
     for (;;) {
         ssize_t n = read(fd, line + used, sizeof line - 1 - used);
         if (n <= 0) { /* the host is not connected (yet, or any more): wait for it */
@@ -1000,20 +1001,30 @@ static void agent(const char *device, const char *ifname)
         char *nl;
         while ((nl = memchr(line, '\n', used)) != NULL) {
             *nl = '\0';
-            const char *answer = "error unknown request\n";
-            if (strcmp(line, "ping") == 0)
+            const char *answer = too_long ? NULL : "error unknown request\n";
+            too_long = 0;
+            if (answer == NULL)
+                ; /* the end of a line already answered as too long */
+            else if (strcmp(line, "ping") == 0)
                 answer = "ok pong\n";
             else if (strncmp(line, "addr ", 5) == 0 && valid_cidr(line + 5))
                 answer = add_address(line + 5, ifname) == 0 ? "ok\n" : "error ip addr add failed\n";
             else if (strncmp(line, "addr ", 5) == 0)
                 answer = "error not an address A.B.C.D/N\n";
-            write_all(fd, answer, strlen(answer));
+            if (answer != NULL)
+                write_all(fd, answer, strlen(answer));
             size_t rest = used - (size_t)(nl + 1 - line);
             memmove(line, nl + 1, rest);
             used = rest;
         }
-        if (used == sizeof line - 1) /* a line too long to be a request */
+        if (used == sizeof line - 1) { /* a line too long to be a request */
+            if (!too_long) {
+                const char *answer = "error request too long\n";
+                write_all(fd, answer, strlen(answer));
+            }
+            too_long = 1;
             used = 0;
+        }
     }
 }
 

@@ -125,6 +125,10 @@ def qemu_argv(cfg: VmConfig, run_dir: Path, binary: QemuBinary | None = None) ->
     return argv
 
 
+#: The longest request the guest's agent takes (its line buffer is 256 bytes).
+AGENT_REQUEST_MAX = 200
+
+
 def agent_socket(run_dir: Path, name: str) -> Path:
     """The host end of VM ``name``'s agent port (``QemuVm.agent``)."""
     return run_dir / f"{name}.agent"
@@ -387,7 +391,11 @@ class QemuVm:
     async def agent(self, request: str, timeout: float = 10.0) -> str:
         """One request to the guest's agent (``guestd agent``) over the virtio-serial
         port; its answer after "ok".  QemuError with the agent's own "error ..." line,
-        or if it does not answer within ``timeout``."""
+        or if it does not answer within ``timeout``.  A request is one line of printable
+        text (one answer per line: a second line would answer the next caller)."""
+        if len(request) > AGENT_REQUEST_MAX or not request.isprintable():
+            raise QemuError(f"guest agent: not a request: {request[:40]!r}"
+                            + ("..." if len(request) > 40 else ""), vm=self.name)
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_unix_connection(
