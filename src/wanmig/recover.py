@@ -47,7 +47,7 @@ from qemu.qmp.error import QMPError
 
 from .errors import ConfigError, QemuError
 from .memory.migration import FAILED_STATES
-from .qemu.process import qmp_socket
+from .qemu.process import agent_socket, qmp_socket
 from .registry import STATE_DIR, cmdline_of, pid_alive
 
 #: Stages in which the destination has never received ``cont``.
@@ -56,6 +56,7 @@ BEFORE_CONT = ("source-running", "destination-prepared", "copying", "source-paus
 AFTER_CONT = ("destination-running", "source-stopped")
 RECOVER_TIMEOUT_S = 60.0
 QMP_TIMEOUT_S = 5.0
+AGENT_TIMEOUT_S = 10.0
 ACTIVE_STATES = frozenset({"setup", "active", "pre-switchover", "device", "wait-unplug",
                            "cancelling"})
 
@@ -72,6 +73,8 @@ class Recovery:
     destination: str | None = None
     steps: list[str] = field(default_factory=list)
     took_ms: float = 0.0
+    #: The guest in the copy that runs answered its agent's ``ping`` (None: none runs).
+    guest_answers: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +115,22 @@ async def _ask(qmp: QMPClient, cmd: str, args: dict[str, Any] | None = None) -> 
 
 async def _status(qmp: QMPClient) -> str:
     return str((await _ask(qmp, "query-status"))["status"])
+
+
+async def _guest_answers(run_dir: Path, name: str) -> bool:
+    """``ping`` to the guest's agent in QEMU ``name`` answered ``ok pong`` in time."""
+    try:
+        async with asyncio.timeout(AGENT_TIMEOUT_S):
+            reader, writer = await asyncio.open_unix_connection(
+                str(agent_socket(run_dir, name)))
+            try:
+                writer.write(b"ping\n")
+                await writer.drain()
+                return (await reader.readline()).strip() == b"ok pong"
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return False
 
 
 async def _state_of(run_dir: Path, name: str) -> str:
@@ -241,5 +260,13 @@ async def recover(run_id: str, *, timeout_s: float = RECOVER_TIMEOUT_S) -> Recov
         rec.steps.append(f"the run had ended ({rec.stage}): nothing to decide")
         rec.status = rec.stage or "failed"
     rec.source, rec.destination = [await _state_of(run_dir, name) for name in ("vm-a", "vm-b")]
+    running = [n for n, st in (("vm-a", rec.source), ("vm-b", rec.destination))
+               if st == "running"]
+    if running:
+        rec.guest_answers = await _guest_answers(run_dir, running[0])
+        rec.steps.append(f"{running[0]}: the guest "
+                         f"{'answers' if rec.guest_answers else 'does not answer'} its agent")
+    if rec.status in ("completed", "rolled_back") and not rec.guest_answers:
+        rec.status = "failed"   # QEMU runs, but the guest is no use to anybody
     rec.took_ms = round((time.monotonic() - started) * 1000, 1)
     return rec

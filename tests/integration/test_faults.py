@@ -307,6 +307,7 @@ async def test_controller_killed_before_the_switch_recover_rolls_back_to_a(
         assert (rec["status"], rec["vm_lost"]) == ("rolled_back", False)
         assert (rec["source"], rec["destination"]) == ("running", "gone")
         assert any("vm-b: killed" in s for s in rec["steps"]), rec["steps"]
+        assert rec["guest_answers"] is True
     finally:
         await _clean(run_id)
 
@@ -318,5 +319,6 @@ async def test_controller_killed_after_the_switch_recover_finishes_at_b(
         assert rec["stage"] == "destination-running"
         assert (rec["status"], rec["vm_lost"]) == ("completed", False)
         assert (rec["source"], rec["destination"]) == ("gone", "running")
+        assert rec["guest_answers"] is True
     finally:
         await _clean(run_id)

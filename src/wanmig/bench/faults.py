@@ -359,10 +359,12 @@ async def _sample_one(run_dir: Path, name: str, monitors: dict[str, QMPClient]) 
 
 
 def _registered_by(owner: int) -> Path | None:
+    """The run directory of ``owner``'s migration: its registry file with a stage (the
+    accelerator's probe boot registers too, and has none)."""
     for path in STATE_DIR.glob("*.json"):
         with contextlib.suppress(OSError, ValueError):
             data = json.loads(path.read_text())
-            if data.get("owner_pid") == owner:
+            if data.get("owner_pid") == owner and data.get("stage"):
                 return STATE_DIR / str(data["run_id"])
     return None
 

@@ -193,6 +193,9 @@ def figure_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
         *_storage_rows(rec),
         *_budget_rows(rec),
         ("network mode", rec.network.mode, "scenario"),
+        *([("network: tunnel over the WAN", str(extra["tunnel"]),
+            f"up in {_ms(extra.get('tunnel_setup_ms'))}")]
+          if (extra := rec.network.model_extra or {}).get("tunnel") else []),
         ("client outage (largest UDP echo gap)", _ms(rec.network.client_outage_ms), "client"),
         ("long-lived TCP connection survived", _flag(rec.network.tcp_survived), "client"),
         ("new connection after the move", _ms(rec.network.new_conn_ms), "client"),
