@@ -326,3 +326,14 @@ def test_cli_refuses_an_old_qemu_in_one_line(tmp_path: Path) -> None:
     assert "bookworm-backports" in lines[0]
     assert proc.stdout == "" and not state.exists()
 
+
+
+def test_a_json_scenario_is_read_as_json(tmp_path: Path) -> None:
+    good = tmp_path / "s.json"
+    good.write_text('{"name": "j", "memory": {"strategy": "postcopy"}}')
+    assert load_scenario(good).memory.strategy == "postcopy"
+    for text, message in (('{"name": ', "not valid JSON"), ("[1, 2]", "a JSON object")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_scenario(bad)
