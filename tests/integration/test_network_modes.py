@@ -72,16 +72,17 @@ async def test_mode_keeps_the_client_connected(mode: str, leaves_nothing_behind)
 
 async def test_routing_daemons_that_do_not_peer_stop_the_run_before_the_move(
         monkeypatch: pytest.MonkeyPatch, leaves_nothing_behind) -> None:
-    """B's BIRD expects the client's site under a wrong AS number: that session never
-    comes up, and the run must end before anything moved, the VM still at A."""
+    """B's BIRD signs its sessions with another TCP-MD5 secret than the run's (an impostor,
+    or a misconfigured peer) and expects the client's site under a wrong AS number: its
+    sessions never come up, and the run must end before anything moved, the VM still at A."""
     configs = route.bird_configs
 
-    def wrong_peer(addr: Addressing) -> dict[str, BirdConfig]:
-        out = configs(addr)
+    def wrong_peer(addr: Addressing, password: str | None = None) -> dict[str, BirdConfig]:
+        out = configs(addr, password)
         b = out["b"]
         peers = tuple(dataclasses.replace(p, asn=64999) if p.name == "to_c" else p
                       for p in b.peers)
-        return {**out, "b": dataclasses.replace(b, peers=peers)}
+        return {**out, "b": dataclasses.replace(b, peers=peers, password="not-the-secret")}
 
     monkeypatch.setattr(route, "bird_configs", wrong_peer)
     monkeypatch.setattr(route, "SESSION_TIMEOUT_S", 4.0)
@@ -91,6 +92,7 @@ async def test_routing_daemons_that_do_not_peer_stop_the_run_before_the_move(
 
     assert rec.status == "rolled_back", rec.error
     assert rec.error and "BGP sessions not up" in rec.error and "rb.to_c" in rec.error
+    assert "rb.to_a" in rec.error   # the right AS, the wrong secret: refused too
     assert [p.name for p in rec.phases][-1] == "prepare"      # nothing was copied
     assert rec.model_extra and rec.model_extra["source_state_after_rollback"] == "running"
     assert rec.network.new_conn_ms is not None and rec.network.tcp_survived is True
