@@ -47,7 +47,7 @@ from qemu.qmp.error import QMPError
 
 from .errors import ConfigError, QemuError
 from .memory.migration import FAILED_STATES
-from .qemu.process import agent_socket, qmp_socket
+from .qemu.process import agent_request, qmp_socket
 from .registry import STATE_DIR, cmdline_of, pid_alive
 
 #: Stages in which the destination has never received ``cont``.
@@ -118,18 +118,10 @@ async def _status(qmp: QMPClient) -> str:
 
 
 async def _guest_answers(run_dir: Path, name: str) -> bool:
-    """``ping`` to the guest's agent in QEMU ``name`` answered ``ok pong`` in time."""
+    """``ping`` to the guest's agent in QEMU ``name`` answered ``pong`` in time."""
     try:
-        async with asyncio.timeout(AGENT_TIMEOUT_S):
-            reader, writer = await asyncio.open_unix_connection(
-                str(agent_socket(run_dir, name)))
-            try:
-                writer.write(b"ping\n")
-                await writer.drain()
-                return (await reader.readline()).strip() == b"ok pong"
-            finally:
-                writer.close()
-    except (OSError, TimeoutError):
+        return await agent_request(run_dir, name, "ping", AGENT_TIMEOUT_S) == "pong"
+    except QemuError:
         return False
 
 

@@ -145,6 +145,31 @@ def observer_socket(run_dir: Path, name: str) -> Path:
     return run_dir / f"{name}.observer.qmp"
 
 
+async def agent_request(run_dir: Path, name: str, request: str, timeout: float = 10.0) -> str:
+    """One request to the agent (``guestd agent``) of VM ``name`` over its virtio-serial
+    port; its answer after "ok".  QemuError with the agent's own "error ..." line, or if
+    it does not answer within ``timeout``.  A request is one line of printable text (one
+    answer per line: a second line would answer the next caller)."""
+    if len(request) > AGENT_REQUEST_MAX or not request.isprintable():
+        raise QemuError(f"guest agent: not a request: {request[:40]!r}"
+                        + ("..." if len(request) > 40 else ""), vm=name)
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_unix_connection(str(agent_socket(run_dir, name)))
+            try:
+                writer.write(request.encode() + b"\n")
+                await writer.drain()
+                answer = (await reader.readline()).decode(errors="replace").strip()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError) as exc:
+        raise QemuError(f"guest agent: {request!r} not answered ({exc or 'timeout'})",
+                        vm=name, cause=exc) from exc
+    if not answer.startswith("ok"):
+        raise QemuError(f"guest agent refused {request!r}: {answer or 'no answer'}", vm=name)
+    return answer[2:].strip()
+
+
 class VmState(enum.Enum):
     CREATED = "created"
     RUNNING = "running"
@@ -389,30 +414,8 @@ class QemuVm:
                             cause=exc) from exc
 
     async def agent(self, request: str, timeout: float = 10.0) -> str:
-        """One request to the guest's agent (``guestd agent``) over the virtio-serial
-        port; its answer after "ok".  QemuError with the agent's own "error ..." line,
-        or if it does not answer within ``timeout``.  A request is one line of printable
-        text (one answer per line: a second line would answer the next caller)."""
-        if len(request) > AGENT_REQUEST_MAX or not request.isprintable():
-            raise QemuError(f"guest agent: not a request: {request[:40]!r}"
-                            + ("..." if len(request) > 40 else ""), vm=self.name)
-        try:
-            async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_unix_connection(
-                    str(agent_socket(self.run_dir, self.name)))
-                try:
-                    writer.write(request.encode() + b"\n")
-                    await writer.drain()
-                    answer = (await reader.readline()).decode(errors="replace").strip()
-                finally:
-                    writer.close()
-        except (OSError, TimeoutError) as exc:
-            raise QemuError(f"guest agent: {request!r} not answered ({exc or 'timeout'})",
-                            vm=self.name, cause=exc) from exc
-        if not answer.startswith("ok"):
-            raise QemuError(f"guest agent refused {request!r}: {answer or 'no answer'}",
-                            vm=self.name)
-        return answer[2:].strip()
+        """One request to the guest's agent (``agent_request``)."""
+        return await agent_request(self.run_dir, self.name, request, timeout)
 
     async def run_state(self, timeout: float = 10.0) -> str:
         """QEMU's run state: 'running', 'paused', 'inmigrate', 'postmigrate', ..."""
