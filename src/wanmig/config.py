@@ -400,7 +400,7 @@ def load_scenario(path: Path, *, overrides: dict[str, dict[str, Any]] | None = N
     ``overrides`` (from the CLI: ``--wan``, ``--strategy``, ...) replace the
     file's values, table by table: ``{"wan": {"profile": "lan"}}``.
     """
-    data = _read_toml(path)
+    data = _read_scenario_file(path)
     for table in TABLES:  # ``vm = 3``: no table to put ``--workload`` into
         if not isinstance(data.get(table, {}), dict):
             raise ConfigError(f"must be a table ([{table}]), got {data[table]!r}", field=table)
@@ -409,8 +409,9 @@ def load_scenario(path: Path, *, overrides: dict[str, dict[str, Any]] | None = N
     return parse_scenario(data)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    """``path`` parsed as TOML; every way it can fail is one ConfigError line."""
+def _read_scenario_file(path: Path) -> dict[str, Any]:
+    """``path`` parsed as TOML (as JSON where it ends in ``.json``); every way it can fail
+    is one ConfigError line."""
     try:
         if not path.is_file():  # a directory, or a FIFO that would block the read
             raise ConfigError(f"scenario file not found: {path}" if not path.exists()

@@ -47,6 +47,7 @@ from qemu.qmp.error import QMPError
 
 from .errors import ConfigError, QemuError
 from .memory.migration import FAILED_STATES
+from .network.l2extend import ANNOUNCE
 from .qemu.process import agent_request, qmp_socket
 from .registry import STATE_DIR, cmdline_of, pid_alive
 
@@ -69,7 +70,7 @@ class Recovery:
     stage: str | None
     status: str = "failed"
     vm_lost: bool = False
-    source: str | None = None          # run state at the end ("gone" where no QEMU answers)
+    source: str | None = None          # run state at the end ("gone", "no answer")
     destination: str | None = None
     steps: list[str] = field(default_factory=list)
     took_ms: float = 0.0
@@ -181,9 +182,8 @@ async def _roll_back(run_dir: Path, rec: Recovery, deadline: float) -> None:
         if await _status(a) != "running":
             await _ask(a, "cont")
             rec.steps.append("vm-a: cont")
-        await _ask(a, "announce-self", {"initial": 50, "max": 550, "rounds": 5, "step": 100})
-        rec.source = await _status(a)
-        rec.status = "rolled_back" if rec.source == "running" else "failed"
+        await _ask(a, "announce-self", dict(ANNOUNCE))
+        rec.status = "rolled_back"   # only if A runs and its guest answers (``recover``)
 
 
 async def _finish_at_b(run_dir: Path, rec: Recovery, deadline: float) -> None:
@@ -216,10 +216,9 @@ async def _finish_at_b(run_dir: Path, rec: Recovery, deadline: float) -> None:
             rec.vm_lost = True
             rec.steps.append(f"vm-b: {state}, incoming {incoming}: cannot run; the source is "
                              "never resumed: the VM is lost")
-            rec.destination = state
             return
-        await _ask(b, "announce-self", {"initial": 50, "max": 550, "rounds": 5, "step": 100})
-        rec.destination, rec.status = state, "completed"
+        await _ask(b, "announce-self", dict(ANNOUNCE))
+        rec.status = "completed"
         if a is not None:
             with contextlib.suppress(QemuError):
                 await _ask(a, "quit")
@@ -250,7 +249,8 @@ async def recover(run_id: str, *, timeout_s: float = RECOVER_TIMEOUT_S) -> Recov
         await _finish_at_b(run_dir, rec, deadline)
     else:
         rec.steps.append(f"the run had ended ({rec.stage}): nothing to decide")
-        rec.status = rec.stage or "failed"
+        rec.status = "rolled_back" if rec.stage == "rolled-back" else "failed"
+        rec.vm_lost = rec.stage == "vm-lost"
     rec.source, rec.destination = [await _state_of(run_dir, name) for name in ("vm-a", "vm-b")]
     running = [n for n, st in (("vm-a", rec.source), ("vm-b", rec.destination))
                if st == "running"]

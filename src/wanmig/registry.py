@@ -198,6 +198,19 @@ def leftovers(run_id: str) -> list[str]:
     return found
 
 
+def run_owned_by(pid: int) -> tuple[Path, str] | None:
+    """The run directory and recorded stage of the migration process ``pid`` runs: its
+    state file with a stage (the accelerator's probe boot registers too, with none)."""
+    for path in STATE_DIR.glob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("owner_pid") == pid and data.get("stage"):
+            return STATE_DIR / str(data["run_id"]), str(data["stage"])
+    return None
+
+
 def clean_leftovers(*, force: bool = False) -> list[str]:
     """Remove what crashed runs left behind; returns a line per thing removed."""
     removed: list[str] = []

@@ -11,22 +11,24 @@ switchover started).  Every test also checks nothing is left behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from wanmig.bench.faults import both_running_samples, sample_run
+from wanmig.bench.faults import RunSampler
 from wanmig.config import parse_scenario
 from wanmig.orchestrator import Orchestrator
 from wanmig.record import ResultRecord
-from wanmig.registry import STATE_DIR
+from wanmig.registry import run_owned_by
 
 from ..conftest import run_netns_names
 
@@ -160,24 +162,13 @@ def _start_controller(tmp_path: Path, name: str) -> tuple[subprocess.Popen[str],
     return proc, out
 
 
-def _run_state_of(pid: int) -> tuple[Path, str | None] | None:
-    """The registry file of the run ``pid`` owns, and its recorded stage."""
-    for path in STATE_DIR.glob("*.json"):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if data.get("owner_pid") == pid:
-            return STATE_DIR / str(data["run_id"]), data.get("stage")
-    return None
-
-
 def _wait_for_stage(proc: subprocess.Popen[str], stage: str | None, timeout: float) -> Path:
-    """The run directory once the run's registry says ``stage`` (None: as soon as it exists)."""
+    """The run directory once the run's registry says ``stage`` (None: as soon as it has
+    one)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        found = _run_state_of(proc.pid)
+        found = run_owned_by(proc.pid)
         if found and (stage is None or found[1] == stage):
             return found[0]
         time.sleep(0.05)
@@ -206,9 +197,9 @@ async def test_sigint_during_memory_rolls_back_and_writes_the_record(
 async def test_sigkill_of_the_controller_leaves_one_copy_and_clean_removes_all(
         tmp_path: Path, leaves_nothing_behind) -> None:
     proc, _ = _start_controller(tmp_path, "sigkill")
-    samples: list[tuple[float, str, str]] = []
+    sampler = RunSampler(proc.pid)
     stop = asyncio.Event()
-    sampling = asyncio.create_task(sample_run(proc.pid, samples, stop))
+    sampling = asyncio.create_task(sampler.run(stop))
     try:
         run_dir = await asyncio.to_thread(_wait_for_stage, proc, "copying", 120)
         await asyncio.sleep(2.0)
@@ -224,10 +215,11 @@ async def test_sigkill_of_the_controller_leaves_one_copy_and_clean_removes_all(
         await sampling
         if proc.poll() is None:
             proc.kill()
-    seen = {name: [status for _, n, status in samples if n == name] for name in ("vm-a", "vm-b")}
+    seen = {name: [status for _, n, status in sampler.samples if n == name]
+            for name in ("vm-a", "vm-b")}
     assert seen["vm-a"] and seen["vm-b"], "both QEMUs were sampled"
     assert "running" in seen["vm-a"]
-    assert both_running_samples(samples) == 0, "two running copies were seen"
+    assert sampler.both_running() == 0, "two running copies were seen"
     assert not run_dir.exists()
     assert not {n for n in run_netns_names() if n.startswith(f"wm{run_dir.name}")}
 
@@ -260,56 +252,50 @@ async def test_source_hung_at_the_switchover_rolls_back_once_it_answers(
     _answers_at_a(rec)
 
 
-def _controller_with_fault(tmp_path: Path, name: str, fault: dict[str, str]) -> Path:
-    scenario = tmp_path / f"{name}.json"
-    scenario.write_text(json.dumps({"name": name, "vm": SMALL_VM,
-                                    "memory": {"tls": False}, "fault": fault}))
-    return scenario
-
-
-async def _crash_and_recover(tmp_path: Path, point: str) -> tuple[dict[str, Any], str]:
-    """``wanmig migrate`` kills itself at ``point``; ``wanmig recover`` ends the run."""
-    scenario = _controller_with_fault(tmp_path, f"crash-{point}", {"kill_controller": point})
+@contextlib.asynccontextmanager
+async def _crashed_and_recovered(tmp_path: Path, point: str) -> AsyncIterator[dict[str, Any]]:
+    """``wanmig migrate`` kills itself at ``point``, ``wanmig recover`` ends the run (what
+    it wrote with ``--json``), and ``wanmig clean`` removes the run whatever happened."""
+    scenario = tmp_path / f"crash-{point}.json"
+    scenario.write_text(json.dumps({"name": f"crash-{point}", "vm": SMALL_VM,
+                                    "memory": {"tls": False},
+                                    "fault": {"kill_controller": point}}))
     proc = subprocess.Popen([str(WANMIG), "migrate", "--scenario", str(scenario)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    run_dir = await asyncio.to_thread(_wait_for_stage, proc, None, 120)
-    output, _ = await asyncio.to_thread(proc.communicate, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, output[-2000:]
-    out = tmp_path / "recovery.json"
-    recovered = await asyncio.to_thread(
-        subprocess.run, [str(WANMIG), "recover", run_dir.name, "--json", str(out)],
-        capture_output=True, text=True, timeout=120)
-    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
-    return json.loads(out.read_text()), run_dir.name
-
-
-async def _clean(run_id: str) -> None:
-    cleaned = await asyncio.to_thread(subprocess.run, [str(WANMIG), "clean"],
-                                      capture_output=True, text=True, timeout=120)
-    assert cleaned.returncode == 0 and f"run {run_id}" in cleaned.stdout, cleaned.stdout
-
-
-async def test_controller_killed_before_the_switch_recover_rolls_back_to_a(
-        tmp_path: Path, leaves_nothing_behind) -> None:
-    rec, run_id = await _crash_and_recover(tmp_path, "pre-switchover")
+    run_dir: Path | None = None
     try:
-        assert rec["stage"] == "source-paused"
-        assert (rec["status"], rec["vm_lost"]) == ("rolled_back", False)
-        assert (rec["source"], rec["destination"]) == ("running", "gone")
-        assert any("vm-b: killed" in s for s in rec["steps"]), rec["steps"]
-        assert rec["guest_answers"] is True
+        run_dir = await asyncio.to_thread(_wait_for_stage, proc, None, 120)
+        output, _ = await asyncio.to_thread(proc.communicate, timeout=300)
+        assert proc.returncode == -signal.SIGKILL, output[-2000:]
+        out = tmp_path / "recovery.json"
+        recovered = await asyncio.to_thread(
+            subprocess.run, [str(WANMIG), "recover", run_dir.name, "--json", str(out)],
+            capture_output=True, text=True, timeout=120)
+        assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+        yield json.loads(out.read_text())
     finally:
-        await _clean(run_id)
+        if proc.poll() is None:
+            proc.kill()
+        cleaned = await asyncio.to_thread(subprocess.run, [str(WANMIG), "clean"],
+                                          capture_output=True, text=True, timeout=120)
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert run_dir is None or f"run {run_dir.name}" in cleaned.stdout, cleaned.stdout
 
 
-async def test_controller_killed_after_the_switch_recover_finishes_at_b(
-        tmp_path: Path, leaves_nothing_behind) -> None:
-    rec, run_id = await _crash_and_recover(tmp_path, "after-resume")
-    try:
-        assert rec["stage"] == "destination-running"
-        assert (rec["status"], rec["vm_lost"]) == ("completed", False)
-        assert (rec["source"], rec["destination"]) == ("gone", "running")
+@pytest.mark.parametrize("point,stage,status,source,destination", [
+    ("pre-switchover", "source-paused", "rolled_back", "running", "gone"),
+    ("after-resume", "destination-running", "completed", "gone", "running"),
+], ids=["before-the-switch", "after-the-switch"])
+async def test_controller_killed_recover_ends_the_run_by_the_rule(
+        tmp_path: Path, point: str, stage: str, status: str, source: str, destination: str,
+        leaves_nothing_behind) -> None:
+    """Before B may have run, recover fences B and resumes A; after, B runs on and A goes;
+    either way the guest that runs answers its agent."""
+    async with _crashed_and_recovered(tmp_path, point) as rec:
+        assert rec["stage"] == stage
+        assert (rec["status"], rec["vm_lost"]) == (status, False)
+        assert (rec["source"], rec["destination"]) == (source, destination)
         assert rec["guest_answers"] is True
-    finally:
-        await _clean(run_id)
+        if status == "rolled_back":
+            assert any("vm-b: killed" in s for s in rec["steps"]), rec["steps"]

@@ -134,10 +134,16 @@ def udp_tool(request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[
                                         python=sys.executable),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert next(_events(proc))["event"] == "ready"
-    yield proc, port
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
+    try:
+        yield proc, port
+        assert proc.stdin is not None    # after everything thrown at it: a clean stop
+        proc.stdin.write("stop\n")
+        proc.stdin.flush()
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 @SETTINGS
@@ -156,7 +162,4 @@ def test_measurement_endpoints_listen_on_their_address_only(
     out = subprocess.run(["ss", "-Hulnp", f"sport = :{port}"], capture_output=True,
                          text=True).stdout
     assert f"127.0.0.1:{port}" in out and f"0.0.0.0:{port}" not in out
-    assert proc.stdin is not None
-    proc.stdin.write("stop\n")
-    proc.stdin.flush()
-    assert proc.wait(10) == 0
+    assert proc.poll() is None

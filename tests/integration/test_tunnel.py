@@ -13,23 +13,14 @@ import pytest
 from wanmig.bench.tunnel import vm_place
 from wanmig.errors import NetworkError
 from wanmig.memory.tls import DeploymentCa
-from wanmig.network.l2extend import PORT
-from wanmig.network.tunnel import Credentials, Tunnel, TunnelEnd
+from wanmig.network.l2extend import PORT, stretch_tunnel
+from wanmig.network.tunnel import Credentials
 from wanmig.registry import Registry, new_run_id
 from wanmig.testbed import Testbed
-from wanmig.testbed.topology import VXLAN_ID
 
 from .test_testbed import _udp_roundtrip
 
 pytestmark = pytest.mark.root
-
-
-def _tunnel(tb: Testbed, registry: Registry, *, encrypt: bool,
-            credentials: Credentials | None = None) -> Tunnel:
-    return Tunnel("l2x", PORT, TunnelEnd(tb.site_a.name, tb.site_ip("a"), "br0"),
-                  TunnelEnd(tb.site_b.name, tb.site_ip("b"), "br0"), encrypt=encrypt,
-                  vni=VXLAN_ID, run_dir=registry.run_dir, registry=registry,
-                  credentials=credentials)
 
 
 @pytest.mark.parametrize("encrypt", [True, False], ids=["openvpn", "vxlan"])
@@ -39,8 +30,8 @@ async def test_the_tunnel_stretches_a_subnet_to_b(encrypt: bool, leaves_nothing_
     async with Testbed(registry) as tb:
         vm = await vm_place(tb, registry)
         try:
-            tunnel = _tunnel(tb, registry, encrypt=encrypt)
-            await tunnel.start(ca)
+            tunnel = stretch_tunnel(tb, registry, encrypt=encrypt)
+            await tunnel.start(Credentials.of(ca) if encrypt else None)
             try:
                 for site in (tb.site_a, tb.site_b):
                     assert PORT in await site.run("ip", "-o", "link", "show", "master", "br0")
@@ -54,6 +45,7 @@ async def test_the_tunnel_stretches_a_subnet_to_b(encrypt: bool, leaves_nothing_
                     log = (registry.run_dir / "l2x-server.log").read_text()
                     assert "Data Channel: cipher 'AES-256-GCM'" in log, log[-2000:]
                     assert tunnel.record()["tunnel_encrypted"] is True
+                    assert tunnel.describe() == "openvpn tap, AES-256-GCM, mutual TLS"
                 else:
                     assert "vxlan id 77" in await tb.site_b.run("ip", "-d", "link", "show", PORT)
             finally:
@@ -77,9 +69,9 @@ async def test_a_foreign_certificate_or_identity_is_refused(fault: str, refusal:
                    if fault == "foreign-ca" else
                    Credentials(ca, ca, ca, client_name_expected="wanmig-l2x-client-other"))
     async with Testbed(registry) as tb:
-        tunnel = _tunnel(tb, registry, encrypt=True, credentials=credentials)
+        tunnel = stretch_tunnel(tb, registry, encrypt=True)
         with pytest.raises(NetworkError, match=refusal) as caught:
-            await tunnel.start(ca, timeout=6)
+            await tunnel.start(credentials, timeout=6)
         assert "the encrypted tunnel did not come up" in str(caught.value)
         assert not tunnel.pids, "a refused tunnel leaves no OpenVPN behind"
     registry.close()

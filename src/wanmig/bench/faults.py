@@ -39,7 +39,7 @@ from ..config import parse_scenario
 from ..errors import ConfigError, WanmigError
 from ..qemu.process import observer_socket
 from ..recover import recover
-from ..registry import STATE_DIR, clean_leftovers, leftovers
+from ..registry import clean_leftovers, leftovers, run_owned_by
 from .runner import RUN_FIGURES, BenchRun, Entry, Figures, Say, field_of
 
 if TYPE_CHECKING:
@@ -173,8 +173,9 @@ def verdict(entry: Entry, left: list[str], expect: str = "kept") -> dict[str, An
     }
 
 
-def _flag(value: Any) -> float | None:
-    return None if value is None else float(bool(value))
+def _mismatch(disk_match: bool | None) -> float | None:
+    """1 where the disks differed, 0 where they matched, None where not compared."""
+    return None if disk_match is None else float(not disk_match)
 
 
 FIGURES: Figures = {
@@ -184,9 +185,7 @@ FIGURES: Figures = {
     "both_running_ms": lambda r: field_of(r, "integrity", "both_running_ms"),
     "log_gaps": lambda r: field_of(r, "integrity", "guest_log_gaps"),
     "out_of_order": lambda r: field_of(r, "integrity", "guest_log_out_of_order"),
-    "disk_mismatch": lambda r: _flag(field_of(r, "integrity", "disk_match") is False
-                                     if field_of(r, "integrity", "disk_match") is not None
-                                     else None),
+    "disk_mismatch": lambda r: _mismatch(field_of(r, "integrity", "disk_match")),
     "leftovers": lambda r: float(len(field_of(r, "campaign", "leftovers") or [])),
 }
 
@@ -273,16 +272,16 @@ async def controller_killed(scenario: dict[str, Any], say: Say) -> Entry:
         str(WANMIG), "migrate", "--scenario", str(path), "--json",
         str(workdir / "record.json"), stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-    samples: list[tuple[float, str, str]] = []
+    sampler = RunSampler(proc.pid)
     stop = asyncio.Event()
-    sampling = asyncio.create_task(sample_run(proc.pid, samples, stop))
+    sampling = asyncio.create_task(sampler.run(stop))
     try:
         output, _ = await asyncio.wait_for(proc.communicate(), CONTROLLER_TIMEOUT_S)
     except asyncio.TimeoutError:
         proc.kill()
         output, _ = await proc.communicate()
     killed_ms = round((time.monotonic() - started) * 1000, 1)
-    run_id = _run_of(samples)
+    run_id = sampler.run_dir.name if sampler.run_dir else None
     entry: Entry = {"scenario": scenario, "run_id": run_id, "status": "failed",
                     "controller": {"returncode": proc.returncode, "died_at_ms": killed_ms,
                                    "output_tail": output.decode(errors="replace")[-2000:]}}
@@ -303,37 +302,46 @@ async def controller_killed(scenario: dict[str, Any], say: Say) -> Entry:
         await sampling
         clean_leftovers()
         shutil.rmtree(workdir, ignore_errors=True)
-    both = both_running_samples(samples)
+    both = sampler.both_running()
     entry["integrity"] = {"both_running_ms": round(both * SAMPLE_S * 1000, 1),
-                          "both_running_samples": both, "samples": len(samples)}
+                          "both_running_samples": both, "samples": len(sampler.samples)}
     return entry
 
 
-def _run_of(samples: list[tuple[float, str, str]]) -> str | None:
-    return next((run for _, run, status in samples if status == "run"), None)
+@dataclass
+class RunSampler:
+    """Both QEMUs' run states, ``(monotonic s, name, status)`` every ``SAMPLE_S``, of the
+    migration that process ``owner`` runs, from the moment it registers until ``stop``."""
 
+    owner: int
+    samples: list[tuple[float, str, str]] = field(default_factory=list)
+    run_dir: Path | None = None
 
-async def sample_run(owner: int, samples: list[tuple[float, str, str]],
-                      stop: asyncio.Event) -> None:
-    """``(time, name, status)`` for vm-a and vm-b every SAMPLE_S, once the run that
-    ``owner`` registers exists (its id first, as ``(t, run_id, "run")``)."""
-    run_dir = None
-    monitors: dict[str, QMPClient] = {}
-    try:
-        while not stop.is_set():
-            if run_dir is None:
-                run_dir = _registered_by(owner)
-                if run_dir is not None:
-                    samples.append((time.monotonic(), run_dir.name, "run"))
-            for name in ("vm-a", "vm-b") if run_dir else ():
-                status = await _sample_one(run_dir, name, monitors)
-                if status is not None:
-                    samples.append((time.monotonic(), name, status))
-            await asyncio.sleep(SAMPLE_S)
-    finally:
-        for qmp in monitors.values():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(qmp.disconnect(), 2)
+    async def run(self, stop: asyncio.Event) -> None:
+        monitors: dict[str, QMPClient] = {}
+        try:
+            while not stop.is_set():
+                if self.run_dir is None:
+                    found = run_owned_by(self.owner)
+                    self.run_dir = found[0] if found else None
+                for name in ("vm-a", "vm-b") if self.run_dir else ():
+                    status = await _sample_one(self.run_dir, name, monitors)
+                    if status is not None:
+                        self.samples.append((time.monotonic(), name, status))
+                await asyncio.sleep(SAMPLE_S)
+        finally:
+            for qmp in monitors.values():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(qmp.disconnect(), 2)
+
+    def both_running(self) -> int:
+        """Samples after which the latest status of each QEMU said running."""
+        last: dict[str, str] = {}
+        both = 0
+        for _, name, status in sorted(self.samples):
+            last[name] = status
+            both += last.get("vm-a") == "running" and last.get("vm-b") == "running"
+        return both
 
 
 async def _sample_one(run_dir: Path, name: str, monitors: dict[str, QMPClient]) -> str | None:
@@ -356,24 +364,3 @@ async def _sample_one(run_dir: Path, name: str, monitors: dict[str, QMPClient]) 
         return None
     except (OSError, QMPError):
         return "gone"
-
-
-def _registered_by(owner: int) -> Path | None:
-    """The run directory of ``owner``'s migration: its registry file with a stage (the
-    accelerator's probe boot registers too, and has none)."""
-    for path in STATE_DIR.glob("*.json"):
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(path.read_text())
-            if data.get("owner_pid") == owner and data.get("stage"):
-                return STATE_DIR / str(data["run_id"])
-    return None
-
-
-def both_running_samples(samples: list[tuple[float, str, str]]) -> int:
-    """Samples after which the latest status of each QEMU said running."""
-    last: dict[str, str] = {}
-    both = 0
-    for _, name, status in sorted(samples):
-        last[name] = status
-        both += last.get("vm-a") == "running" and last.get("vm-b") == "running"
-    return both

@@ -17,6 +17,7 @@ The target: the median goodput through OpenVPN is at most 10 % below VXLAN's.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,12 +28,11 @@ from pyroute2 import AsyncIPRoute
 
 from ..config import parse_scenario
 from ..memory.tls import DeploymentCa, default_pki_dir
-from ..network.l2extend import PORT
-from ..network.tunnel import Tunnel, TunnelEnd
+from ..network.l2extend import stretch_tunnel
+from ..network.tunnel import Credentials
 from ..registry import Registry, new_run_id
 from ..testbed import Testbed
 from ..testbed.netns import Namespace, add_veth, link_up
-from ..testbed.topology import VXLAN_ID
 from ..wan import measure
 from .runner import BenchRun, Entry, Figures, Say, medians
 
@@ -79,7 +79,7 @@ def _cpu_s(pids: Sequence[int]) -> float | None:
     """utime + stime of ``pids`` (seconds), None where there are none."""
     if not pids:
         return None
-    tick = 100.0
+    tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for pid in pids:
         try:
@@ -154,11 +154,8 @@ async def run_tunnel_bench(*, repeat: int = DEFAULT_REPEAT, seconds: float = DEF
 async def _measure(testbed: Testbed, registry: Registry, vm: Namespace, mode: str,
                    ca: DeploymentCa, seconds: float, rtt_ms: float) -> Entry:
     tb = testbed
-    tunnel = Tunnel("l2x", PORT, TunnelEnd(tb.site_a.name, tb.site_ip("a"), "br0"),
-                    TunnelEnd(tb.site_b.name, tb.site_ip("b"), "br0"),
-                    encrypt=mode == "openvpn", vni=VXLAN_ID, run_dir=registry.run_dir,
-                    registry=registry)
-    await tunnel.start(ca)
+    tunnel = stretch_tunnel(tb, registry, encrypt=mode == "openvpn")
+    await tunnel.start(Credentials.of(ca))
     try:
         p = tb.wan_profile
         cpu0, t0 = _cpu_s(tunnel.pids), time.monotonic()

@@ -32,6 +32,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..context import Part, RunContext
 from ..errors import NetworkError
+from ..registry import Registry
+from ..testbed import Testbed
 from ..testbed.topology import VXLAN_ID
 from .tunnel import Tunnel, TunnelEnd, start_tunnel
 
@@ -43,6 +45,14 @@ ANNOUNCE = {"initial": 50, "max": 550, "rounds": 5, "step": 100}
 #: an ordinary learned entry (NUD_REACHABLE; "permanent" would make the bridge keep the
 #: VM's frames for itself).
 _NTF_MASTER, _NUD_REACHABLE = 0x04, 0x02
+
+
+def stretch_tunnel(tb: Testbed, registry: Registry, *, encrypt: bool) -> Tunnel:
+    """The tunnel that stretches A's subnet: port ``PORT`` on each hypervisor's bridge
+    (not started)."""
+    return Tunnel("l2x", PORT, TunnelEnd(tb.site_a.name, tb.site_ip("a"), "br0"),
+                  TunnelEnd(tb.site_b.name, tb.site_ip("b"), "br0"), encrypt=encrypt,
+                  vni=VXLAN_ID, registry=registry)
 
 
 async def announce(ctx: RunContext) -> None:
@@ -68,9 +78,8 @@ class L2Extend(Part):
     async def prepare(self, ctx: RunContext) -> None:
         tb = ctx.testbed
         if self.tunnel is None:
-            self.tunnel = await start_tunnel(
-                ctx, "l2x", PORT, TunnelEnd(tb.site_a.name, tb.site_ip("a"), "br0"),
-                TunnelEnd(tb.site_b.name, tb.site_ip("b"), "br0"), VXLAN_ID)
+            self.tunnel = await start_tunnel(ctx, stretch_tunnel(
+                tb, ctx.registry, encrypt=ctx.scenario.network.encrypt))
         try:
             for site in ("a", "b"):
                 ipr = AsyncIPRoute(netns=tb.site(site).name)

@@ -62,8 +62,10 @@ class MobileIp(Part):
         tb = ctx.testbed
         await answer_for_old_gateway(tb)
         home, care_of = tb.addr.link_ip("a", "b"), tb.addr.site_b_ip
-        self.tunnel = await start_tunnel(ctx, "mip", TUNNEL, TunnelEnd(tb.router_a.name, home),
-                                         TunnelEnd(tb.site_b.name, care_of, "br0"), TUNNEL_VNI)
+        self.tunnel = await start_tunnel(ctx, Tunnel(
+            "mip", TUNNEL, TunnelEnd(tb.router_a.name, home),
+            TunnelEnd(tb.site_b.name, care_of, "br0"), encrypt=ctx.scenario.network.encrypt,
+            vni=TUNNEL_VNI, registry=ctx.registry))
         try:
             # what B floods into the tunnel (the guest asking for its gateway) must not be
             # answered from A: B's router is the gateway there

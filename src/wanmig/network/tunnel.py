@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ OPENVPN_PORT = 1194
 CIPHERS = "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305"
 START_TIMEOUT_S = 20.0
 READY = "Initialization Sequence Completed"
+NEGOTIATED = re.compile(r"Data Channel: cipher '([^']+)'")
 #: What OpenVPN logs when it refuses the other end's certificate.
 REFUSALS = ("VERIFY ERROR", "VERIFY X509NAME ERROR", "VERIFY KU ERROR", "VERIFY EKU ERROR",
             "TLS Error", "certificate verify failed")
@@ -66,8 +68,8 @@ class TunnelEnd:
 
 @dataclass(frozen=True)
 class Credentials:
-    """Which CA issues each end's certificate (tests: a foreign one for one end) and
-    which CA each end trusts; default: the deployment CA for all."""
+    """Which CA issues each end's certificate and which CA each end trusts (``of``: the
+    deployment CA for all; tests make one end foreign)."""
 
     server_ca: DeploymentCa
     client_ca: DeploymentCa
@@ -75,21 +77,25 @@ class Credentials:
     #: The common name the server end requires of the client (default: this run's).
     client_name_expected: str | None = None
 
+    @classmethod
+    def of(cls, ca: DeploymentCa) -> Credentials:
+        return cls(ca, ca, ca)
+
 
 class Tunnel:
     """A layer-2 tunnel named ``ifname`` at both ends (``start``/``stop``)."""
 
     def __init__(self, name: str, ifname: str, server: TunnelEnd, client: TunnelEnd, *,
-                 encrypt: bool, vni: int, run_dir: Path, registry: Registry | None = None,
-                 credentials: Credentials | None = None) -> None:
+                 encrypt: bool, vni: int, registry: Registry) -> None:
         self.name, self.ifname, self.vni = name, ifname, vni
         self.server, self.client = server, client
         self.encrypt = encrypt
-        self.run_dir = run_dir
         self.registry = registry
-        self.credentials = credentials
+        self.run_dir = registry.run_dir
         self._children: dict[str, JsonLinesChild] = {}
         self.setup_ms: float | None = None
+        #: The data channel's cipher as OpenVPN negotiated it (its log), once up.
+        self.cipher: str | None = None
 
     def __repr__(self) -> str:
         kind = "openvpn" if self.encrypt else "vxlan"
@@ -101,21 +107,18 @@ class Tunnel:
                 "tunnel_setup_ms": self.setup_ms}
 
     def describe(self) -> str:
-        return (f"openvpn tap, {CIPHERS.split(':')[0]}, mutual TLS" if self.encrypt
-                else f"vxlan {self.vni} (not encrypted)")
+        return (f"openvpn tap, {self.cipher or 'cipher not negotiated'}, mutual TLS"
+                if self.encrypt else f"vxlan {self.vni} (not encrypted)")
 
-    async def start(self, ca: DeploymentCa | None = None,
+    async def start(self, creds: Credentials | None = None,
                     timeout: float = START_TIMEOUT_S) -> None:
-        """Both ends up and, encrypted, the handshake done; NetworkError otherwise (with
-        what OpenVPN logged: a refused certificate says so)."""
+        """Both ends up and, encrypted (``creds`` needed), the handshake done;
+        NetworkError otherwise (with what OpenVPN logged: a refused certificate says so)."""
         started = time.monotonic()
         try:
             if self.encrypt:
-                creds = self.credentials
                 if creds is None:
-                    if ca is None:
-                        raise NetworkError(f"{self.name}: an encrypted tunnel needs the CA")
-                    creds = Credentials(ca, ca, ca)
+                    raise NetworkError(f"{self.name}: an encrypted tunnel needs credentials")
                 await self._openvpn(creds, timeout)
             else:
                 for end, peer in ((self.server, self.client), (self.client, self.server)):
@@ -171,8 +174,7 @@ class Tunnel:
     # -- OpenVPN --------------------------------------------------------------
 
     def _common_name(self, role: str) -> str:
-        run = self.registry.run_id if self.registry else "test"
-        return f"wanmig-{self.name}-{role}-{run}"
+        return f"wanmig-{self.name}-{role}-{self.registry.run_id}"
 
     def _log(self, role: str) -> Path:
         return self.run_dir / f"{self.name}-{role}.log"
@@ -207,6 +209,8 @@ class Tunnel:
                 child, text = self._children[role], self._read_log(role)
                 if READY in text:
                     waiting.discard(role)
+                    if found := NEGOTIATED.search(text):
+                        self.cipher = found.group(1)
                 elif child.returncode is not None:
                     raise NetworkError(f"{self.name}: OpenVPN ({role}) exited "
                                        f"(code {child.returncode}): {self._tail(role)}")
@@ -252,13 +256,12 @@ def render_openvpn(*, role: str, ifname: str, local: str, remote: str, creds_dir
     return "\n".join(lines) + "\n"
 
 
-async def start_tunnel(ctx: RunContext, name: str, ifname: str, server: TunnelEnd,
-                       client: TunnelEnd, vni: int) -> Tunnel:
-    """A network mode's tunnel for this run (``[network] encrypt``), up and handshaken."""
-    tunnel = Tunnel(name, ifname, server, client, encrypt=ctx.scenario.network.encrypt,
-                    vni=vni, run_dir=ctx.run_dir, registry=ctx.registry)
-    ca = (await asyncio.to_thread(DeploymentCa.load_or_create, ctx.pki_dir)
-          if tunnel.encrypt else None)
-    ctx.ui.step(f"{name}: tunnel {server.ip} <-> {client.ip} ({tunnel.describe()})")
-    await tunnel.start(ca)
+async def start_tunnel(ctx: RunContext, tunnel: Tunnel) -> Tunnel:
+    """A network mode's tunnel (made with ``encrypt = [network] encrypt``), up and
+    handshaken with this deployment's CA."""
+    creds = (Credentials.of(await asyncio.to_thread(DeploymentCa.load_or_create, ctx.pki_dir))
+             if tunnel.encrypt else None)
+    ctx.ui.step(f"{tunnel.name}: tunnel {tunnel.server.ip} <-> {tunnel.client.ip}"
+                f" ({'OpenVPN, mutual TLS' if tunnel.encrypt else 'VXLAN, not encrypted'})")
+    await tunnel.start(creds)
     return tunnel

@@ -102,6 +102,15 @@ def _budget_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
              f"disk share {b.get('storage_share', 0):.0%} beside memory")]
 
 
+def _tunnel_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
+    """The network mode's tunnel across the WAN, where it has one."""
+    extra = rec.network.model_extra or {}
+    if not extra.get("tunnel"):
+        return []
+    return [("network: tunnel over the WAN", str(extra["tunnel"]),
+             f"up in {_ms(extra.get('tunnel_setup_ms'))}")]
+
+
 def _storage_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
     """What a local disk held, how long its copy took and what crossed; empty for
     shared storage."""
@@ -193,9 +202,7 @@ def figure_rows(rec: ResultRecord) -> list[tuple[str, str, str]]:
         *_storage_rows(rec),
         *_budget_rows(rec),
         ("network mode", rec.network.mode, "scenario"),
-        *([("network: tunnel over the WAN", str(extra["tunnel"]),
-            f"up in {_ms(extra.get('tunnel_setup_ms'))}")]
-          if (extra := rec.network.model_extra or {}).get("tunnel") else []),
+        *_tunnel_rows(rec),
         ("client outage (largest UDP echo gap)", _ms(rec.network.client_outage_ms), "client"),
         ("long-lived TCP connection survived", _flag(rec.network.tcp_survived), "client"),
         ("new connection after the move", _ms(rec.network.new_conn_ms), "client"),
